@@ -1,0 +1,1 @@
+"""The math of diffode: torch only (no Lightning, no Hydra)."""
