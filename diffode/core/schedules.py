@@ -50,7 +50,7 @@ class Schedule:
 
     def ve_sigma(self, t) -> Tensor:
         """sigma / alpha = exp(-lambda): the sigma every solver works with."""
-        return torch.exp(-self.lambda_(t))
+        return self.sigma(t) if not self.is_vp else torch.exp(-self.lambda_(t))
 
     def t_from_ve_sigma(self, s) -> Tensor:
         return self.t_from_lambda(-torch.log(_t(s)))
@@ -178,6 +178,9 @@ class EDM(Schedule):
 
     def log_sigma(self, t) -> Tensor:
         return torch.log(_t(t))
+
+    def sigma(self, t) -> Tensor:
+        return _t(t).clone()
 
     def t_from_lambda(self, lam) -> Tensor:
         return torch.exp(-_t(lam))
