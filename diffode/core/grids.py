@@ -1,0 +1,197 @@
+"""Time-step grids: decreasing float64 tensors of VE sigmas, length steps + 1, from sigma_max to sigma_min.
+
+The range is the schedule's [sigma_min, sigma_max] (VE sigmas at t_min, t_max), narrowed by explicit
+sigma_min / sigma_max; without a schedule it is EDM's [0.002, 80] and t = sigma (EDM's own schedule).
+
+    time_uniform    uniform in the schedule's t                        (DPM-Solver 'time_uniform')
+    time_quadratic  uniform in sqrt(t)                                 (DPM-Solver 'time_quadratic')
+    logsnr          uniform in lambda = -log sigma                      (DPM-Solver 'logSNR')
+    edm             sigma^(1/rho) uniform, rho = 7 (rho = 1: uniform in sigma)   (Karras et al.)
+    explicit        sigmas=[...] given by the user, validated
+    from_file       path=...: a learned grid (LD3) saved by `save_grid_file`, validated against the
+                    solver, NFE and schedule it is used with
+
+Endpoints are set exactly to sigma_max / sigma_min so no grid leaves the range by round-off.
+Explicit grids given as tensors keep their autograd graph (LD3 learns them).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .schedules import DTYPE, Schedule
+
+EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
+_RTOL = 1e-9  # relative slack when checking a grid against the schedule's range
+
+
+def sigma_range(schedule: Schedule | None = None, sigma_min=None, sigma_max=None) -> tuple[float, float]:
+    """The (sigma_min, sigma_max) a grid spans, checked against the schedule's own range."""
+    lo_s, hi_s = (schedule.sigma_min, schedule.sigma_max) if schedule is not None else (EDM_SIGMA_MIN, EDM_SIGMA_MAX)
+    lo = lo_s if sigma_min is None else float(sigma_min)
+    hi = hi_s if sigma_max is None else float(sigma_max)
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={lo:g}, sigma_max={hi:g}; "
+                         "fix the sigma_min / sigma_max you pass.")
+    if schedule is not None and (lo < lo_s * (1 - _RTOL) or hi > hi_s * (1 + _RTOL)):
+        raise ValueError(f"sigma range [{lo:g}, {hi:g}] leaves the schedule's range [{lo_s:.6g}, {hi_s:.6g}] "
+                         f"({schedule!r}); choose sigma_min/sigma_max inside it or widen the schedule's t_min/t_max.")
+    return lo, hi
+
+
+def _with_endpoints(sigmas: Tensor, lo: float, hi: float) -> Tensor:
+    return torch.cat([sigmas.new_tensor([hi]), sigmas[1:-1], sigmas.new_tensor([lo])])
+
+
+def _t_maps(schedule):
+    """(t_of_sigma, sigma_of_t); without a schedule t = sigma (EDM)."""
+    if schedule is None:
+        return (lambda s: torch.as_tensor(s, dtype=DTYPE)), (lambda t: t)
+    return schedule.t_from_ve_sigma, schedule.ve_sigma
+
+
+def time_uniform(steps, lo, hi, schedule=None):
+    t_of, sigma_of = _t_maps(schedule)
+    t = torch.linspace(float(t_of(hi)), float(t_of(lo)), steps + 1, dtype=DTYPE)
+    return _with_endpoints(sigma_of(t), lo, hi)
+
+
+def time_quadratic(steps, lo, hi, schedule=None):
+    t_of, sigma_of = _t_maps(schedule)
+    u = torch.linspace(math.sqrt(float(t_of(hi))), math.sqrt(float(t_of(lo))), steps + 1, dtype=DTYPE)
+    return _with_endpoints(sigma_of(u * u), lo, hi)
+
+
+def logsnr(steps, lo, hi, schedule=None):
+    return _with_endpoints(torch.exp(torch.linspace(math.log(hi), math.log(lo), steps + 1, dtype=DTYPE)), lo, hi)
+
+
+def edm(steps, lo, hi, schedule=None, rho: float = 7.0):
+    if not rho > 0:
+        raise ValueError(f"edm grid needs rho > 0, got {rho!r}")
+    ramp = torch.linspace(0, 1, steps + 1, dtype=DTYPE)
+    sig = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    return _with_endpoints(sig, lo, hi)
+
+
+def validate_sigmas(sigmas, steps=None, schedule=None, what="explicit grid") -> Tensor:
+    """A 1-D float64 tensor, strictly decreasing, positive, inside the schedule's range, steps + 1 long.
+
+    Tensors keep their graph (only a detached copy is inspected)."""
+    if isinstance(sigmas, Tensor):
+        s = sigmas.to(DTYPE)
+    else:  # lists, tuples, OmegaConf ListConfig from a Hydra config
+        s = torch.as_tensor([float(v) for v in sigmas], dtype=DTYPE)
+    v = s.detach()
+    if v.ndim != 1 or v.numel() < 2:
+        raise ValueError(f"{what}: need a 1-D list of at least 2 sigmas, got shape {tuple(v.shape)}.")
+    if steps is not None and v.numel() != steps + 1:
+        raise ValueError(f"{what}: has {v.numel()} sigmas ({v.numel() - 1} steps) but {steps} steps were asked "
+                         f"for (steps + 1 = {steps + 1} points); pass a grid of the right length or change the NFE.")
+    if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
+        raise ValueError(f"{what}: sigmas must be finite and > 0 (grids end at sigma_min > 0; use "
+                         "denoise_to_zero=True for a final step to 0), got {v.tolist()}.")
+    bad = (v[1:] >= v[:-1]).nonzero()
+    if bad.numel():
+        j = int(bad[0, 0])
+        raise ValueError(f"{what}: sigmas must be strictly decreasing, but sigma[{j}]={v[j]:.6g} <= "
+                         f"sigma[{j + 1}]={v[j + 1]:.6g}; sort them from sigma_max down to sigma_min.")
+    if schedule is not None:
+        lo_s, hi_s = schedule.sigma_min, schedule.sigma_max
+        if v[0] > hi_s * (1 + _RTOL) or v[-1] < lo_s * (1 - _RTOL):
+            raise ValueError(f"{what}: sigmas span [{v[-1]:.6g}, {v[0]:.6g}], outside the schedule's range "
+                             f"[{lo_s:.6g}, {hi_s:.6g}] ({schedule!r}); clip the grid to that range.")
+    return s
+
+
+def explicit(steps, lo, hi, schedule=None, sigmas=None):
+    if sigmas is None:
+        raise ValueError("grid 'explicit' needs sigmas=[...] (grid_options={'sigmas': [...]}).")
+    return validate_sigmas(sigmas, steps, schedule)
+
+
+# -- learned grids on disk (written by LD3) ---------------------------------------------------
+
+def _schedule_name(schedule) -> str:
+    if schedule is None:
+        return "edm"
+    if isinstance(schedule, dict):
+        return str(schedule.get("name"))
+    return schedule if isinstance(schedule, str) else schedule.name
+
+
+def save_grid_file(path, sigmas, solver: str, nfe: int, schedule=None, net_sigmas=None, **extra) -> None:
+    """Write a learned grid as JSON: sigmas, net_sigmas (optional), solver, nfe, schedule (name)."""
+    rec = dict(sigmas=[float(v) for v in torch.as_tensor(sigmas).detach().reshape(-1)], solver=solver,
+               nfe=int(nfe), schedule=_schedule_name(schedule), **extra)
+    if net_sigmas is not None:
+        rec["net_sigmas"] = [float(v) for v in torch.as_tensor(net_sigmas).detach().reshape(-1)]
+    Path(path).write_text(json.dumps(rec, indent=1))
+
+
+_ANY = object()
+
+
+def load_grid_file(path, steps=None, schedule=_ANY, solver=None, nfe=None) -> tuple[Tensor, Tensor | None]:
+    """(sigmas, net_sigmas or None) from a learned-grid file, refusing a mismatch of solver, NFE or schedule.
+
+    solver / nfe / steps left None are not checked; schedule=None means EDM's (t = sigma), and leaving
+    it out skips that check."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"grid file {str(p)!r} does not exist; pass grid_options={{'path': ...}} pointing "
+                         "to a file written by LD3 (save_grid_file).")
+    rec = json.loads(p.read_text())
+    missing = [k for k in ("sigmas", "solver", "nfe", "schedule") if k not in rec]
+    if missing:
+        raise ValueError(f"grid file {str(p)!r} lacks the keys {missing}; it needs sigmas, solver, nfe, schedule.")
+    for field, want, have in (("solver", solver, rec["solver"]), ("nfe", nfe, rec["nfe"]),
+                              ("schedule", None if schedule is _ANY else _schedule_name(schedule),
+                               _schedule_name(rec["schedule"]))):
+        if want is not None and want != have:
+            raise ValueError(f"grid file {str(p)!r} was learned for {field}={have!r} but is used with "
+                             f"{field}={want!r}; use a grid learned for this setting or set {field}={have!r}.")
+    sig = validate_sigmas(rec["sigmas"], steps, None if schedule is _ANY or isinstance(schedule, (str, dict)) else schedule,
+                          what=f"grid file {str(p)!r}")
+    net = rec.get("net_sigmas")
+    if net is not None:
+        net = torch.as_tensor(net, dtype=DTYPE)
+        if net.shape != sig.shape or not bool((net > 0).all()):
+            raise ValueError(f"grid file {str(p)!r}: net_sigmas must be {sig.numel()} positive values like sigmas.")
+    return sig, net
+
+
+def from_file(steps, lo, hi, schedule=None, path=None, solver=None, nfe=None):
+    if path is None:
+        raise ValueError("grid 'from_file' needs path=... (grid_options={'path': 'ld3_grid.json'}).")
+    return load_grid_file(path, steps, schedule, solver, nfe)[0]
+
+
+GRIDS = dict(time_uniform=time_uniform, time_quadratic=time_quadratic, logsnr=logsnr, edm=edm,
+             explicit=explicit, from_file=from_file)
+
+
+def grid_options(name: str) -> dict:
+    """The options a grid accepts, with their defaults (None: required or optional without default)."""
+    params = list(inspect.signature(GRIDS[name]).parameters.values())[4:]
+    return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params}
+
+
+def make_grid(name: str, steps: int, schedule: Schedule | None = None, *, sigma_min=None, sigma_max=None,
+              **options) -> Tensor:
+    """A decreasing float64 grid of steps + 1 VE sigmas (see the module docstring for the names)."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)} (conf/grid/<name>.yaml).")
+    unknown = set(options) - set(grid_options(name))
+    if unknown:
+        raise ValueError(f"grid {name!r} does not take option(s) {sorted(unknown)}; it accepts "
+                         f"{grid_options(name) or 'no options'}.")
+    if name not in ("explicit", "from_file") and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"grid {name!r} needs an integer steps >= 1, got {steps!r}.")
+    lo, hi = sigma_range(schedule, sigma_min, sigma_max)
+    return GRIDS[name](steps, lo, hi, schedule, **options)
