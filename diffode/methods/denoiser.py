@@ -1,0 +1,185 @@
+"""Denoiser training as one LightningModule; the loss follows the network's parameterization.
+
+    prediction eps | x0 | v : MSE to that target at t ~ U[t_min, t_max] (DDPM; a discrete
+                              schedule draws its integer steps), or log-normal VE sigma
+                              when t_sampling='lognormal' (the default for the EDM schedule).
+    prediction edm          : EDM loss (log-normal sigma, weight (s^2+sd^2)/(s sd)^2) through
+                              ModelDenoiser(prediction='edm'); the schedule then only sets the
+                              sampling range.
+
+Every step's randomness (noise levels, noise, dropout) is a pure function of (seed, step,
+rank), so a run resumed from a checkpoint continues exactly as an uninterrupted one.
+The checkpoint's hyper_parameters are plain data (net and schedule `_target_` specs),
+enough for `load_denoiser` to rebuild D(x, sigma) with torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from ..core.denoisers import ModelDenoiser
+from ..core.schedules import Schedule
+from . import losses, visual
+from .spec import build
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Noise drawn on x's device, seeded from the (CPU) step generator."""
+    if generator is None or x.device.type == "cpu":
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    g = torch.Generator(device=x.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    return torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
+
+
+class DenoiserModule(L.LightningModule):
+    def __init__(self, net: dict, schedule: dict, data: dict, prediction: str = "eps", lr: float = 2e-4,
+                 weight_decay: float = 0.0, betas=(0.9, 0.999), warmup_steps: int = 0, t_sampling: str = "auto",
+                 p_mean: float = losses.P_MEAN, p_std: float = losses.P_STD, sigma_data: float = 0.5,
+                 seed: int = 0, n_samples: int = 64, sample_nfe: int = 36, sample_seed: int = 0,
+                 out_dir: str | None = None):
+        super().__init__()
+        if prediction not in ("eps", "x0", "v", "edm"):
+            raise ValueError(f"unknown method.prediction {prediction!r}; choose eps, x0, v or edm")
+        if t_sampling not in ("auto", "uniform", "lognormal"):
+            raise ValueError(f"unknown method.t_sampling {t_sampling!r}; choose auto, uniform or lognormal")
+        self.save_hyperparameters(ignore=["out_dir"])
+        self.schedule: Schedule = build(schedule)
+        self.denoiser = ModelDenoiser(build(net), self.schedule, prediction, sigma_data)
+        if t_sampling == "auto":
+            t_sampling = "lognormal" if type(self.schedule).__name__ == "EDM" else "uniform"
+        self.t_sampling = t_sampling
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.analytic = None  # set by train.py for GMM data (plots over the true density)
+
+    @property
+    def net(self):
+        return self.denoiser.net
+
+    # -- the loss -------------------------------------------------------------------------
+    def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        hp, n = self.hparams, x0.shape[0]
+        if hp.prediction == "edm":
+            sigma = losses.sample_sigma_lognormal(n, generator, hp.p_mean, hp.p_std)
+            eps = _randn_like(x0, generator)
+            return losses.edm_loss(self.denoiser, x0, sigma, eps, hp.sigma_data)
+        if self.t_sampling == "lognormal":
+            t = losses.t_lognormal(self.schedule, n, generator, p_mean=hp.p_mean, p_std=hp.p_std)
+        else:
+            t = losses.sample_t_uniform(self.schedule, n, generator)
+        eps = _randn_like(x0, generator)
+        return losses.LOSSES[hp.prediction](self.net, self.schedule, x0, t, eps)
+
+    def _step_generator(self, step: int, rank: int, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(((self.hparams.seed * 1_000_003 + step) * 4099 + rank) * 7 + salt)
+
+    def training_step(self, batch, batch_idx):
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        g = self._step_generator(self.global_step, self.global_rank)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))  # dropout
+        loss = self.loss(x0, g)
+        self._check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss)}) at step {self.global_step}: training stopped before the "
+                f"optimizer step, the last checkpoint (if any) is the last good state. Lower method.lr (now "
+                f"{self.hparams.lr:g}), set trainer.gradient_clip_val, or check the data, then resume with "
+                f"ckpt_path=<run dir>/checkpoints/last.ckpt.")
+
+    def validation_step(self, batch, batch_idx):
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        g = self._step_generator(batch_idx, self.global_rank, salt=1)  # same noise at every validation
+        self.log("val/loss", self.loss(x0, g), sync_dist=True, on_epoch=True, batch_size=x0.shape[0])
+        # Here, between WeightAveraging's swaps at validation epoch start and end, the module
+        # holds the EMA weights (its epoch-end hook runs before the module's): EMA samples.
+        if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.n_samples > 0:
+            self.log_samples(self.global_step)
+
+    def log_samples(self, step: int) -> None:
+        hp = self.hparams
+        self.denoiser.eval()
+        x = visual.draw_samples(self.denoiser, tuple(hp.data["shape"]), hp.n_samples, self.schedule,
+                                seed=hp.sample_seed, nfe=hp.sample_nfe)
+        self.denoiser.train(self.training)
+        if x is None:
+            return
+        out = (self.out_dir or Path(self.trainer.default_root_dir)) / "samples"
+        if x.ndim == 2 and x.shape[1] == 2 and self.analytic is not None:
+            arr = visual.scatter_over_density(x, self.analytic, out / f"scatter_{step:07d}.png", f"step {step}")
+        elif x.ndim == 4:
+            arr = visual.image_grid(x)
+            visual.save_png(arr, out / f"grid_{step:07d}.png")
+        else:
+            return
+        visual.log_image(self.loggers, "samples", arr, step)
+
+    # -- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        if hp.warmup_steps <= 0:
+            return opt
+        warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / hp.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warm, "interval": "step"}}
+
+
+# -- loading -------------------------------------------------------------------------------
+
+def _net_state(state: dict) -> dict:
+    return {k[len("denoiser."):]: v for k, v in state.items() if k.startswith("denoiser.")}
+
+
+def load_denoiser(ckpt_path, ema: bool = True, map_location="cpu"):
+    """(ModelDenoiser in eval mode, info) from a training checkpoint or an exported one.
+
+    info: schedule (Schedule), shape (one sample), dataset (name), sigma_min, sigma_max,
+    prediction, hparams (the plain dict), global_step. ema=True loads the EMA weights (Lightning's
+    WeightAveraging keeps them in `state_dict` and the raw weights in `current_model_state`).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the path of a .ckpt written by "
+                                "`python -m diffode.train` (<run dir>/checkpoints/last.ckpt or denoiser_ema.ckpt)")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    if ema or "current_model_state" not in ckpt:
+        if ema and not ckpt.get("ema", "current_model_state" in ckpt):
+            log.warning("%s holds no EMA weights; loading the raw weights", path)
+        state = ckpt["state_dict"]
+    else:
+        state = ckpt["current_model_state"]
+    schedule = build(hp["schedule"])
+    D = ModelDenoiser(build(hp["net"]), schedule, hp["prediction"], hp.get("sigma_data", 0.5))
+    D.load_state_dict(_net_state(state))
+    D.eval().requires_grad_(False)
+    info = dict(schedule=schedule, shape=tuple(hp["data"]["shape"]), dataset=hp["data"]["name"],
+                sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max, prediction=hp["prediction"],
+                hparams=hp, global_step=ckpt.get("global_step"))
+    return D, info
+
+
+def export_denoiser(ckpt_path, out_path, ema: bool = True) -> Path:
+    """A small checkpoint with only the (EMA) weights and the plain hyper-parameters, loadable by load_denoiser."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    has_ema = "current_model_state" in ckpt
+    state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": {k: v for k, v in state.items()},
+                "ema": bool(ema and has_ema), "global_step": ckpt.get("global_step")}, out)
+    return out
