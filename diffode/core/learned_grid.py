@@ -84,8 +84,9 @@ def ld3_sigmas(xi: Tensor, sigma_min: float, sigma_max: float, space: str = "lam
     sigmas = torch.cat([sigmas.new_tensor([sigma_max]), sigmas[1:-1], sigmas.new_tensor([sigma_min])])
     if xi_c is None:
         return sigmas, sigmas
-    if not 0.0 <= win_rate < 1.0:
-        raise ValueError(f"win_rate must be in [0, 1) so conditioning sigmas keep their order; got {win_rate}")
+    if not 0.0 <= win_rate <= 0.5:
+        # Two neighbours may each move win_rate of their shared gap towards each other.
+        raise ValueError(f"win_rate must be in [0, 0.5] so conditioning sigmas keep their order; got {win_rate}")
     w = shift_window(u, win_rate)
     u_c = u + torch.clamp(xi_c.to(DTYPE), -w, w)
     net_sigmas = from_space(u_c, space, schedule)

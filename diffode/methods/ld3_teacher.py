@@ -1,0 +1,105 @@
+"""LD3's training data: (x_T, x_0) pairs from a many-step teacher solve, made once and cached.
+
+Pair i always starts from z_i ~ N(0, I) drawn from its own generator seeded with seed + i, so the
+pairs do not depend on how many devices made them: under DDP each rank solves the indices
+rank, rank + world, ... and the shards are all-gathered back into index order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from diffode.core.schedules import DTYPE, Schedule
+
+# LD3's pixel-model teacher: UniPC (bh1, order 3) with 20 steps on a logSNR grid.
+DEFAULT_TEACHER = {"solver": "unipc_bh1", "nfe": 20, "grid": "logsnr", "grid_options": {}, "options": {}}
+
+
+def schedule_spec(schedule: Schedule | None) -> dict | None:
+    """name + scalar constructor parameters: what the artifact and cache key record."""
+    if schedule is None:
+        return None
+    params = {k: v for k, v in vars(schedule).items()
+              if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
+    if hasattr(schedule, "log_alphas"):  # DiscreteVP: its table, by hash
+        params["table_sha1"] = hashlib.sha1(schedule.log_alphas.numpy().tobytes()).hexdigest()[:16]
+    return {"name": schedule.name, "params": params}
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensor_sha1(*tensors: Tensor) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().to(DTYPE).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(spec: dict) -> str:
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def start_noise(indices, shape, seed: int) -> Tensor:
+    """Unit-variance z for the given pair indices [len, *shape], float64, one generator per index."""
+    out = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i)), dtype=DTYPE) for i in indices]
+    return torch.stack(out) if out else torch.empty(0, *shape, dtype=DTYPE)
+
+
+def solve_teacher(denoiser, z: Tensor, teacher: dict, schedule, sigma_min: float, sigma_max: float,
+                  batch_size: int = 256) -> Tensor:
+    from diffode.core.sample import sample
+
+    outs = []
+    with torch.no_grad():
+        for zb in z.split(batch_size):
+            outs.append(sample(denoiser, sigma_max * zb, solver=teacher["solver"], nfe=teacher["nfe"],
+                               grid=teacher["grid"], grid_options=dict(teacher.get("grid_options") or {}),
+                               schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max,
+                               **dict(teacher.get("options") or {})).to(DTYPE))
+    return torch.cat(outs) if outs else z.clone()
+
+
+def make_pairs(denoiser, shape, count: int, seed: int, teacher: dict, schedule, sigma_min: float,
+               sigma_max: float, rank: int = 0, world: int = 1,
+               all_gather: Callable[[Tensor], Tensor] | None = None, device=None) -> tuple[Tensor, Tensor]:
+    """(z, x_0): z [count, *shape] unit-variance start noise (x_T = sigma_max z) and the teacher's x_0."""
+    per_rank = -(-count // world)
+    idx = list(range(rank, per_rank * world, world))  # padded so every rank solves the same number
+    z = start_noise(idx, shape, seed).to(device)  # drawn on the CPU: the same numbers on every machine
+    x0 = solve_teacher(denoiser, z, teacher, schedule, sigma_min, sigma_max)
+    if world > 1:
+        z_all, x0_all = all_gather(z), all_gather(x0)  # [world, per_rank, ...]
+        # rank r holds indices r, r + world, ...: interleave back into index order.
+        z = z_all.transpose(0, 1).reshape(-1, *shape)[:count]
+        x0 = x0_all.transpose(0, 1).reshape(-1, *shape)[:count]
+    return z.cpu(), x0.cpu()
+
+
+def cached_pairs(cache_dir: str | Path | None, spec: dict, make: Callable[[], tuple[Tensor, Tensor]],
+                 rank: int = 0, barrier: Callable[[], None] | None = None) -> tuple[Tensor, Tensor, Path | None]:
+    """Load the pairs for `spec` from cache_dir, or make (on every rank) and save them (rank 0)."""
+    path = Path(cache_dir) / f"ld3_pairs_{cache_key(spec)}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if blob["spec"] == json.loads(json.dumps(spec, default=str)):
+            return blob["z"], blob["x0"], path
+    z, x0 = make()
+    if path is not None and rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
+        torch.save({"spec": json.loads(json.dumps(spec, default=str)), "z": z, "x0": x0}, tmp)
+        tmp.replace(path)  # atomic: concurrent jobs of a multirun never read half a file
+    if barrier is not None:
+        barrier()
+    return z, x0, path
