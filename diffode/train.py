@@ -102,7 +102,8 @@ def _run_method(cfg: DictConfig, out: Path) -> dict:
                       "diffode.train (ld3); see conf/method/denoiser.yaml.")
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+# Absolute: a relative config_path resolves against the calling module, which breaks the console script.
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     res = train(cfg)
     return res.get("train/loss")
