@@ -65,3 +65,14 @@ def _hash_prefix(filename: str) -> str | None:
     stem = filename.rsplit(".", 1)[0]
     tail = stem.rsplit("-", 1)[-1]
     return tail if all(c in "0123456789abcdef" for c in tail) and len(tail) >= 8 else None
+
+
+def fetch(key: str) -> list[Path]:
+    """`diffode fetch-weights KEY`: one key of WEIGHTS, or 'all'."""
+    keys = sorted(WEIGHTS) if key == "all" else [key]
+    paths = []
+    for k in keys:
+        p = fetch_weights(k)
+        print(f"{k}: {p}")
+        paths.append(p)
+    return paths

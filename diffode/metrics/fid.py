@@ -1,0 +1,158 @@
+"""FID through torchmetrics' FrechetInceptionDistance, with cached reference statistics.
+
+Every feature net here takes images as the project stores them (float, [-1, 1], [N, C, H, W])
+and returns float64 features [N, d]; torchmetrics gets it as a custom `feature=` module with
+normalize=False, so images reach the net untouched. Feature nets:
+
+- `InceptionFeatures`: the standard Inception-v3 FID weights (pool3, 2048-d) from the torch
+  hub cache; a clear error names the file and `diffode fetch-weights inception` when missing.
+- the digits classifier's penultimate layer (diffode.metrics.digits_classifier), for `digits`.
+- `FlattenFeatures`: the identity on flattened data (vectors, tests with exact answers).
+
+The real side of FID is the same for every cell of a sweep, so its sufficient statistics
+(feature sum, sum of outer products, count: torchmetrics' own states) are computed once per
+(dataset, feature net) and cached on disk under `cache_dir()`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .weights import require_weights
+
+STAT_KEYS = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+def cache_dir() -> Path:
+    """$DIFFODE_CACHE, else ~/.cache/diffode."""
+    return Path(os.environ.get("DIFFODE_CACHE", Path.home() / ".cache" / "diffode"))
+
+
+def quantize_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] floats to uint8 pixels with rounding, as NVlabs/edm saves images."""
+    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+class FlattenFeatures(nn.Module):
+    """Features = the flattened input itself: with it FID is the Frechet distance of the data."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.num_features = dim
+        self.cache_id = f"flatten{dim}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1).double()
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool3 features of the FID protocol, from weights in the torch hub cache."""
+
+    num_features = 2048
+    cache_id = "inception2015"
+
+    def __init__(self, antialias: bool = False):
+        super().__init__()
+        path = require_weights("inception")
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        # antialias=False keeps torch-fidelity's TF1-compatible resize (comparable numbers).
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=str(path), antialias=antialias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.net(quantize_uint8(x)).reshape(x.shape[0], -1).double()
+
+
+def get_feature_net(name: str, dim: int | None = None) -> nn.Module:
+    """'inception', 'digits' (classifier penultimate layer) or 'flatten' (needs dim)."""
+    if name == "inception":
+        return InceptionFeatures()
+    if name == "digits":
+        from .digits_classifier import DigitsFeatures
+
+        return DigitsFeatures()
+    if name == "flatten":
+        if dim is None:
+            raise ValueError("feature net 'flatten' needs the data dimension (dim=...)")
+        return FlattenFeatures(dim)
+    raise ValueError(f"unknown FID feature net {name!r}; choose inception, digits or flatten")
+
+
+class _Unregistered(nn.Module):
+    """Calls `net` without registering it: Metric.set_dtype(float64) would otherwise cast the
+    (shared) feature net's parameters to float64 too. Only the statistics need float64."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "net", net)
+        self.num_features = int(net.num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.net(x)
+
+
+def make_fid(feature_net: nn.Module):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=_Unregistered(feature_net), normalize=False, reset_real_features=False)
+    return fid.set_dtype(torch.float64)
+
+
+def _batches(images: Tensor, batch_size: int):
+    for i in range(0, images.shape[0], batch_size):
+        yield images[i:i + batch_size]
+
+
+def feature_stats(images: Tensor, feature_net: nn.Module, batch_size: int = 1000) -> dict:
+    """torchmetrics' real-side states (sum, sum of outer products, count) of `images`."""
+    fid = make_fid(feature_net).to(images.device)
+    for b in _batches(images, batch_size):
+        fid.update(b, real=True)
+    return {k: getattr(fid, k).detach().cpu().clone() for k in STAT_KEYS}
+
+
+def reference_stats(key: str, feature_net: nn.Module, real_images: Tensor | Callable[[], Tensor],
+                    batch_size: int = 1000, directory: str | Path | None = None) -> dict:
+    """Real-data statistics for (key, feature net), loaded from the cache or computed and saved.
+
+    `real_images` may be a callable so the data is not even loaded when the cache hits.
+    The returned dict has the states plus 'path' and 'cached' (True when read from disk).
+    """
+    fid_id = getattr(feature_net, "cache_id", None)
+    if fid_id is None:
+        raise ValueError("feature net needs a `cache_id` string naming it (and its weights) for the stats cache")
+    name = hashlib.sha1(f"{key}|{fid_id}".encode()).hexdigest()[:10]
+    path = Path(directory or cache_dir() / "fid_ref") / f"{_safe(key)}__{_safe(fid_id)}__{name}.pt"
+    if path.is_file():
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+        return {**stats, "path": str(path), "cached": True}
+    images = real_images() if callable(real_images) else real_images
+    stats = feature_stats(images, feature_net, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(stats, tmp)
+    os.replace(tmp, path)  # a killed job never leaves a truncated stats file behind
+    return {**stats, "path": str(path), "cached": False}
+
+
+def fid_score(fake_images: Tensor, feature_net: nn.Module, ref: dict, batch_size: int = 1000) -> float:
+    """FID of `fake_images` against reference statistics from `reference_stats`/`feature_stats`."""
+    fid = make_fid(feature_net).to(fake_images.device)
+    for k in STAT_KEYS:
+        setattr(fid, k, ref[k].to(device=fake_images.device, dtype=getattr(fid, k).dtype))
+    for b in _batches(fake_images, batch_size):
+        fid.update(b, real=False)
+    return float(fid.compute())
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
