@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from .evaluation.wandb_log import has_credentials as wandb_has_credentials  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +126,6 @@ def check_launcher(cfg: DictConfig, launcher: DictConfig | None = None) -> list[
 
 
 # -- loggers --------------------------------------------------------------------------------
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
 
 def build_loggers(cfg: DictConfig, out: Path) -> list:
     """The configured logger (wandb / tensorboard / csv / none) plus, always, a CSV log in <run dir>/csv."""

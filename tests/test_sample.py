@@ -18,12 +18,7 @@ MINE = ["ddim", "euler", "heun", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m", "dp
 GMM = make_gmm(2, components=4, seed=0, std=0.2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x_T(n=3, dim=2, seed=0, sigma_max=80.0):

@@ -25,13 +25,7 @@ from diffode.core.solvers.dpmpp import dpmpp_multistep
 STEPS = [80, 113, 160]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny float64 ops: one thread avoids spin contention with other processes on a 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (solver, options) -> theoretical global order on a smooth grid
 EXPECTED_ORDERS = {
