@@ -164,7 +164,7 @@ CHEAP_TEACHER = {"solver": "dpmpp_3m", "nfe": 24, "grid": "logsnr", "grid_option
 def _module(tmp_path, **kw):
     base = dict(solver="dpmpp_3m", nfe=3, distance="l2", n_pairs=24, teacher=CHEAP_TEACHER, rounds_logits=2,
                 rounds_joint=2, batch_size=4, cache_dir=str(tmp_path / "cache"), artifact=str(tmp_path / "grid.json"),
-                init_grid="uniform")
+                init_grid="uniform", val_every=1)  # a 12-update run: validate after every update
     base.update(kw)
     D = base.pop("denoiser", None) or _gmm()
     shape = base.pop("shape", (D.dim,))

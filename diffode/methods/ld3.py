@@ -63,7 +63,7 @@ class LD3Config:
     lr_decay: float = 0.8
     lr_floor_logits: float = 5e-5
     lr_floor_shift: float = 1e-6
-    val_every: int = 1
+    val_every: int = 5
     val_batch_size: int = 50
     checkpointing: bool = False  # torch.utils.checkpoint around every network call
     cache_dir: str | None = None

@@ -46,7 +46,8 @@ def main():
     for name, ov in VARIANTS.items():
         for seed in map(int, args.seeds.split(",")):
             tag = (name.split(" ")[0] + "_" + "_".join(o.split(".")[-1] for o in ov) + f"_s{seed}").replace("=", "-")
-            base = [f"method.solver={args.solver}", f"method.nfe={args.nfe}", "method.distance=l2", f"method.seed={seed}"]
+            base = [f"method.solver={args.solver}", f"method.nfe={args.nfe}", "method.distance=l2", f"method.seed={seed}",
+                    "method.val_every=1"]  # the recorded ablation ran with the then-default val_every=1
             base = [b for b in base if b.split("=")[0] not in {o.split("=")[0] for o in ov}]
             try:
                 art, train_s, cfg = train_grid(args.model, out / tag, base + ov, args.threads)
