@@ -221,3 +221,20 @@ def test_cli_composes_main_job_config():
                        cwd="/", timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "pairing: usual" in p.stdout and "digits_unet.ckpt" in p.stdout
+
+
+def test_learned_grid_files_add_one_cell_each(tmp_path):
+    """A learned-grid file (LD3 artifact) becomes the cell <solver>/ld3 at its own NFE; written with the
+    EDM grid's own sigmas it must reproduce the edm cell of the same solver exactly."""
+    from diffode.core.grids import make_grid, save_grid_file
+    from diffode.core.schedules import EDM
+
+    path = tmp_path / "ld3_grid.json"
+    save_grid_file(path, make_grid("edm", 5, EDM()), solver="ipndm", nfe=5, schedule=EDM(), method="ld3")
+    cfg = cfg_for(tmp_path / "run", "sweep.solvers=[ipndm]", "sweep.grids=[edm]", "sweep.nfes=[5]",
+                  f"sweep.learned_grids=[{path}]")
+    rows = {(r["solver"], r["grid"], int(r["nfe"])): r for r in read_rows(evaluate(cfg)["csv"])}
+    assert set(rows) == {("ipndm", "edm", 5), ("ipndm", "ld3", 5)}
+    assert rows["ipndm", "ld3", 5]["rmse"] == rows["ipndm", "edm", 5]["rmse"]
+    with pytest.raises(ValueError, match="no file"):
+        evaluate(cfg_for(tmp_path / "bad", "sweep.solvers=[ipndm]", "sweep.nfes=[5]", "sweep.learned_grids=[nope.json]"))

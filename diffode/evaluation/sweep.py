@@ -5,10 +5,13 @@ name + options). Two pairings:
 - product: every solver on every grid;
 - usual:   every solver on its usual grid (cfg.usual_grid, as diff-sampler runs them), plus
            every grid with one solver (cfg.grid_solver).
+Learned grids (sweep.learned_grids: LD3 artifact files) add one cell each, at the solver and NFE
+the file was trained for, labelled <solver>/<method> (e.g. ipndm/ld3).
 The whole sweep is validated (check_sampling_config) before any compute.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -91,7 +94,27 @@ def build_cells(cfg, conf_dir: Path = CONF_DIR) -> list[Cell]:
             if (a, g, n) not in seen:
                 seen.add((a, g, n))
                 cells.append(Cell(a, g, n, sname, gname, sopts, gopts))
+    for p in _as_list(s.get("learned_grids")):
+        cell = learned_grid_cell(p, conf_dir)
+        if cell.key in seen:
+            raise ValueError(f"sweep.learned_grids: two cells {cell.label} nfe={cell.nfe}; keep one file per solver and NFE")
+        seen.add(cell.key)
+        cells.append(cell)
     return cells
+
+
+def learned_grid_cell(path, conf_dir: Path = CONF_DIR) -> Cell:
+    """The cell of a learned-grid file (LD3 artifact): its solver (with the file's options) at its NFE."""
+    path = Path(path)
+    if not path.is_file() and (conf_dir.parent / path).is_file():
+        path = conf_dir.parent / path  # relative to the repository root
+    if not path.is_file():
+        raise ValueError(f"sweep.learned_grids: no file {str(path)!r}; give the ld3_grid.json an LD3 run wrote")
+    meta = json.loads(path.read_text())
+    sname, sopts = named_config("solver", meta["solver"], conf_dir)
+    sopts = {**sopts, **(meta.get("solver_options") or {})}
+    return Cell(meta["solver"], str(meta.get("method", "learned")), int(meta["nfe"]), sname, "from_file", sopts,
+                {"path": str(path)})
 
 
 def validate_cells(cells: list[Cell], model, cfg) -> dict:
