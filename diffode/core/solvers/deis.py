@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import report
+from ._common import net_sigma, report
 from .registry import register
 
 TAUS = ("sigma", "log_sigma", "vp_t")
@@ -86,10 +86,9 @@ def ab_coefficients(sigma_points: Tensor, sigma_next: Tensor, tau: str = "sigma"
 def multistep_ab(denoiser, x: Tensor, sigmas: Tensor, order: int, tau: str, net_sigmas=None, callback=None) -> Tensor:
     """Variable-step Adams-Bashforth on eps = (x - D) / sigma (shared by `deis` and `ipndm_v`)."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    net_sigmas = sigmas if net_sigmas is None else torch.as_tensor(net_sigmas, dtype=torch.float64)
     eps_history: list[Tensor] = []  # most recent first
     for i in range(sigmas.shape[0] - 1):
-        denoised = denoiser(x, net_sigmas[i])
+        denoised = denoiser(x, net_sigma(sigmas, net_sigmas, i))
         eps_history.insert(0, (x - denoised) / sigmas[i])
         del eps_history[order:]
         k = len(eps_history)

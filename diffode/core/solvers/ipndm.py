@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import report
+from ._common import net_sigma, report
 from .deis import multistep_ab
 from .registry import register
 
@@ -38,10 +38,9 @@ def _check_order(max_order) -> int:
 def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, max_order: int = 4) -> Tensor:
     max_order = _check_order(max_order)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    net_sigmas = sigmas if net_sigmas is None else torch.as_tensor(net_sigmas, dtype=torch.float64)
     d_history: list[Tensor] = []  # most recent first
     for i in range(sigmas.shape[0] - 1):
-        denoised = denoiser(x, net_sigmas[i])
+        denoised = denoiser(x, net_sigma(sigmas, net_sigmas, i))
         d_history.insert(0, (x - denoised) / sigmas[i])
         del d_history[max_order:]
         c = AB_COEFFICIENTS[len(d_history) - 1]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import report
+from ._common import net_sigma, report
 from .registry import register
 
 
@@ -49,10 +49,9 @@ def _noise(x: Tensor, generator) -> Tensor:
 def ddpm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, eta: float = 1.0,
          generator: torch.Generator | None = None) -> Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    net_sigmas = sigmas if net_sigmas is None else torch.as_tensor(net_sigmas, dtype=torch.float64)
     n = sigmas.shape[0] - 1
     for i in range(n):
-        denoised = denoiser(x, net_sigmas[i])
+        denoised = denoiser(x, net_sigma(sigmas, net_sigmas, i))
         d = (x - denoised) / sigmas[i]
         last = i == n - 1
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], 0.0 if last else eta)
@@ -69,10 +68,9 @@ def ddpm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None,
 def euler_maruyama(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None,
                    generator: torch.Generator | None = None) -> Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    net_sigmas = sigmas if net_sigmas is None else torch.as_tensor(net_sigmas, dtype=torch.float64)
     n = sigmas.shape[0] - 1
     for i in range(n):
-        denoised = denoiser(x, net_sigmas[i])
+        denoised = denoiser(x, net_sigma(sigmas, net_sigmas, i))
         h = sigmas[i + 1] - sigmas[i]  # < 0
         x = x + (2.0 * h).to(x.dtype) * (x - denoised) / sigmas[i]
         if i < n - 1:
