@@ -219,3 +219,10 @@ def make_gmm(dim: int = 2, components: int = 8, seed: int = 0, spread: float = 1
     weights = 0.5 + torch.rand(components, dtype=DTYPE, generator=g)
     stds = std * (0.5 + torch.rand(components, dim, dtype=DTYPE, generator=g))
     return GaussianMixture(weights, means, stds=stds)
+
+
+# The mixtures the project names (conf/source/gmm*.yaml, conf/dataset/gmm*.yaml): defined here only.
+GMM_PRESETS = {
+    "gmm2d": dict(dim=2, components=8, layout="ring", spread=1.0, std=0.1, seed=0),
+    "gmm16d": dict(dim=16, components=8, layout="random", spread=1.0, std=0.1, seed=0),
+}

@@ -70,10 +70,5 @@ class DataModuleBase(L.LightningDataModule):
         return {"name": self.name, "shape": list(self.shape)}
 
 
-def first_tensor(batch):
-    """Batches are tensors or (x, label, ...) tuples; training uses x only."""
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
-
-
 def tensor_dataset(x: torch.Tensor, y: torch.Tensor | None = None) -> TensorDataset:
     return TensorDataset(x) if y is None else TensorDataset(x, y)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from ..core.denoisers import GaussianMixture, make_gmm
+from ..core.denoisers import GMM_PRESETS, GaussianMixture, make_gmm
 from .base import DataModuleBase, tensor_dataset
 
 
 class GMMDataModule(DataModuleBase):
-    """A fixed pool of n_train (n_val) samples from make_gmm(dim, components, seed, spread, std, layout).
+    """A fixed pool of n_train (n_val) samples from a mixture preset (core.denoisers.GMM_PRESETS), the
+    same mixture `source=gmm2d | gmm16d` denoises exactly.
 
     `analytic_denoiser()` is the exact float64 VE denoiser E[x0 | x] of the same mixture,
     the reference every trained denoiser and solver can be compared against.
@@ -16,12 +17,15 @@ class GMMDataModule(DataModuleBase):
 
     name = "gmm"
 
-    def __init__(self, dim: int = 2, components: int = 8, gmm_seed: int = 0, spread: float = 1.0, std: float = 0.1,
-                 layout: str = "random", n_train: int = 50000, n_val: int = 5000, **kw):
+    def __init__(self, preset: str, n_train: int, n_val: int, **kw):
         super().__init__(**kw)
-        self.gmm_kwargs = dict(dim=dim, components=components, seed=gmm_seed, spread=spread, std=std, layout=layout)
+        if preset not in GMM_PRESETS:
+            raise ValueError(f"unknown dataset.preset {preset!r}; choose one of {', '.join(GMM_PRESETS)}")
+        self.preset = preset
+        self.gmm_kwargs = dict(GMM_PRESETS[preset])
         self.n_train, self.n_val = n_train, n_val
-        self.shape = (dim,)
+        self.shape = (self.gmm_kwargs["dim"],)
+        self.dim = self.gmm_kwargs["dim"]
         self.gmm = make_gmm(**self.gmm_kwargs)
 
     def analytic_denoiser(self) -> GaussianMixture:
@@ -34,4 +38,4 @@ class GMMDataModule(DataModuleBase):
             self.val_set = tensor_dataset(self.gmm.sample(self.n_val, generator=g).float())
 
     def info(self) -> dict:
-        return {**super().info(), "gmm": dict(self.gmm_kwargs)}
+        return {**super().info(), "name": self.preset, "gmm": dict(self.gmm_kwargs)}

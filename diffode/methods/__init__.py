@@ -1,0 +1,1 @@
+"""Methods: one folder each (a LightningModule + its builder), registered in registry.METHODS."""

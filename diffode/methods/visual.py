@@ -14,15 +14,9 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def draw_samples(denoiser, shape, n: int, schedule, seed: int = 0, nfe: int = 35, solver: str = "heun",
                  grid: str = "edm") -> torch.Tensor | None:
-    """Deterministic reference samples: x_T = sigma_max z with a fixed seed, then a high-NFE ODE solve.
+    """Deterministic reference samples: x_T = sigma_max z with a fixed seed, then a high-NFE ODE solve."""
+    from ..core.sample import sample
 
-    Returns None (with a warning) while diffode.core.sample is not available.
-    """
-    try:
-        from ..core.sample import sample
-    except ImportError as e:
-        log.warning("sample grid skipped: diffode.core.sample is not importable (%s)", e)
-        return None
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, *shape, generator=g, dtype=torch.float64)
     p = next(denoiser.parameters())

@@ -6,7 +6,6 @@ rank, rank + world, ... and the shards are all-gathered back into index order.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -14,41 +13,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffode.core.schedules import DTYPE, Schedule
-
-# LD3's pixel-model teacher: UniPC (bh1, order 3) with 20 steps on a logSNR grid.
-DEFAULT_TEACHER = {"solver": "unipc_bh1", "nfe": 20, "grid": "logsnr", "grid_options": {}, "options": {}}
-
-
-def schedule_spec(schedule: Schedule | None) -> dict | None:
-    """name + scalar constructor parameters: what the artifact and cache key record."""
-    if schedule is None:
-        return None
-    params = {k: v for k, v in vars(schedule).items()
-              if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
-    if hasattr(schedule, "log_alphas"):  # DiscreteVP: its table, by hash
-        params["table_sha1"] = hashlib.sha1(schedule.log_alphas.numpy().tobytes()).hexdigest()[:16]
-    return {"name": schedule.name, "params": params}
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def tensor_sha1(*tensors: Tensor) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().to(DTYPE).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def cache_key(spec: dict) -> str:
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
+from diffode.core.schedules import DTYPE
+from diffode.models import cache_key
 
 def start_noise(indices, shape, seed: int) -> Tensor:
     """Unit-variance z for the given pair indices [len, *shape], float64, one generator per index."""
@@ -58,15 +24,18 @@ def start_noise(indices, shape, seed: int) -> Tensor:
 
 def solve_teacher(denoiser, z: Tensor, teacher: dict, schedule, sigma_min: float, sigma_max: float,
                   batch_size: int = 256) -> Tensor:
+    from diffode.config import solver_config
     from diffode.core.sample import sample
 
+    name, options = solver_config(teacher["solver"])  # a solver config name, like every command's
+    options = {**options, **dict(teacher.get("options") or {})}
     outs = []
     with torch.no_grad():
         for zb in z.split(batch_size):
-            outs.append(sample(denoiser, sigma_max * zb, solver=teacher["solver"], nfe=teacher["nfe"],
+            outs.append(sample(denoiser, sigma_max * zb, solver=name, nfe=teacher["nfe"],
                                grid=teacher["grid"], grid_options=dict(teacher.get("grid_options") or {}),
                                schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max,
-                               **dict(teacher.get("options") or {})).to(DTYPE))
+                               **options).to(DTYPE))
     return torch.cat(outs) if outs else z.clone()
 
 

@@ -12,10 +12,8 @@ learning rates.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
@@ -25,56 +23,65 @@ from torch.utils.checkpoint import checkpoint
 from diffode.core.learned_grid import LearnedGrid, ball_radius, logits_for_grid, project_ball
 from diffode.core.schedules import DTYPE
 
-from .ld3_teacher import DEFAULT_TEACHER, cached_pairs, make_pairs, schedule_spec
+from diffode.config import cache_dir
+from diffode.models import schedule_spec
+
+from .teacher import cached_pairs, make_pairs
 
 DISTANCES = ("lpips", "l2", "l1")
 
 
 @dataclass
 class LD3Config:
-    solver: str = "dpmpp_3m"
-    nfe: int = 5
-    solver_options: dict = field(default_factory=dict)
-    teacher: dict = field(default_factory=lambda: dict(DEFAULT_TEACHER))
-    n_pairs: int = 100
-    val_fraction: float = 0.5
-    seed: int = 100_000_000  # pair i uses noise seed + i: never one of the seeds 0.. diffode eval uses
-    distance: str = "lpips"
-    lpips_net: str = "vgg"
-    lpips_random_backbone: bool = False  # tests only: LPIPS with an untrained backbone, never for results
-    gamma: float = 0.001  # soft-loss radius r = gamma dim / N^2; 0 gives the hard loss
-    decoupled: bool = True
-    win_rate: float = 0.5
-    space: str = "lambda"  # 'lambda' (logSNR) or 't' (the schedule's time)
-    # 'best': the lowest validation loss among uniform-in-`space` and init_candidates (LD3 moves the grid
-    # only locally, so a good start matters); 'uniform' (LD3's own init); or any make_grid name.
-    init_grid: str = "best"
-    init_candidates: list = field(default_factory=lambda: ["time_uniform", "logsnr", "edm"])  # for 'best'
-    init_grid_options: dict = field(default_factory=dict)
-    rounds_logits: int = 2
-    rounds_joint: int = 5
-    batch_size: int = 2
-    lr_logits: float = 5e-3
-    momentum: float = 0.9
-    lr_shift: float = 0.1  # divided by N
-    lr_latent: float = 12.0  # divided by N
-    clip: float = 1.0
-    patience: int = 5
-    lr_decay: float = 0.8
-    lr_floor_logits: float = 5e-5
-    lr_floor_shift: float = 1e-6
-    val_every: int = 5
-    val_batch_size: int = 50
-    checkpointing: bool = False  # torch.utils.checkpoint around every network call
-    cache_dir: str | None = None
-    artifact: str | None = None
+    """The options of conf/method/ld3.yaml (their only defaults: diffode.config.method_defaults("ld3"))."""
+    solver: str  # a solver config name (conf/solver/<name>.yaml)
+    nfe: int
+    solver_options: dict
+    teacher: dict
+    n_pairs: int
+    val_fraction: float
+    seed: int
+    distance: str
+    lpips_net: str
+    lpips_random_backbone: bool
+    gamma: float
+    decoupled: bool
+    win_rate: float
+    space: str
+    init_grid: str
+    init_candidates: list
+    init_grid_options: dict
+    rounds_logits: int
+    rounds_joint: int
+    batch_size: int
+    lr_logits: float
+    momentum: float
+    lr_shift: float
+    lr_latent: float
+    clip: float
+    patience: int
+    lr_decay: float
+    lr_floor_logits: float
+    lr_floor_shift: float
+    val_every: int
+    val_batch_size: int
+    checkpointing: bool
+    cache_dir: str | None  # null: diffode.config.cache_dir("ld3_pairs")
+
+    def solver_spec(self) -> tuple[str, dict]:
+        """(registry solver, complete options): the config name's options under solver_options."""
+        from diffode.config import solver_config
+
+        name, opts = solver_config(self.solver)
+        return name, {**opts, **dict(self.solver_options)}
 
 
-def steps_for_nfe(solver: str, nfe: int, options: dict | None = None) -> int:
-    """The grid's N: the step count at which `solver` makes exactly `nfe` denoiser calls."""
+def steps_for_nfe(cfg: LD3Config) -> int:
+    """The grid's N: the step count at which the solver makes exactly `nfe` denoiser calls."""
     from diffode.core.sample import steps_for_nfe as _steps
 
-    return _steps(solver, nfe, **(options or {}))
+    name, options = cfg.solver_spec()
+    return _steps(name, cfg.nfe, **options)
 
 
 class Checkpointed(nn.Module):
@@ -124,7 +131,8 @@ class LD3Module(L.LightningModule):
         cfg = cfg if isinstance(cfg, LD3Config) else LD3Config(**(cfg or {}))
         self.cfg, self.shape, self.schedule, self.model_id = cfg, tuple(shape), schedule, model_id
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-        self.steps = steps_for_nfe(cfg.solver, cfg.nfe, cfg.solver_options)
+        self.steps = steps_for_nfe(cfg)
+        self.solver_name, self.solver_options = cfg.solver_spec()
         for p in denoiser.parameters():
             p.requires_grad_(False)
         self.denoiser = denoiser.eval()
@@ -156,7 +164,7 @@ class LD3Module(L.LightningModule):
         make = lambda: make_pairs(self.denoiser, self.shape, self.cfg.n_pairs, self.cfg.seed, self.cfg.teacher,  # noqa: E731
                                   self.schedule, self.sigma_min, self.sigma_max, rank, world, self.all_gather,
                                   device=self.device)
-        z, x0, self.pairs_path = cached_pairs(self.cfg.cache_dir, self.teacher_spec(), make, rank, barrier)
+        z, x0, self.pairs_path = cached_pairs(self.cfg.cache_dir or cache_dir("ld3_pairs"), self.teacher_spec(), make, rank, barrier)
         self.set_pairs(z, x0)
         if self.cfg.init_grid == "best":
             self.init_from_best()
@@ -199,10 +207,10 @@ class LD3Module(L.LightningModule):
 
         # Checkpointing only pays when a graph is kept; validation and teacher-free solves skip it.
         den = self.student_denoiser if torch.is_grad_enabled() else self.denoiser
-        return sample(den, self.sigma_max * z, solver=self.cfg.solver, nfe=self.cfg.nfe,
+        return sample(den, self.sigma_max * z, solver=self.solver_name, nfe=self.cfg.nfe,
                       grid=sigmas, net_sigmas=net_sigmas if self.cfg.decoupled else None,
                       schedule=self.schedule, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
-                      **dict(self.cfg.solver_options))
+                      **self.solver_options)
 
     def loss(self, z: Tensor, x0: Tensor) -> Tensor:
         """Per-sample d(student(sigma_max z), x0) on the current grid."""
@@ -292,40 +300,20 @@ class LD3Module(L.LightningModule):
 
     def on_train_end(self):
         self.restore_best()
-        if self.cfg.artifact and self.global_rank == 0:
-            self.save_artifact(self.cfg.artifact)
 
     # -- artifact ----------------------------------------------------------------------
-    def artifact(self) -> dict:
+    def save(self, out_dir, train_seconds: float | None = None):
+        """The learned grid as an artifact (diffode.artifacts), kind ld3."""
+        from diffode.artifacts import save_artifact
+
         sigmas, net_sigmas = self.grid()
         c = self.cfg
-        return {
-            "format": "diffode.learned_grid/1",
-            "method": "ld3",
-            "sigmas": sigmas.detach().cpu().tolist(),
-            "net_sigmas": net_sigmas.detach().cpu().tolist(),
-            "solver": c.solver,
-            "solver_options": dict(c.solver_options),
-            "nfe": c.nfe,
-            "steps": self.steps,
-            "schedule": schedule_spec(self.schedule),
-            "sigma_min": self.sigma_min,
-            "sigma_max": self.sigma_max,
-            "model": self.model_id,
-            "teacher": dict(c.teacher),
-            "pairs": {"count": c.n_pairs, "seed": c.seed, "n_val": int(self.z_val.shape[0])},
-            "config": json.loads(json.dumps(asdict(c), default=str)),
-            "init": getattr(self, "init_choice", {"chosen": c.init_grid}),
-            "val_metric": {"distance": c.distance, "value": self.best["val"], "best_step": self.best.get("step")},
-            "history": self.history,
-        }
-
-    def save_artifact(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.artifact(), indent=1))
-        return path
-
-
-def grid_tensors(artifact: dict) -> tuple[Tensor, Tensor]:
-    return (torch.tensor(artifact["sigmas"], dtype=DTYPE), torch.tensor(artifact["net_sigmas"], dtype=DTYPE))
+        first = next((h["val"] for h in self.history if h.get("val") is not None), None)
+        return save_artifact(
+            out_dir, kind="ld3", solver=c.solver, solver_options=self.solver_options, nfe=c.nfe, sigmas=sigmas,
+            net_sigmas=net_sigmas if c.decoupled else None, schedule=self.schedule, model=self.model_id,
+            training={**asdict(c), "pairs": {"count": c.n_pairs, "seed": c.seed, "n_val": int(self.z_val.shape[0])},
+                      "init": getattr(self, "init_choice", {"chosen": c.init_grid})},
+            metrics={"val_distance": c.distance, "val_first": first, "val_best": self.best["val"],
+                     "best_step": self.best.get("step"), "train_seconds": train_seconds},
+            history=self.history)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.denoisers import ModelDenoiser, v_from_x0_eps
-from ..core.schedules import DTYPE, DiscreteVP, Schedule
+from ...core.denoisers import ModelDenoiser, v_from_x0_eps
+from ...core.schedules import DTYPE, DiscreteVP, Schedule
 
 P_MEAN, P_STD = -1.2, 1.2
 

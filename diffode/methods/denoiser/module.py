@@ -20,10 +20,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..core.denoisers import ModelDenoiser
-from ..core.schedules import Schedule
-from . import losses, visual
-from .spec import build
+from ...core.denoisers import ModelDenoiser
+from ...core.schedules import Schedule
+from ...spec import build
+from .. import visual
+from . import losses
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,11 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 
 class DenoiserModule(L.LightningModule):
-    def __init__(self, net: dict, schedule: dict, data: dict, prediction: str = "eps", lr: float = 2e-4,
-                 weight_decay: float = 0.0, betas=(0.9, 0.999), warmup_steps: int = 0, t_sampling: str = "auto",
-                 p_mean: float = losses.P_MEAN, p_std: float = losses.P_STD, sigma_data: float = 0.5,
-                 seed: int = 0, n_samples: int = 64, sample_nfe: int = 36, sample_seed: int = 0,
+    def __init__(self, net: dict, schedule: dict, data: dict, *, prediction: str, lr: float, weight_decay: float,
+                 betas, warmup_steps: int, t_sampling: str, p_mean: float, p_std: float, sigma_data: float,
+                 n_samples: int, sample_nfe: int, sample_seed: int, ema: dict | None = None, seed: int = 0,
                  out_dir: str | None = None):
+        # Option defaults: conf/method/denoiser.yaml only (diffode.config.method_defaults("denoiser")).
         super().__init__()
         if prediction not in ("eps", "x0", "v", "edm"):
             raise ValueError(f"unknown method.prediction {prediction!r}; choose eps, x0, v or edm")
@@ -129,6 +130,12 @@ class DenoiserModule(L.LightningModule):
         visual.log_image(self.loggers, "samples", arr, step)
 
     # -- optimisation ---------------------------------------------------------------------
+    def configure_callbacks(self):
+        from ..callbacks import EMA
+
+        ema = self.hparams.ema
+        return [EMA(**ema)] if ema and ema.get("decay", 0) > 0 else []
+
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
@@ -136,50 +143,3 @@ class DenoiserModule(L.LightningModule):
             return opt
         warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / hp.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warm, "interval": "step"}}
-
-
-# -- loading -------------------------------------------------------------------------------
-
-def _net_state(state: dict) -> dict:
-    return {k[len("denoiser."):]: v for k, v in state.items() if k.startswith("denoiser.")}
-
-
-def load_denoiser(ckpt_path, ema: bool = True, map_location="cpu"):
-    """(ModelDenoiser in eval mode, info) from a training checkpoint or an exported one.
-
-    info: schedule (Schedule), shape (one sample), dataset (name), sigma_min, sigma_max,
-    prediction, hparams (the plain dict), global_step. ema=True loads the EMA weights (Lightning's
-    WeightAveraging keeps them in `state_dict` and the raw weights in `current_model_state`).
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the path of a .ckpt written by "
-                                "`python -m diffode.train` (<run dir>/checkpoints/last.ckpt or denoiser_ema.ckpt)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    if ema or "current_model_state" not in ckpt:
-        if ema and not ckpt.get("ema", "current_model_state" in ckpt):
-            log.warning("%s holds no EMA weights; loading the raw weights", path)
-        state = ckpt["state_dict"]
-    else:
-        state = ckpt["current_model_state"]
-    schedule = build(hp["schedule"])
-    D = ModelDenoiser(build(hp["net"]), schedule, hp["prediction"], hp.get("sigma_data", 0.5))
-    D.load_state_dict(_net_state(state))
-    D.eval().requires_grad_(False)
-    info = dict(schedule=schedule, shape=tuple(hp["data"]["shape"]), dataset=hp["data"]["name"],
-                sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max, prediction=hp["prediction"],
-                hparams=hp, global_step=ckpt.get("global_step"))
-    return D, info
-
-
-def export_denoiser(ckpt_path, out_path, ema: bool = True) -> Path:
-    """A small checkpoint with only the (EMA) weights and the plain hyper-parameters, loadable by load_denoiser."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    has_ema = "current_model_state" in ckpt
-    state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": {k: v for k, v in state.items()},
-                "ema": bool(ema and has_ema), "global_step": ckpt.get("global_step")}, out)
-    return out

@@ -1,0 +1,58 @@
+"""`diffode <command> [hydra overrides...]`: one console entry for every job.
+
+    diffode train  [method=<name>] [overrides]  train any method through one runner: a denoiser
+                                                (default), ld3, amed, gits, progressive_distillation,
+                                                consistency_distillation (conf/method/)
+    diffode <method> [overrides]                the same as `diffode train method=<method> ...`
+    diffode eval   [solver=.. grid=.. nfe=..]   FID / RMSE vs NFE of solvers x grids and learned samplers
+    diffode main                                the built-in study (README's first command)
+    diffode fetch-weights inception|lpips-vgg|lpips-alex|all
+                                                download pretrained weights into the torch cache
+                                                (on a machine with internet)
+
+Bad configs stop before any compute with one paragraph naming the fix (HYDRA_FULL_ERROR=1 shows the
+traceback). Hydra flags work as usual: -m (multirun), --cfg job, --help.
+"""
+from __future__ import annotations
+
+import sys
+
+USAGE = __doc__
+
+
+def _hydra_main(module: str, argv: list[str], prog: str):
+    import importlib
+
+    sys.argv = [prog, *argv]  # Hydra parses sys.argv
+    importlib.import_module(module).main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "train":
+        _hydra_main("diffode.cli.train", rest, "diffode-train")
+    elif cmd == "eval":
+        _hydra_main("diffode.cli.evaluate", rest, "diffode-eval")
+    elif cmd == "main":
+        _hydra_main("diffode.cli.evaluate", ["experiment=eval_main", *rest], "diffode-main")
+    elif cmd == "fetch-weights":
+        from diffode.metrics.weights import fetch
+
+        for name in rest or ["all"]:
+            fetch(name)
+    else:
+        from diffode.config import group_options
+
+        if cmd in group_options("method"):
+            _hydra_main("diffode.cli.train", [f"method={cmd}", *rest], f"diffode-{cmd}")
+            return
+        sys.exit(f"diffode: unknown command {cmd!r}; the commands are train, eval, main, fetch-weights and the "
+                 f"methods {', '.join(group_options('method'))}.\n\n{USAGE}")
+
+
+if __name__ == "__main__":
+    main()

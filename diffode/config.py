@@ -1,0 +1,78 @@
+"""Where the configs live and how code reads them: the package `diffode.conf` (the repository's conf/,
+shipped inside the wheel). Hydra entry points search `pkg://diffode.conf`; plain code (tests, sweeps,
+methods) reads one group file with `group_config`. Every option default lives in its YAML only.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONF_PACKAGE = "diffode.conf"
+CONFIG_PATH = f"pkg://{CONF_PACKAGE}"
+
+
+def conf_root():
+    """The conf/ directory as an importlib Traversable (a real directory for normal and editable installs)."""
+    return resources.files(CONF_PACKAGE)
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (conf/<group>/*.yaml)."""
+    d = conf_root().joinpath(group)
+    if not d.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+
+
+def group_config(group: str, name: str) -> dict:
+    """conf/<group>/<name>.yaml as a plain dict (interpolations left as they are)."""
+    f = conf_root().joinpath(group, f"{name}.yaml")
+    if not f.is_file():
+        opts = group_options(group)
+        raise ValueError(f"unknown {group} {name!r}; choose one of {', '.join(opts)} (conf/{group}/).")
+    return OmegaConf.to_container(OmegaConf.create(f.read_text())) or {}
+
+
+def method_defaults(name: str) -> dict:
+    """The options of conf/method/<name>.yaml (its only defaults), without the `name` key."""
+    c = group_config("method", name)
+    c.pop("name", None)
+    return c
+
+
+def solver_config(name: str) -> tuple[str, dict]:
+    """(registry solver name, options) for a solver config name (conf/solver/<name>.yaml).
+
+    One name space in every command: `dpmpp_3m_official` is registry solver dpmpp_3m with
+    coefficients=official. A registry name without a config file maps to itself with no options."""
+    f = conf_root().joinpath("solver", f"{name}.yaml")
+    if not f.is_file():
+        from diffode.core.solvers import SOLVERS
+
+        if name in SOLVERS:
+            return name, {}
+        raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(group_options('solver'))} "
+                         "(conf/solver/).")
+    c = group_config("solver", name)
+    return str(c.get("name", name)), dict(c.get("options") or {})
+
+
+def grid_config(name: str) -> tuple[str, dict]:
+    """(grid kind, options) for a grid config name (conf/grid/<name>.yaml)."""
+    c = group_config("grid", name)
+    return str(c.get("name", name)), dict(c.get("options") or {})
+
+
+def cache_dir(*parts: str) -> Path:
+    """The one cache root: $DIFFODE_CACHE, else ~/.cache/diffode (FID statistics, teacher pairs,
+    reference solves)."""
+    root = Path(os.environ.get("DIFFODE_CACHE") or Path.home() / ".cache" / "diffode")
+    return root.joinpath(*parts)
+
+
+def asset(name: str) -> Path:
+    """A file shipped in diffode/assets (the digits UNet and classifier)."""
+    return Path(str(resources.files("diffode").joinpath("assets", name)))

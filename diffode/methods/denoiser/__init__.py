@@ -1,0 +1,88 @@
+"""Denoiser training (eps / x0 / v / EDM losses): `diffode train method=denoiser` (the default).
+
+Needs data and a network (conf/dataset/, conf/net/, conf/schedule/); exports denoiser_ema.ckpt, the
+small EMA-weights checkpoint every `source=checkpoint` loads, and a final EMA sample grid.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...models import export_denoiser, load_denoiser  # noqa: F401  (the loader lives with the model sources)
+from ..registry import Context, register_method
+from .module import DenoiserModule, NonFiniteLossError  # noqa: F401
+
+PREDICTIONS = ("eps", "x0", "v", "edm")
+
+
+def _net_spec(ctx: Context) -> dict:
+    net = dict(ctx.net or {})
+    if "dim" in net and net["dim"] is None and ctx.datamodule is not None:
+        net["dim"] = int(ctx.datamodule.shape[0])  # the MLP's input follows vector data
+    return net
+
+
+def _net_shape(net: dict):
+    target = str(net.get("_target_", ""))
+    if target.endswith("UNet"):
+        return "UNet", (net.get("in_channels"), net.get("resolution"), net.get("resolution"))
+    if target.endswith("MLP"):
+        return "MLP", (net.get("dim"),)
+    return target, None
+
+
+def check(options: dict, ctx: Context) -> list[str]:
+    errors = []
+    if options.get("prediction") not in PREDICTIONS:
+        errors.append(f"method.prediction={options.get('prediction')!r} is unknown; choose one of {', '.join(PREDICTIONS)}.")
+    if options.get("t_sampling") not in ("auto", "uniform", "lognormal"):
+        errors.append(f"method.t_sampling={options.get('t_sampling')!r} is unknown; choose auto, uniform or lognormal.")
+    if options.get("prediction") == "edm" and options.get("t_sampling") == "uniform":
+        errors.append("method.prediction=edm trains with EDM's log-normal sigma; remove method.t_sampling=uniform "
+                      "(it only applies to eps/x0/v predictions).")
+    for key in ("lr",):
+        if not float(options.get(key, 0)) > 0:
+            errors.append(f"method.{key}={options.get(key)} must be positive, e.g. method.{key}=2e-4.")
+    ema = options.get("ema") or {}
+    if ema and not 0 <= float(ema.get("decay", 0)) < 1:
+        errors.append(f"method.ema.decay={ema.get('decay')} must be in [0, 1) (0 turns EMA off).")
+    data_shape = tuple(ctx.datamodule.shape)
+    kind, net_shape = _net_shape(_net_spec(ctx))
+    if net_shape is not None and tuple(net_shape) != data_shape:
+        name = getattr(ctx.datamodule, "name", "?")
+        if kind == "MLP" and len(data_shape) != 1:
+            errors.append(f"net=mlp is for vector data but dataset={name} has images of shape {data_shape}; use "
+                          "net=unet_digits (8x8 digits) or net=unet_cifar (32x32), or a vector dataset (gmm2d, gmm16d).")
+        elif kind == "UNet" and len(data_shape) != 3:
+            errors.append(f"a UNet needs images but dataset={name} has vectors of shape {data_shape}; use net=mlp.")
+        else:
+            errors.append(f"net input shape {net_shape} does not match dataset={name} samples of shape {data_shape}; "
+                          "set net.in_channels / net.resolution (or net.dim) to match.")
+    if int(options.get("n_samples", 0)) > 0:
+        from ...core.sample import check_sampling_config
+
+        try:
+            check_sampling_config("heun", int(options["sample_nfe"]), "edm")
+        except ValueError as e:
+            errors.append(f"method.sample_nfe={options['sample_nfe']} (the sample grid's Heun solve): {e}")
+    return errors
+
+
+def export(module: DenoiserModule, ctx: Context) -> dict:
+    """denoiser_ema.ckpt from last.ckpt, and a final sample grid with those EMA weights."""
+    last = Path(ctx.out_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return {}
+    path = export_denoiser(last, Path(ctx.out_dir) / "denoiser_ema.ckpt", ema=True)
+    module.denoiser.load_state_dict(load_denoiser(path)[0].state_dict())
+    module.log_samples(int(module.trainer.global_step))
+    return {"ema_checkpoint": str(path)}
+
+
+@register_method("denoiser", needs_data=True, check=check, export=export,
+                 description="train a denoiser (eps / x0 / v / EDM)")
+def build(options: dict, ctx: Context) -> DenoiserModule:
+    module = DenoiserModule(net=_net_spec(ctx), schedule=dict(ctx.schedule), data=ctx.datamodule.info(),
+                            seed=ctx.seed, out_dir=str(ctx.out_dir), **options)
+    if hasattr(ctx.datamodule, "analytic_denoiser"):
+        module.analytic = ctx.datamodule.analytic_denoiser()  # scatter plots over the true density
+    return module

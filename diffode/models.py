@@ -1,0 +1,215 @@
+"""ONE model source for every method, for evaluation and for the experiments.
+
+`load_model(source)` turns a `conf/source/<name>.yaml` node (or the same plain dict) into a `Model`:
+the denoiser D(x, sigma) in VE coordinates, the shape of one sample, the schedule, the sigma range it
+samples on, and its identity (what artifacts record and check: a checkpoint's sha256, a mixture's
+parameters and hash). Kinds:
+
+- gmm:        the exact denoiser of a Gaussian mixture preset (core.denoisers.GMM_PRESETS), EDM schedule.
+- checkpoint: a diffode denoiser checkpoint (`load_denoiser`); path null is the shipped digits UNet.
+- diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained.
+
+The sigma range is the source's sigma_min / sigma_max when set, else the model's own (its schedule's).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
+from .core.schedules import DTYPE, EDM, Schedule
+from .spec import build
+
+log = logging.getLogger(__name__)
+
+SOURCE_KINDS = ("gmm", "checkpoint", "diffusers")
+DIGITS_UNET = "digits_unet.ckpt"  # in diffode/assets
+
+
+@dataclass
+class Model:
+    denoiser: nn.Module
+    shape: tuple  # one sample
+    schedule: Schedule
+    sigma_min: float
+    sigma_max: float
+    identity: dict  # what artifacts record; compare with same_model()
+    dataset: str  # the data it models (FID reference): digits, cifar10, gmm2d, ...
+    gmm: object | None = None  # the GaussianMixture, for exact metrics
+    info: dict = field(default_factory=dict)  # checkpoint hyper-parameters, path, ...
+
+    @property
+    def label(self) -> str:
+        return self.identity.get("name") or self.dataset
+
+
+# -- identity ------------------------------------------------------------------------------
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensor_sha1(*tensors: Tensor) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().to(DTYPE).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def schedule_spec(schedule: Schedule | None) -> dict | None:
+    """name + scalar constructor parameters: what artifacts and cache keys record of a schedule."""
+    if schedule is None:
+        return None
+    params = {k: v for k, v in vars(schedule).items()
+              if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
+    if hasattr(schedule, "log_alphas"):  # DiscreteVP: its table, by hash
+        params["table_sha1"] = hashlib.sha1(schedule.log_alphas.numpy().tobytes()).hexdigest()[:16]
+    return {"name": schedule.name, "params": params}
+
+
+def same_model(a: dict, b: dict) -> str | None:
+    """None when two identities name the same model, else what differs (for error messages)."""
+    if a.get("kind") != b.get("kind"):
+        return f"kind {a.get('kind')!r} vs {b.get('kind')!r}"
+    for key in ("sha256", "hash", "ema"):
+        if key in a and key in b and a[key] != b[key]:
+            return f"{key} {a[key]!r} vs {b[key]!r}"
+    return None
+
+
+def cache_key(spec) -> str:
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- diffode checkpoints ------------------------------------------------------------------------
+
+def _net_state(state: dict) -> dict:
+    return {k[len("denoiser."):]: v for k, v in state.items() if k.startswith("denoiser.")}
+
+
+def load_denoiser(ckpt_path, ema: bool = True, map_location="cpu"):
+    """(ModelDenoiser in eval mode, info) from a training checkpoint or an exported one.
+
+    info: schedule (Schedule), shape (one sample), dataset (name), sigma_min, sigma_max,
+    prediction, hparams (the plain dict), global_step. ema=True loads the EMA weights (Lightning's
+    WeightAveraging keeps them in `state_dict` and the raw weights in `current_model_state`).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the path of a .ckpt written by "
+                                "`diffode train` (<run dir>/checkpoints/last.ckpt or denoiser_ema.ckpt)")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    if ema or "current_model_state" not in ckpt:
+        if ema and not ckpt.get("ema", "current_model_state" in ckpt):
+            log.warning("%s holds no EMA weights; loading the raw weights", path)
+        state = ckpt["state_dict"]
+    else:
+        state = ckpt["current_model_state"]
+    schedule = build(hp["schedule"])
+    D = ModelDenoiser(build(hp["net"]), schedule, hp["prediction"], hp.get("sigma_data", 0.5))
+    D.load_state_dict(_net_state(state))
+    D.eval().requires_grad_(False)
+    info = dict(schedule=schedule, shape=tuple(hp["data"]["shape"]), dataset=hp["data"]["name"],
+                sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max, prediction=hp["prediction"],
+                hparams=hp, global_step=ckpt.get("global_step"))
+    return D, info
+
+
+def export_denoiser(ckpt_path, out_path, ema: bool = True) -> Path:
+    """A small checkpoint with only the (EMA) weights and the plain hyper-parameters, loadable by load_denoiser."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    has_ema = "current_model_state" in ckpt
+    state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": dict(state),
+                "ema": bool(ema and has_ema), "global_step": ckpt.get("global_step")}, out)
+    return out
+
+
+# -- sources -------------------------------------------------------------------------------------
+
+def _get(src, key, default=None):
+    v = src.get(key, default) if hasattr(src, "get") else default
+    return default if v is None else v
+
+
+def checkpoint_path(src) -> Path:
+    """The checkpoint a `checkpoint` source names (path null: the shipped digits UNet)."""
+    from .config import asset
+
+    p = _get(src, "path")
+    return asset(DIGITS_UNET) if p in (None, "") else Path(str(p)).expanduser()
+
+
+def _range(src, lo: float, hi: float) -> tuple[float, float]:
+    lo = float(_get(src, "sigma_min", lo))
+    hi = float(_get(src, "sigma_max", hi))
+    if not 0 < lo < hi:
+        raise ValueError(f"source sigma range [{lo}, {hi}] is empty; set source.sigma_min < source.sigma_max, both > 0.")
+    return lo, hi
+
+
+def load_model(src) -> Model:
+    """A Model from a source config (conf/source/<name>.yaml node or a plain dict with `kind`)."""
+    kind = _get(src, "kind")
+    if kind == "gmm":
+        preset = _get(src, "preset")
+        if preset not in GMM_PRESETS:
+            raise ValueError(f"unknown mixture preset {preset!r}; choose one of {', '.join(GMM_PRESETS)}.")
+        params = dict(GMM_PRESETS[preset])
+        gmm = make_gmm(**params)
+        schedule = EDM()
+        lo, hi = _range(src, schedule.sigma_min, schedule.sigma_max)
+        identity = {"kind": "gmm", "name": preset, "params": params, "hash": tensor_sha1(gmm.mu, gmm.lam, gmm.log_pi)}
+        return Model(gmm, (gmm.dim,), schedule, lo, hi, identity, preset, gmm=gmm)
+    if kind == "checkpoint":
+        path = checkpoint_path(src)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} not found; train one (`diffode train experiment=digits`) "
+                                    "and set source.path=<run dir>/denoiser_ema.ckpt, or leave source.path=null for "
+                                    "the shipped digits UNet.")
+        ema = bool(_get(src, "ema", True))
+        den, info = load_denoiser(path, ema=ema)
+        lo, hi = _range(src, info["sigma_min"], info["sigma_max"])
+        identity = {"kind": "checkpoint", "name": path.stem, "sha256": file_sha256(path), "ema": ema,
+                    "dataset": info["dataset"]}
+        return Model(den, tuple(info["shape"]), info["schedule"], lo, hi, identity, str(info["dataset"]),
+                     info={**info, "path": str(path.resolve())})
+    if kind == "diffusers":
+        from .nets.diffusers_adapter import load_diffusers_unet
+
+        path = Path(str(_get(src, "path", ""))).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"source.path={str(path)!r} is not a directory; point it at a folder written by "
+                                    "diffusers' save_pretrained (unet/ + scheduler/).")
+        den = load_diffusers_unet(path)
+        cfg = den.net.unet.config
+        size = cfg.sample_size
+        shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
+        lo, hi = _range(src, den.schedule.sigma_min, den.schedule.sigma_max)
+        weights = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin"))
+        sha = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
+        identity = {"kind": "diffusers", "name": path.name, "sha256": sha}
+        return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
+                     info={"path": str(path.resolve())})
+    raise ValueError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)} "
+                     "(source=gmm2d | gmm16d | checkpoint | diffusers).")
+
+
+def initial_noise(shape: tuple, seeds, sigma_max: float, dtype=torch.float64) -> Tensor:
+    """x_T = sigma_max z_i with z_i drawn from its own generator seeded by seed i, so a sample's
+    noise depends on its seed alone (not on the batch size or on which cells ran before)."""
+    z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=dtype) for s in seeds])
+    return float(sigma_max) * z
