@@ -6,5 +6,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["diffode", "diffode.*"]) + ["diffode.conf"],
     package_dir={"diffode.conf": "conf"},
-    package_data={"diffode": ["assets/*"], "diffode.conf": ["*.yaml", "**/*.yaml"]},
+    package_data={"diffode": ["assets/*", "assets/**/*"], "diffode.conf": ["*.yaml", "**/*.yaml"]},
 )

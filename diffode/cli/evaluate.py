@@ -1,9 +1,10 @@
-"""`diffode eval [overrides]` / `python -m diffode.evaluate`: FID (or exact GMM metrics) vs NFE.
+"""`diffode eval [overrides]`: FID (or exact GMM metrics) and solver error vs NFE for one model.
 
     diffode main                                    # = diffode eval experiment=eval_main
-    diffode eval experiment=eval_gmm
-    diffode eval sweep.solvers=[heun,dpmpp_2m] sweep.grids=[edm,logsnr] sweep.nfes=[4,6,8]
-    diffode eval -m sweep.solvers=heun,dpmpp_2m logger=wandb        # Hydra multirun, one W&B group
+    diffode eval solver=heun grid=edm nfe=6         # one cell
+    diffode eval -m solver=heun,dpmpp_3m nfe=4,6    # Hydra multirun: one job per cell
+    diffode eval source=gmm2d sweep.solvers=[heun,dpmpp_2m] sweep.grids=[edm,logsnr] sweep.nfes=[4,6,8]
+    diffode eval sweep.learned=[<run dir>/artifacts/ld3]   # adds the row <solver>/ld3
 
 Writes into the run dir: results.csv (one row per cell, atomic, resumable), report.md,
 <metric>_vs_nfe.png, samples/*.png and summary.json; the table is printed at the end.
@@ -13,54 +14,52 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import ConfigError, hydra_entry
+
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _resolve_path(p: str) -> Path:
-    """Relative paths: the launch directory first, then the repository root."""
-    path = Path(p)
-    if path.is_absolute():
-        return path
-    try:
-        from hydra.utils import get_original_cwd
-
-        base = Path(get_original_cwd())
-    except (ValueError, ImportError):
-        base = Path.cwd()
-    return base / path if (base / path).exists() or not (REPO_ROOT / path).exists() else REPO_ROOT / path
 
 
 def _output_dir(cfg) -> Path:
     if cfg.get("output_dir"):
-        return _resolve_path(cfg.output_dir)
+        from diffode.evaluation.sweep import resolve_path
+
+        return resolve_path(cfg.output_dir)
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
 
 
 def _train_checkpoint(cfg, path: Path, run_dir: Path) -> None:
-    """The main job's fallback: train the model with the project's own training entry, then
-    put its exported EMA checkpoint (denoiser_ema.ckpt) at `path`."""
+    """The main job's fallback when its checkpoint is missing: train it in this process with the
+    project's own runner (conf/experiment/<source.train_experiment>), then copy its EMA export to `path`."""
     import shutil
 
-    cmd = [sys.executable, "-m", "diffode.train", f"experiment={cfg.model.train_experiment}", f"output_dir={run_dir}"]
-    log.info("checkpoint %s missing: training it with %s", path, " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=REPO_ROOT)
-    exported = run_dir / "denoiser_ema.ckpt"
-    if not exported.is_file():
-        raise FileNotFoundError(f"training finished but wrote no {exported}")
+    from hydra import compose
+
+    from .train import train
+
+    exp = cfg.source.get("train_experiment") or "digits"
+    log.info("checkpoint %s missing: training it (diffode train experiment=%s)", path, exp)
+    tcfg = compose("train", overrides=[f"experiment={exp}", f"output_dir={run_dir}"])
+    exported = train(tcfg).get("exported", {}).get("ema_checkpoint")
+    if not exported or not Path(exported).is_file():
+        raise FileNotFoundError(f"training finished but wrote no denoiser_ema.ckpt under {run_dir}")
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(exported, path)
+
+
+def _choices() -> dict:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices)
+    except ValueError:
+        return {}
 
 
 def logger_kind(cfg) -> str:
@@ -75,48 +74,55 @@ def logger_kind(cfg) -> str:
 
 def settings_hash(cfg) -> str:
     """Identity of what the numbers mean (not of how they were computed: batch size, threads)."""
-    keys = dict(model=cfg.model, n_samples=cfg.n_samples, seed=cfg.seed, afs=cfg.afs,
+    keys = dict(source=cfg.source, n_samples=cfg.n_samples, seed=cfg.seed, afs=cfg.afs,
                 denoise_to_zero=cfg.denoise_to_zero, metric=cfg.metric, fid=cfg.fid, gmm=cfg.gmm_metrics,
+                reference=cfg.get("reference"),
                 solver_options=cfg.sweep.get("solver_options"), grid_options=cfg.sweep.get("grid_options"))
     blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def evaluate(cfg: DictConfig, on_cell_done=None) -> dict:
+def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) -> dict:
     """Run (or resume) the sweep described by cfg; returns rows, paths and the summary."""
-    from diffode.evaluation.models import initial_noise, load_model, make_metrics
+    from diffode.evaluation.metrics import make_metrics
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
     from diffode.evaluation.sweep import build_cells, run_sweep, validate_cells
+    from diffode.models import checkpoint_path, initial_noise, load_model
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     out_dir = _output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.model.source != "gmm":
-        path = _resolve_path(cfg.model.path)
-        if not path.is_file() and cfg.model.source == "checkpoint" and cfg.model.train_if_missing:
+    if cfg.source.kind == "checkpoint":
+        path = checkpoint_path(cfg.source)
+        if not path.is_file() and cfg.source.get("train_if_missing"):
             _train_checkpoint(cfg, path, out_dir / "train")
-        cfg = OmegaConf.merge(cfg, {"model": {"path": str(path)}})
 
     # Everything that can be wrong with the config fails here, before any sampling.
-    cells = build_cells(cfg)
-    model = load_model(cfg.model)
-    unreachable = validate_cells(cells, model, cfg)
+    try:
+        if int(cfg.n_samples) < 2 or int(cfg.batch_size) < 1:
+            raise ValueError(f"n_samples={cfg.n_samples} and batch_size={cfg.batch_size}: need n_samples >= 2 "
+                             "(FID needs a covariance) and batch_size >= 1.")
+        cells = build_cells(cfg, _choices() if choices is None else choices)
+        model = load_model(cfg.source)
+        unreachable = validate_cells(cells, model, cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
     n = int(cfg.n_samples)
     seeds = range(int(cfg.seed), int(cfg.seed) + n)
     seeds_label = f"{seeds.start}-{seeds.stop - 1}"
-    device = _device(cfg.get("device")) if cfg.model.source != "gmm" else torch.device("cpu")  # the mixture is tiny
-    model.denoiser = model.denoiser.to(device) if hasattr(model.denoiser, "to") else model.denoiser
+    device = _device(cfg.get("device")) if model.gmm is None else torch.device("cpu")  # the mixture is tiny
+    model.denoiser = model.denoiser.to(device)
     x_T = initial_noise(model.shape, seeds, model.sigma_max).to(device)  # drawn on CPU: same noise on any device
     metrics = make_metrics(model, cfg, x_T)
-    names = [metrics.primary] + [m for m in ("fid", "confident", "rmse", "sw") if m != metrics.primary]
+    names = [metrics.primary] + [m for m in ("fid", "rmse", "confident", "sw") if m != metrics.primary]
 
     table = ResultsTable(out_dir / "results.csv", settings_hash(cfg))
     log.info("sweep: %d cells (%d unreachable), %d samples each, output %s", len(cells), len(unreachable), n, out_dir)
     rows = run_sweep(cells, model, metrics, x_T, table, cfg, out_dir, unreachable, on_cell_done, seeds_label)
 
-    summary = dict(model=cfg.model.source, dataset=model.dataset, n_samples=n, seeds=seeds_label,
+    summary = dict(source=cfg.source.kind, model=model.label, dataset=model.dataset, n_samples=n, seeds=seeds_label,
                    sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
     command = "diffode eval " + " ".join(_overrides())
     report = write_report(rows, names, out_dir, cfg.title, summary, command.strip())
@@ -159,9 +165,7 @@ def _overrides() -> list[str]:
         return []
 
 
-# The absolute form of "../conf": a relative config_path is resolved against the calling module,
-# which breaks when the `diffode` console script imports this module instead of running it as __main__.
-@hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="eval", version_base="1.3")
+@hydra_entry(config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

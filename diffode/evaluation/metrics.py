@@ -1,76 +1,24 @@
-"""What a sweep evaluates and against what: the model (denoiser + its sampling range) and the
-metrics of its samples (FID against real data, or exact GMM metrics).
+"""What a sweep measures of each cell's samples, against what.
 
-Model sources (cfg.model.source):
-- checkpoint: a project checkpoint, via diffode.methods.denoiser.load_denoiser.
-- diffusers:  a UNet2DModel + DDPM scheduler directory, via diffode.nets.diffusers_adapter.
-- gmm:        the exact denoiser of a Gaussian mixture (diffode.core.denoisers.make_gmm).
+- images: FID of the feature net (Inception, or the digits classifier for digits) with a bootstrap
+  interval over the generated samples' features, the digits classifier's confident share, and the
+  solver error: RMSE against a reference solve of the same model from the same noise (cached on
+  disk per model, seeds and reference spec; for a distilled student it is the distance to the
+  original teacher's reference solve, since the teacher is the evaluated model).
+- exact mixtures: endpoint RMSE against a float64 dopri8 solve, sliced W2 to exact samples.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from diffode.config import cache_dir
+from diffode.models import Model, cache_key
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Model:
-    denoiser: object
-    shape: tuple  # one sample
-    schedule: object | None
-    sigma_min: float
-    sigma_max: float
-    dataset: str
-    gmm: object | None = None
-    info: dict = field(default_factory=dict)
-
-
-def load_model(mcfg) -> Model:
-    source = mcfg.source
-    if source == "gmm":
-        from diffode.core.denoisers import make_gmm
-
-        g = mcfg.gmm
-        gmm = make_gmm(dim=g.dim, components=g.components, seed=g.seed, spread=g.spread, std=g.std, layout=g.layout)
-        lo = 0.002 if mcfg.get("sigma_min") is None else float(mcfg.sigma_min)
-        hi = 80.0 if mcfg.get("sigma_max") is None else float(mcfg.sigma_max)
-        return Model(gmm, (gmm.dim,), None, lo, hi, f"gmm{gmm.dim}d", gmm=gmm)
-    if source == "checkpoint":
-        path = Path(mcfg.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found; train one (`diffode train experiment=digits`) "
-                                    f"or set model.path=... to an existing .ckpt")
-        from diffode.methods.denoiser import load_denoiser
-
-        den, info = load_denoiser(str(path), ema=mcfg.get("ema", True), map_location="cpu")
-        sched = info["schedule"]
-        lo = float(info.get("sigma_min") or sched.sigma_min) if mcfg.get("sigma_min") is None else float(mcfg.sigma_min)
-        hi = float(info.get("sigma_max") or sched.sigma_max) if mcfg.get("sigma_max") is None else float(mcfg.sigma_max)
-        return Model(den, tuple(info["shape"]), sched, lo, hi, str(info.get("dataset", "unknown")), info=dict(info))
-    if source == "diffusers":
-        from diffode.nets.diffusers_adapter import load_diffusers_unet
-
-        den = load_diffusers_unet(mcfg.path)
-        cfg = den.net.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
-        shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else size))
-        sched = den.schedule
-        lo = sched.sigma_min if mcfg.get("sigma_min") is None else float(mcfg.sigma_min)
-        hi = sched.sigma_max if mcfg.get("sigma_max") is None else float(mcfg.sigma_max)
-        return Model(den, shape, sched, lo, hi, str(mcfg.get("dataset") or "cifar10"))
-    raise ValueError(f"unknown model.source {source!r}; choose checkpoint, diffusers or gmm")
-
-
-def initial_noise(shape: tuple, seeds: range | list, sigma_max: float, dtype=torch.float64) -> Tensor:
-    """x_T = sigma_max z_i with z_i drawn from its own generator seeded by seed i, so a sample's
-    noise depends on its seed alone (not on the batch size or on which cells ran before)."""
-    z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=dtype) for s in seeds])
-    return float(sigma_max) * z
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -104,9 +52,10 @@ class FIDMetrics:
 
     primary = "fid"
 
-    def __init__(self, model: Model, fcfg, device=torch.device("cpu")):
+    def __init__(self, model: Model, fcfg, device=torch.device("cpu"), reference: "ReferenceSolve | None" = None):
         from diffode.metrics.fid import get_feature_net, reference_stats
 
+        solve_ref = reference
         reference = model.dataset if fcfg.reference in (None, "auto") else fcfg.reference
         features = fcfg.features
         if features in (None, "auto"):
@@ -119,16 +68,20 @@ class FIDMetrics:
                                    lambda: real_images(reference, fcfg.get("data_root")).to(device),
                                    self.batch_size, fcfg.get("cache_dir"))
         self.reference = reference
+        self.solve_ref = solve_ref
+        self.bootstrap, self.level = int(fcfg.get("bootstrap", 200)), float(fcfg.get("level", 0.95))
         log.info("FID reference %s / %s: %d images (%s)", reference, features,
                  int(self.ref["real_features_num_samples"]), "cached" if self.ref["cached"] else "computed")
 
     def __call__(self, samples: Tensor, x_T: Tensor) -> dict:
-        from diffode.metrics.fid import fid_score, quantize_uint8
+        from diffode.metrics.fid import bootstrap_fid, features, quantize_uint8
 
+        out = {} if self.solve_ref is None else {"rmse": self.solve_ref.rmse(samples)}
         # As papers (and NVlabs/edm) do: FID of the images as they would be saved, clipped to
         # [-1, 1] and rounded to 8 bits, so out-of-range pixels cost what they cost in a PNG.
         samples = quantize_uint8(samples).float() / 127.5 - 1
-        out = {"fid": fid_score(samples, self.net, self.ref, self.batch_size)}
+        f = features(samples.to(self.device), self.net, self.batch_size)
+        out.update(bootstrap_fid(f, self.ref, B=self.bootstrap, level=self.level))
         if self.features_name == "digits":
             from diffode.metrics.digits_classifier import confident_share
 
@@ -136,7 +89,8 @@ class FIDMetrics:
         return out
 
     def summary(self) -> dict:
-        return {"fid_features": self.features_name, "fid_reference": self.reference,
+        extra = {} if self.solve_ref is None else self.solve_ref.summary()
+        return {**extra, "fid_bootstrap": self.bootstrap, "fid_level": self.level, "fid_features": self.features_name, "fid_reference": self.reference,
                 "fid_reference_n": int(self.ref["real_features_num_samples"]), "fid_stats": self.ref["path"]}
 
 
@@ -178,5 +132,60 @@ def make_metrics(model: Model, cfg, x_T: Tensor):
             raise ValueError("metric=gmm needs model.source=gmm (an exact mixture); use metric=fid for images")
         return GMMMetrics(model, cfg.gmm_metrics, x_T)
     if kind == "fid":
-        return FIDMetrics(model, cfg.fid, x_T.device)
+        ref = None
+        rcfg = cfg.get("reference")
+        if rcfg is not None and rcfg.get("enabled", True):
+            ref = ReferenceSolve(model, x_T, cfg.seed, rcfg, int(cfg.batch_size))
+        return FIDMetrics(model, cfg.fid, x_T.device, reference=ref)
     raise ValueError(f"unknown metric {kind!r}; choose auto, fid or gmm")
+
+
+class ReferenceSolve:
+    """A high-NFE solve of the model from the same x_T, and its self-consistency (RMSE against the
+    same solver at a lower NFE): the yardstick of every cell's solver error. Cached on disk per
+    (model identity, seeds, sigma range, reference spec)."""
+
+    def __init__(self, model: Model, x_T: Tensor, seed: int, rcfg, batch_size: int):
+        from diffode.config import solver_config
+
+        self.spec = {"solver": str(rcfg.solver), "grid": str(rcfg.grid), "nfe": int(rcfg.nfe),
+                     "check_nfe": int(rcfg.check_nfe)}
+        key = cache_key({"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
+                         "sigma": [model.sigma_min, model.sigma_max], **self.spec})
+        path = Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key}.pt"
+        self.path, self.cached = path, path.is_file()
+        if self.cached:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            self.x_ref, self.self_rmse = blob["x_ref"], float(blob["self_rmse"])
+        else:
+            name, opts = solver_config(self.spec["solver"])
+            solve = lambda nfe: _batched_sample(model, x_T, name, nfe, self.spec["grid"], opts, batch_size)  # noqa: E731
+            log.info("reference solve: %s/%s at NFE %d (and %d for its self-consistency), %d samples",
+                     self.spec["solver"], self.spec["grid"], self.spec["nfe"], self.spec["check_nfe"], x_T.shape[0])
+            self.x_ref = solve(self.spec["nfe"]).cpu()
+            self.self_rmse = _rmse(solve(self.spec["check_nfe"]).cpu(), self.x_ref)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
+            torch.save({"x_ref": self.x_ref, "self_rmse": self.self_rmse, "spec": self.spec}, tmp)
+            tmp.replace(path)
+
+    def rmse(self, samples: Tensor) -> float:
+        return _rmse(samples.cpu(), self.x_ref)
+
+    def summary(self) -> dict:
+        return {"reference": f"{self.spec['solver']}/{self.spec['grid']} NFE {self.spec['nfe']}",
+                "reference_self_rmse": self.self_rmse, "reference_check_nfe": self.spec["check_nfe"],
+                "reference_cache": str(self.path), "reference_cached": self.cached}
+
+
+def _rmse(a: Tensor, b: Tensor) -> float:
+    return float(torch.sqrt(((a.double() - b.double()) ** 2).mean()))
+
+
+def _batched_sample(model: Model, x_T: Tensor, solver: str, nfe: int, grid: str, options: dict, batch_size: int):
+    from diffode.core.sample import sample
+
+    with torch.no_grad():
+        return torch.cat([sample(model.denoiser, xb, solver=solver, nfe=nfe, grid=grid, schedule=model.schedule,
+                                 sigma_min=model.sigma_min, sigma_max=model.sigma_max, **options)
+                          for xb in x_T.split(batch_size)])

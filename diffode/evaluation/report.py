@@ -1,6 +1,8 @@
-"""The human-readable side of a sweep: a Markdown table (metric per solver/grid at each NFE,
-the best per NFE, samples per cell) and a metric-vs-NFE plot (log-scale y, one line per
-solver/grid). Failed and unreachable cells are shown as such, never as numbers."""
+"""The human-readable side of a sweep: a Markdown table per metric (value per solver/grid at each
+NFE, FID with its bootstrap interval as +-, the best per NFE) and a metric-vs-NFE plot (log-scale y,
+one line per solver/grid, FID with error bars). "Best" is marked only where the best cell's interval
+does not overlap the runner-up's; otherwise every cell whose interval overlaps the best one's is
+marked as tied. Failed and unreachable cells are shown as such, never as numbers."""
 from __future__ import annotations
 
 import math
@@ -27,11 +29,41 @@ def best_per_nfe(rows: list[dict], metric: str) -> dict[int, dict]:
     return best
 
 
+def interval(r: dict, metric: str) -> tuple[float, float] | None:
+    lo, hi = r.get(f"{metric}_lo"), r.get(f"{metric}_hi")
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
+    return (float(lo), float(hi)) if ok else None
+
+
+def winners(rows: list[dict], metric: str) -> dict[int, list[dict]]:
+    """Per NFE: [best] when its interval is clear of every other cell's, else the best and every cell
+    whose interval overlaps the best one's (a tie). Metrics without intervals: the best alone."""
+    best = best_per_nfe(rows, metric)
+    out = {}
+    for n, b in best.items():
+        ib = interval(b, metric)
+        tied = [b]
+        if ib is not None:
+            for r in rows:
+                ir = interval(r, metric)
+                if r is not b and int(r["nfe"]) == n and _ok(r, metric) and ir and ir[0] <= ib[1] and ib[0] <= ir[1]:
+                    tied.append(r)
+        out[n] = tied
+    return out
+
+
+def _cell(r: dict, metric: str) -> str:
+    iv = interval(r, metric)
+    if iv is None:
+        return f"{r[metric]:.4g}"
+    return f"{r[metric]:.4g} ± {(iv[1] - iv[0]) / 2:.2g}"
+
+
 def markdown_table(rows: list[dict], metric: str) -> str:
     labels = list(dict.fromkeys(_label(r) for r in sorted(rows, key=lambda r: (r["solver"], r["grid"]))))
     nfes = sorted({int(r["nfe"]) for r in rows})
     by = {(_label(r), int(r["nfe"])): r for r in rows}
-    best = best_per_nfe(rows, metric)
+    wins = winners(rows, metric)
     lines = ["| solver/grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|" + "---|" * len(nfes)]
     for lab in labels:
@@ -45,10 +77,16 @@ def markdown_table(rows: list[dict], metric: str) -> str:
             elif not _ok(r, metric):
                 cells.append("failed")
             else:
-                s = f"{r[metric]:.4g}"
-                cells.append(f"**{s}**" if best.get(n) is r else s)
+                s = _cell(r, metric)
+                w = wins.get(n, [])
+                cells.append((f"**{s}**" if len(w) == 1 else f"*{s}* (tie)") if any(x is r for x in w) else s)
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-    lines.append("| **best** | " + " | ".join(_label(best[n]) if n in best else "-" for n in nfes) + " |")
+
+    def best_label(n):
+        w = wins.get(n)
+        return "-" if not w else _label(w[0]) if len(w) == 1 else "tie: " + ", ".join(_label(x) for x in w)
+
+    lines.append("| **best** | " + " | ".join(best_label(n) for n in nfes) + " |")
     return "\n".join(lines)
 
 
@@ -69,10 +107,15 @@ def plot(rows: list[dict], metric: str, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.get_cmap("tab20").colors
     for i, lab in enumerate(sorted({_label(r) for r in rows})):
-        pts = sorted((int(r["nfe"]), r[metric]) for r in rows if _label(r) == lab and _ok(r, metric))
+        pts = sorted((int(r["nfe"]), r[metric], interval(r, metric)) for r in rows if _label(r) == lab and _ok(r, metric))
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="osd^v<>"[i % 7], ms=3.5, label=lab,
-                    color=colors[(2 * i) % 20 + (2 * i // 20) % 2])
+            x, y = [p[0] for p in pts], [p[1] for p in pts]
+            style = dict(marker="osd^v<>"[i % 7], ms=3.5, label=lab, color=colors[(2 * i) % 20 + (2 * i // 20) % 2])
+            if all(p[2] is not None for p in pts):
+                err = [[max(p[1] - p[2][0], 0) for p in pts], [max(p[2][1] - p[1], 0) for p in pts]]
+                ax.errorbar(x, y, yerr=err, capsize=2, lw=1, elinewidth=0.8, **style)
+            else:
+                ax.plot(x, y, **style)
     ax.set_yscale("log")
     nfes = [int(r["nfe"]) for r in rows]
     if nfes and max(nfes) > 8 * min(nfes):
@@ -96,6 +139,17 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
     if command:
         parts += ["Command:", "", f"    {command}", ""]
     parts += [samples_note(rows), ""]
+    if "reference" in summary:
+        smallest = min((r["rmse"] for r in rows if _ok(r, "rmse")), default=None)
+        ratio = "" if not smallest else f", {smallest / max(summary['reference_self_rmse'], 1e-300):.3g}x below the smallest solver error in the table"
+        parts += [f"Solver error (RMSE) is measured against a reference solve of the same model from the same noise: "
+                  f"{summary['reference']}; its self-consistency (RMSE against NFE {summary['reference_check_nfe']}) is "
+                  f"{summary['reference_self_rmse']:.3g}{ratio}. For a distilled student it is the distance to the "
+                  f"teacher's reference solve.", ""]
+    if any(interval(r, "fid") for r in rows):
+        parts += [f"FID +- is half the width of a {100 * summary.get('fid_level', 0.95):.0f}% bootstrap interval over "
+                  f"the generated samples' features (B = {summary.get('fid_bootstrap')}); best per NFE in bold only "
+                  "where its interval clears every other cell's, else the overlapping cells are marked as tied.", ""]
     for m in metrics:
         if not any(_ok(r, m) for r in rows):
             continue

@@ -1,17 +1,17 @@
-"""A sweep: solver x grid x NFE cells, every cell sampled from the same initial noise.
+"""A sweep: cells that are samplers, every cell sampled from the same initial noise.
 
-Cells come from config names (conf/solver/<name>.yaml: name + options; conf/grid/<name>.yaml:
-name + options). Two pairings:
+A cell is a training-free solver x grid x NFE (config names: conf/solver/<name>.yaml and
+conf/grid/<name>.yaml), or a learned sampler (an artifact of diffode.artifacts: an LD3 or GITS grid,
+an AMED predictor, a distilled student) at its own NFE, labelled as the artifact says (<solver>/ld3,
+ipndm/amed, pd/4, ...). Pairings of the training-free cells:
 - product: every solver on every grid;
-- usual:   every solver on its usual grid (cfg.usual_grid, as diff-sampler runs them), plus
-           every grid with one solver (cfg.grid_solver).
-Learned grids (sweep.learned_grids: LD3 artifact files) add one cell each, at the solver and NFE
-the file was trained for, labelled <solver>/<method> (e.g. ipndm/ld3).
-The whole sweep is validated (check_sampling_config) before any compute.
+- usual:   every solver on its usual grid (sweep.usual_grid, as diff-sampler runs them), plus
+           every grid with one solver (sweep.grid_solver).
+`diffode eval solver=heun grid=edm nfe=6` is the one cell heun/edm at NFE 6 (solver= / grid= / nfe=
+replace the sweep's lists). The whole sweep is validated before any compute.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,20 +21,21 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-log = logging.getLogger(__name__)
+from diffode.config import grid_config, solver_config
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Cell:
-    solver: str  # config name (conf/solver/<solver>.yaml)
-    grid: str  # config name (conf/grid/<grid>.yaml)
+    solver: str  # config name (conf/solver/<solver>.yaml), or the first part of a learned sampler's label
+    grid: str  # config name (conf/grid/<grid>.yaml), or the second part of the label (ld3, amed, 4, ...)
     nfe: int
-    solver_name: str = ""
-    grid_name: str = ""
+    solver_name: str = ""  # registry name
+    grid_name: str = ""  # grid kind
     solver_options: dict = field(default_factory=dict, hash=False, compare=False)
     grid_options: dict = field(default_factory=dict, hash=False, compare=False)
+    sampler: object = field(default=None, hash=False, compare=False)  # a LearnedSampler, for artifact cells
 
     @property
     def key(self):
@@ -43,15 +44,6 @@ class Cell:
     @property
     def label(self):
         return f"{self.solver}/{self.grid}"
-
-
-def named_config(group: str, name: str, conf_dir: Path = CONF_DIR) -> tuple[str, dict]:
-    """(registry name, options) from conf/<group>/<name>.yaml; a bare registry name otherwise."""
-    path = conf_dir / group / f"{name}.yaml"
-    if not path.is_file():
-        return name, {}
-    c = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    return str(c.get("name", name)), dict(c.get("options") or {})
 
 
 def _as_list(v) -> list:
@@ -66,14 +58,29 @@ def _plain(c) -> dict:
     return OmegaConf.to_container(c, resolve=True) if OmegaConf.is_config(c) else dict(c or {})
 
 
-def build_cells(cfg, conf_dir: Path = CONF_DIR) -> list[Cell]:
+def _one(cfg, group: str, choice: str | None):
+    """A solver= / grid= group choice as (config name, registry name, options), or None."""
+    node = cfg.get(group)
+    if node is None or choice in (None, "null"):
+        return None
+    node = _plain(node)
+    return choice, str(node.get("name", choice)), dict(node.get("options") or {})
+
+
+def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
+    """The sweep's cells. `choices`: Hydra's runtime choices of the solver / grid groups, when set."""
+    choices = choices or {}
     s = cfg.sweep
-    solvers, grids, nfes = _as_list(s.solvers), _as_list(s.grids), [int(n) for n in _as_list(s.nfes)]
+    one_solver, one_grid = _one(cfg, "solver", choices.get("solver")), _one(cfg, "grid", choices.get("grid"))
+    nfes = [int(n) for n in _as_list(cfg.get("nfe") if cfg.get("nfe") is not None else s.nfes)]
     if not nfes:
-        raise ValueError("sweep.nfes is empty; set e.g. sweep.nfes=[3,4,5,6,7,8,9,10]")
-    if s.pairing == "product":
+        raise ValueError("sweep.nfes is empty; set e.g. sweep.nfes=[3,4,5,6,7,8,9,10] (or nfe=6 for one cell)")
+    solvers = [one_solver[0]] if one_solver else _as_list(s.solvers)
+    grids = [one_grid[0]] if one_grid else _as_list(s.grids)
+    pairing = "product" if (one_solver or one_grid) else s.pairing
+    if pairing == "product":
         pairs = [(a, g) for a in solvers for g in grids]
-    elif s.pairing == "usual":
+    elif pairing == "usual":
         usual = dict(s.usual_grid or {})
         missing = [a for a in solvers if a not in usual]
         if missing:
@@ -82,39 +89,54 @@ def build_cells(cfg, conf_dir: Path = CONF_DIR) -> list[Cell]:
         pairs = [(a, usual[a]) for a in solvers] + [(s.grid_solver, g) for g in grids]
     else:
         raise ValueError(f"unknown sweep.pairing {s.pairing!r}; choose product or usual")
-    if not pairs:
-        raise ValueError("the sweep has no (solver, grid) pairs; set sweep.solvers and sweep.grids")
+    learned = _as_list(s.get("learned")) + _as_list(s.get("learned_grids"))  # learned_grids: the older name
+    if not pairs and not learned:
+        raise ValueError("the sweep has no cells; set sweep.solvers and sweep.grids, solver= and grid=, or sweep.learned")
     extra_s, extra_g = _plain(s.get("solver_options")), _plain(s.get("grid_options"))
     cells, seen = [], set()
     for a, g in pairs:
-        sname, sopts = named_config("solver", a, conf_dir)
-        gname, gopts = named_config("grid", g, conf_dir)
+        sname, sopts = one_solver[1:] if one_solver and a == one_solver[0] else solver_config(a)
+        gname, gopts = one_grid[1:] if one_grid and g == one_grid[0] else grid_config(g)
         sopts, gopts = {**sopts, **extra_s.get(a, {})}, {**gopts, **extra_g.get(g, {})}
         for n in nfes:
             if (a, g, n) not in seen:
                 seen.add((a, g, n))
                 cells.append(Cell(a, g, n, sname, gname, sopts, gopts))
-    for p in _as_list(s.get("learned_grids")):
-        cell = learned_grid_cell(p, conf_dir)
+    for p in learned:
+        cell = learned_cell(p)
         if cell.key in seen:
-            raise ValueError(f"sweep.learned_grids: two cells {cell.label} nfe={cell.nfe}; keep one file per solver and NFE")
+            raise ValueError(f"sweep.learned: two cells {cell.label} nfe={cell.nfe}; keep one artifact per label and NFE")
         seen.add(cell.key)
         cells.append(cell)
     return cells
 
 
-def learned_grid_cell(path, conf_dir: Path = CONF_DIR) -> Cell:
-    """The cell of a learned-grid file (LD3 artifact): its solver (with the file's options) at its NFE."""
-    path = Path(path)
-    if not path.is_file() and (conf_dir.parent / path).is_file():
-        path = conf_dir.parent / path  # relative to the repository root
-    if not path.is_file():
-        raise ValueError(f"sweep.learned_grids: no file {str(path)!r}; give the ld3_grid.json an LD3 run wrote")
-    meta = json.loads(path.read_text())
-    sname, sopts = named_config("solver", meta["solver"], conf_dir)
-    sopts = {**sopts, **(meta.get("solver_options") or {})}
-    return Cell(meta["solver"], str(meta.get("method", "learned")), int(meta["nfe"]), sname, "from_file", sopts,
-                {"path": str(path)})
+def resolve_path(p) -> Path:
+    """A path as given (absolute, or relative to the launch directory); `asset:<rel>` names a file
+    shipped in diffode/assets (the main job's learned samplers for the shipped digits UNet)."""
+    if str(p).startswith("asset:"):
+        from diffode.config import asset
+
+        return asset(str(p)[len("asset:"):])
+    path = Path(str(p)).expanduser()
+    if path.is_absolute():
+        return path
+    try:
+        from hydra.utils import get_original_cwd
+
+        return Path(get_original_cwd()) / path
+    except (ValueError, ImportError):
+        return Path.cwd() / path
+
+
+def learned_cell(path) -> Cell:
+    """The cell of an artifact: its label (<solver>/<kind>, pd/4, ...) at its own NFE."""
+    from diffode.artifacts import load_sampler
+
+    sampler = load_sampler(resolve_path(path))
+    first, _, second = sampler.label.partition("/")
+    return Cell(first, second or sampler.kind, sampler.nfe, sampler.registry_solver, "artifact",
+                dict(sampler.manifest.get("solver_options") or {}), {"path": str(sampler.path)}, sampler)
 
 
 def validate_cells(cells: list[Cell], model, cfg) -> dict:
@@ -125,6 +147,12 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
     flags = dict(afs=bool(cfg.afs), denoise_to_zero=bool(cfg.denoise_to_zero))
     unreachable, errors = {}, []
     for c in cells:
+        if c.sampler is not None:
+            try:
+                c.sampler.check(model)
+            except ValueError as e:
+                errors.append(f"{c.label} nfe={c.nfe}: {e}")
+            continue
         try:
             ok = reachable_nfes(c.solver_name, max_nfe=max(c.nfe, 1), **flags, **c.solver_options)
             if c.nfe not in ok:
@@ -149,8 +177,14 @@ def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg) -> torch.Tensor:
     from diffode.core.sample import sample
 
     out = []
-    for xb in x_T.split(int(cfg.batch_size)):
+    if cell.sampler is not None:
+        cell.sampler.to(x_T.device)
+    for k, xb in enumerate(x_T.split(int(cfg.batch_size))):
         with torch.no_grad():
+            if cell.sampler is not None:  # stochastic samplers: one generator per batch, seeded by position
+                g = torch.Generator(device=x_T.device).manual_seed(int(cfg.seed) * 1_000_003 + k)
+                out.append(cell.sampler.sample(model.denoiser, xb, generator=g))
+                continue
             out.append(sample(model.denoiser, xb, solver=cell.solver_name, nfe=cell.nfe, grid=cell.grid_name,
                               schedule=model.schedule, grid_options=cell.grid_options, sigma_min=model.sigma_min,
                               sigma_max=model.sigma_max, afs=bool(cfg.afs), denoise_to_zero=bool(cfg.denoise_to_zero),

@@ -156,3 +156,62 @@ def fid_score(fake_images: Tensor, feature_net: nn.Module, ref: dict, batch_size
 
 def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+# -- uncertainty -------------------------------------------------------------------------------
+
+def features(images: Tensor, feature_net: nn.Module, batch_size: int = 1000) -> Tensor:
+    """The feature net's float64 features of `images`, [N, num_features]."""
+    with torch.no_grad():
+        return torch.cat([feature_net(b).to(torch.float64) for b in _batches(images, batch_size)])
+
+
+def stats_moments(ref: dict) -> tuple[Tensor, Tensor]:
+    """(mean, covariance) of the real side from torchmetrics' states (sum, outer-product sum, count)."""
+    n = ref["real_features_num_samples"].to(torch.float64)
+    s = ref["real_features_sum"].to(torch.float64)
+    ss = ref["real_features_cov_sum"].to(torch.float64)
+    mu = s / n
+    return mu, (ss - n * torch.outer(mu, mu)) / (n - 1)
+
+
+def _sqrt_psd(S: Tensor) -> Tensor:
+    w, V = torch.linalg.eigh(S)
+    return (V * w.clamp_min(0).sqrt()) @ V.T
+
+
+def frechet_distance(mu1: Tensor, S1: Tensor, mu2: Tensor, S2_sqrt: Tensor, tr_S2: Tensor) -> Tensor:
+    """|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr (S2^1/2 S1 S2^1/2)^1/2, with S2^1/2 given (it is fixed)."""
+    M = S2_sqrt @ S1 @ S2_sqrt
+    tr_sqrt = torch.linalg.eigvalsh((M + M.T) / 2).clamp_min(0).sqrt().sum()
+    return ((mu1 - mu2) ** 2).sum() + torch.trace(S1) + tr_S2 - 2 * tr_sqrt
+
+
+def bootstrap_fid(fake_features: Tensor, ref: dict, B: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+    """Basic (bias-corrected) bootstrap interval over the generated samples' features; the reference
+    statistics are fixed (computed once from the real data).
+
+    Each replicate resamples the N generated feature vectors with replacement (multinomial counts as
+    weights, so no N x d copy is made) and recomputes the Frechet distance. The replicates sit above the
+    plug-in value (resampling duplicates points), so the interval reflects them about it:
+    [2 fid - q_hi, 2 fid - q_lo], clipped at 0 (the percentile interval would be shifted up by that bias).
+    Returns fid (the plug-in value on all samples), fid_lo / fid_hi and the replicates' std."""
+    F = fake_features.to(torch.float64)
+    n = F.shape[0]
+    mu_r, S_r = stats_moments({k: v.to(F.device) for k, v in ref.items() if isinstance(v, Tensor)})
+    R, tr_r = _sqrt_psd(S_r), torch.trace(S_r)
+
+    def fd(w: Tensor) -> float:
+        mu = (w @ F) / n
+        Fc = F - mu
+        S = (Fc.T * w) @ Fc / (n - 1)
+        return float(frechet_distance(mu, S, mu_r, R, tr_r))
+
+    point = fd(torch.ones(n, dtype=F.dtype, device=F.device))
+    g = torch.Generator().manual_seed(seed)
+    reps = torch.tensor([fd(torch.bincount(torch.randint(n, (n,), generator=g), minlength=n).to(F))
+                         for _ in range(int(B))], dtype=torch.float64)
+    alpha = (1 - level) / 2
+    q_lo, q_hi = torch.quantile(reps, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist() if B > 1 else (point, point)
+    lo, hi = max(0.0, 2 * point - q_hi), max(0.0, 2 * point - q_lo)
+    return {"fid": point, "fid_lo": lo, "fid_hi": hi, "fid_std": float(reps.std()) if B > 1 else 0.0}
