@@ -66,6 +66,9 @@ class ModelDenoiser(nn.Module):
     prediction: 'eps', 'x0', 'v' (net input x_t = alpha x, conditioned on schedule.noise_cond(t)),
     or 'edm' (EDM preconditioning around the raw net, conditioned on c_noise = log(sigma)/4).
     The coefficients are float64; the net runs in its own dtype; the output takes x's dtype.
+    `forward_with_features` also returns the bottleneck feature map of the same call (nets with a
+    spatial bottleneck, i.e. the UNet's `bottleneck_resolution`; None for others, e.g. the MLP): AMED's
+    predictor reads it, and it costs no extra evaluation.
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "eps", sigma_data: float = 0.5):
@@ -79,26 +82,43 @@ class ModelDenoiser(nn.Module):
         p = next(self.net.parameters(), None)
         return p.dtype if p is not None else torch.float32
 
+    @property
+    def feature_shape(self) -> tuple[int, int] | None:
+        """(r, r) of the net's bottleneck feature map (channels averaged away), or None without one."""
+        r = getattr(self.net, "bottleneck_resolution", None)
+        return None if r is None else (int(r), int(r))
+
     def forward(self, x: Tensor, sigma) -> Tensor:
+        return self._denoise(x, sigma, False)[0]
+
+    def forward_with_features(self, x: Tensor, sigma) -> tuple[Tensor, Tensor | None]:
+        """(D(x, sigma), the net's bottleneck features [B, C, r, r] of this call, or None)."""
+        return self._denoise(x, sigma, self.feature_shape is not None)
+
+    def _net(self, x_in, c_noise, features: bool):
+        return self.net(x_in, c_noise, return_bottleneck=True) if features else (self.net(x_in, c_noise), None)
+
+    def _denoise(self, x: Tensor, sigma, features: bool):
         s = _per_sample(sigma, x)
         dt = self.net_dtype
         if self.prediction == "edm":
             c_skip, c_out, c_in, c_noise = edm_scalings(s, self.sigma_data)
-            F = self.net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt))
+            F, h = self._net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt), features)
             D = _bcast(c_skip, x) * x + _bcast(c_out, x) * F.to(DTYPE)
-            return D.to(x.dtype)
+            return D.to(x.dtype), h
         t = self.schedule.t_from_ve_sigma(s)
         alpha = self.schedule.alpha_from_ve_sigma(s)
         a, sg = _bcast(alpha, x), _bcast(alpha * s, x)
         x_t = a * x
-        out = self.net(x_t.to(dt), self.schedule.noise_cond(t).to(device=x.device, dtype=dt)).to(DTYPE)
+        out, h = self._net(x_t.to(dt), self.schedule.noise_cond(t).to(device=x.device, dtype=dt), features)
+        out = out.to(DTYPE)
         if self.prediction == "eps":
             D = x0_from_eps(x_t, out, a, sg)
         elif self.prediction == "x0":
             D = out
         else:
             D = x0_from_v(x_t, out, a, sg)
-        return D.to(x.dtype)
+        return D.to(x.dtype), h
 
 
 # -- exact denoisers ----------------------------------------------------------------------

@@ -19,15 +19,19 @@ What it adds around a registered solver (diffode/core/solvers/registry.py):
   sample when denoise_to_zero). return_info: a dict with nfe (calls actually made), steps, sigmas,
   net_sigmas. The return value is x, or a tuple (x, [trajectory], [info]) in that order.
 
-Per-step hook for AMED (and any learned intermediate point): two-stage single-step solvers (heun,
-dpm_solver_2) take an option `midpoints`, a callable (i, sigma_cur, sigma_next, x) -> sigma_mid that
-returns the intermediate sigma of step i as a tensor (keep it differentiable: no .item()). The default
-is sigma_next for heun (the trapezoid rule; any other point gives the second-order two-stage RK family
-with weights 1 - 1/(2c), 1/(2c), c the stage's fraction of the step in sigma) and the lambda midpoint
-sqrt(sigma_cur sigma_next) for dpm_solver_2 (r1 = 1/2; r1 is recomputed from whatever sigma_mid the
-hook returns). With net_sigmas the conditioning of the stage point is interpolated at the same
-lambda fraction (solvers/_common.py: net_sigma_between). It is passed like any solver option:
-sample(D, x_T, solver="dpm_solver_2", nfe=6, midpoints=amed_head).
+Per-step hook for AMED (and any learned intermediate point), diffode/core/stage.py: the solvers amed,
+heun, dpm_solver_2, euler/ddim, ipndm and dpmpp_2m take an option `midpoints`, a callable
+(i, sigma_cur, sigma_next, x) -> Stage(sigma, c, a) or a bare sigma tensor, the stage point of step i
+(keep it differentiable: no .item()). The default is sigma_next for heun (the trapezoid rule; any other
+point gives the second-order two-stage RK family with weights 1 - 1/(2c), 1/(2c), c the stage's
+fraction of the step in sigma), the lambda midpoint sqrt(sigma_cur sigma_next) for dpm_solver_2 and
+amed (r1 = 1/2; r1 is recomputed from whatever sigma_mid the hook returns); euler, ipndm and dpmpp_2m
+have no stage without a hook and with one insert it as an extra grid node (2 calls per step). With
+net_sigmas the conditioning of the stage point is interpolated at the same lambda fraction
+(solvers/_common.py: net_sigma_between). It is passed like any solver option:
+sample(D, x_T, solver="dpm_solver_2", nfe=6, midpoints=amed_head). A hook with `needs_features = True`
+also receives the bottleneck features of the step's first evaluation (`features=`, None after AFS or
+for denoisers without `forward_with_features`); sample() taps them, so the solvers never see them.
 
 Callback protocol: after step i the solver calls callback(dict(i, x, sigma, sigma_cur, denoised))
 with x the state at sigma = sigmas[i + 1] (solvers/_common.py: report).
@@ -173,6 +177,31 @@ class _Counted:
         return self.denoiser(x, sigma)
 
 
+class _FeatureTap:
+    """Calls the denoiser's forward_with_features (if it has one) and keeps the last call's features."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.features = denoiser, None
+        self.fn = getattr(denoiser, "forward_with_features", None)
+
+    def __call__(self, x, sigma):
+        if self.fn is None:
+            return self.denoiser(x, sigma)
+        D, f = self.fn(x, sigma)
+        self.features = None if f is None else f.detach()
+        return D
+
+
+def _feeding(hook, tap: _FeatureTap):
+    """The solver-facing hook: the user's hook with the tapped features of the step's first call.
+    Solvers call their hook right after that call, so the tap holds its features (None after AFS)."""
+
+    def fed(i, sigma_cur, sigma_next, x):
+        return hook(i, sigma_cur, sigma_next, x, features=tap.features)
+
+    return fed
+
+
 class _AnalyticFirstStep:
     """Answers the first call (at sigmas[0]) with D = x - sigma x / sqrt(1 + sigma^2), free of NFE."""
 
@@ -206,6 +235,10 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
                                                             solver_options)
     sigmas = sigmas.to(x_T.device)
     net_sigmas = None if net_sigmas is None else net_sigmas.to(x_T.device)
+    hook = opts.get("midpoints")
+    if hook is not None and getattr(hook, "needs_features", False):
+        denoiser = _FeatureTap(denoiser)
+        opts["midpoints"] = _feeding(hook, denoiser)
     counted = _Counted(denoiser)
     D = _AnalyticFirstStep(counted, sigmas[0]) if afs else counted
     if spec.stochastic:

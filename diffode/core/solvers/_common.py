@@ -21,8 +21,10 @@ def lam(sigma: Tensor) -> Tensor:
 
 
 def coef(c: Tensor, x: Tensor) -> Tensor:
-    """A float64 scalar coefficient, cast to the state's dtype (keeps the autograd graph)."""
-    return c.to(dtype=x.dtype)
+    """A float64 scalar coefficient, cast to the state's dtype (keeps the autograd graph). A 1-d c holds
+    one coefficient per sample (a per-sample AMED stage point) and is shaped to broadcast over x [B, ...]."""
+    c = c.to(dtype=x.dtype)
+    return c.reshape(-1, *([1] * (x.ndim - 1))) if c.ndim == 1 else c
 
 
 def net_sigma(sigmas: Tensor, net_sigmas: Tensor | None, i: int) -> Tensor:

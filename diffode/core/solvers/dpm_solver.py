@@ -10,13 +10,15 @@ paper's updates read (phi_1(h) = e^h - 1, written expm1):
             u2  = x_s - sigma_2 expm1(r2 h) eps_s - sigma_2 (r2/r1) (expm1(r2 h)/(r2 h) - 1) D1
             x_t = x_s - sigma_t expm1(h) eps_s - (sigma_t/r2) (expm1(h)/h - 1) (eps(u2, sigma_2) - eps_s)
 Order 2 takes its intermediate point from a `midpoints(i, sigma_cur, sigma_next, x) -> sigma_mid` hook
-(AMED); the default is the lambda midpoint (r1 = 1/2), and r1 is computed from whatever it returns.
+(AMED); the default is the lambda midpoint (r1 = 1/2), and r1 is computed from whatever it returns
+(its Stage may also scale the step by c and the stage's conditioning by a: diffode/core/stage.py).
 Calls per step: `order`; the grid's steps are the outer steps.
 """
 from __future__ import annotations
 
 import torch
 
+from ..stage import condition, directed, get_stage
 from ._common import coef, lam, lambda_midpoint, net_sigma, net_sigma_between, report
 from .registry import register
 
@@ -30,7 +32,6 @@ def dpm_solver(denoiser, x, sigmas, *, order=2, net_sigmas=None, callback=None, 
     """Single-step DPM-Solver of the given order (1, 2 or 3) on every step of `sigmas`."""
     if order not in (1, 2, 3):
         raise ValueError(f"dpm_solver order must be 1, 2 or 3, got {order!r}")
-    stage = midpoints or lambda_midpoint
     for i in range(len(sigmas) - 1):
         s, t = sigmas[i], sigmas[i + 1]
         h = lam(t) - lam(s)
@@ -40,11 +41,12 @@ def dpm_solver(denoiser, x, sigmas, *, order=2, net_sigmas=None, callback=None, 
         if order == 1:
             x_next = x_euler
         elif order == 2:
-            s1 = stage(i, s, t, x)
+            st = get_stage(midpoints, lambda_midpoint, i, s, t, x)
+            s1 = st.sigma
             r1 = (lam(s1) - lam(s)) / h
             u = x - coef(s1 * torch.expm1(r1 * h), x) * eps_s
-            eps_1, D = _eps(denoiser, u, s1, net_sigma_between(sigmas, net_sigmas, i, s1))
-            x_next = x_euler - coef(t / (2 * r1) * phi_1, x) * (eps_1 - eps_s)
+            eps_1, D = _eps(denoiser, u, s1, condition(st, net_sigma_between(sigmas, net_sigmas, i, s1)))
+            x_next = directed(st, x, x_euler - coef(t / (2 * r1) * phi_1, x) * (eps_1 - eps_s))
         else:
             r1, r2 = 1.0 / 3.0, 2.0 / 3.0
             s1, s2 = s * torch.exp(-r1 * h), s * torch.exp(-r2 * h)

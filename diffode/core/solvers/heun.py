@@ -5,12 +5,14 @@ A two-stage explicit Runge-Kutta step in sigma for dx/dsigma = d(x, sigma) = (x 
     x_next = x + (s_next - s_cur) [(1 - 1/(2c)) d1 + 1/(2c) d2],   c = (s_mid - s_cur)/(s_next - s_cur)
 is second order for every c (the classic one-parameter family). The default stage point is s_next
 (c = 1: Heun's trapezoid); a `midpoints(i, sigma_cur, sigma_next, x) -> sigma_mid` hook (AMED) moves it
-(c = 1/2 in sigma is the explicit midpoint rule). Our grids end at sigma_min > 0, so every step is a
+(c = 1/2 in sigma is the explicit midpoint rule); the hook's Stage may also scale the step (c) and
+the stage's conditioning (a), diffode/core/stage.py. Our grids end at sigma_min > 0, so every step is a
 full Heun step: 2 calls per step. `euler_last=True` makes the last step Euler (EDM's habit when the grid
 ends at 0), giving 2*steps - 1 calls so odd NFEs are reachable.
 """
 from __future__ import annotations
 
+from ..stage import condition, directed, get_stage
 from ._common import coef, net_sigma, net_sigma_between, report
 from .registry import register
 
@@ -20,7 +22,6 @@ def _next_point(i, sigma_cur, sigma_next, x):
 
 
 def heun(denoiser, x, sigmas, *, net_sigmas=None, callback=None, euler_last=False, midpoints=None):
-    stage = midpoints or _next_point
     steps = len(sigmas) - 1
     for i in range(steps):
         s_cur, s_next = sigmas[i], sigmas[i + 1]
@@ -30,12 +31,13 @@ def heun(denoiser, x, sigmas, *, net_sigmas=None, callback=None, euler_last=Fals
             x = x + coef(s_next - s_cur, x) * d1
             report(callback, i, x, sigmas, D1)
             continue
-        s_mid = stage(i, s_cur, s_next, x)
+        st = get_stage(midpoints, _next_point, i, s_cur, s_next, x)
+        s_mid = st.sigma
         x_mid = x + coef(s_mid - s_cur, x) * d1
-        D2 = denoiser(x_mid, net_sigma_between(sigmas, net_sigmas, i, s_mid))
+        D2 = denoiser(x_mid, condition(st, net_sigma_between(sigmas, net_sigmas, i, s_mid)))
         d2 = (x_mid - D2) / coef(s_mid, x)
         w2 = (s_next - s_cur) ** 2 / (2 * (s_mid - s_cur))  # h/(2c) with h = s_next - s_cur
-        x = x + coef(s_next - s_cur - w2, x) * d1 + coef(w2, x) * d2
+        x = directed(st, x, x + coef(s_next - s_cur - w2, x) * d1 + coef(w2, x) * d2)
         report(callback, i, x, sigmas, D2)
     return x
 

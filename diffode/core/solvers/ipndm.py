@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import net_sigma, report
+from ..stage import condition, directed, get_stage
+from ._common import coef, net_sigma, net_sigma_between, report
 from .deis import multistep_ab
 from .registry import register
 
@@ -33,19 +34,36 @@ def _check_order(max_order) -> int:
     return int(max_order)
 
 
-@register("ipndm", n_calls=lambda steps, **o: steps, order=2, defaults=dict(max_order=4),
-          description="iPNDM: constant-step Adams-Bashforth (orders 1..4, warm-up) on d = (x - D)/sigma")
-def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, max_order: int = 4) -> Tensor:
+def _ab_step(x, d_history, max_order, sigma_cur, sigma_next):
+    """Step x from sigma_cur to sigma_next with the constant-step AB weights of the (trimmed) history."""
+    del d_history[max_order:]
+    c = AB_COEFFICIENTS[len(d_history) - 1]
+    return x + coef(sigma_next - sigma_cur, x) * sum(c_j * d_j for c_j, d_j in zip(c, d_history))
+
+
+@register("ipndm", n_calls=lambda steps, midpoints=None, **o: steps if midpoints is None else 2 * steps, order=2,
+          defaults=dict(max_order=4, midpoints=None),
+          description="iPNDM: constant-step Adams-Bashforth (orders 1..4, warm-up) on d = (x - D)/sigma; "
+                      "2 calls per step with a midpoints hook (AMED-Plugin)")
+def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, max_order: int = 4,
+          midpoints=None) -> Tensor:
+    """AMED-Plugin (`midpoints` hook, diffode/core/stage.py): each step is two AB steps sigma_cur -> s ->
+    sigma_next; the stage's slope (x_s - D(x_s, a s))/s enters the history like any other, and c scales
+    the second one. With c = a = 1 this is iPNDM on the grid with s inserted."""
     max_order = _check_order(max_order)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     d_history: list[Tensor] = []  # most recent first
     for i in range(sigmas.shape[0] - 1):
         denoised = denoiser(x, net_sigma(sigmas, net_sigmas, i))
         d_history.insert(0, (x - denoised) / sigmas[i])
-        del d_history[max_order:]
-        c = AB_COEFFICIENTS[len(d_history) - 1]
-        h = (sigmas[i + 1] - sigmas[i]).to(x.dtype)
-        x = x + h * sum(c_j * d_j for c_j, d_j in zip(c, d_history))
+        if midpoints is None:
+            x = _ab_step(x, d_history, max_order, sigmas[i], sigmas[i + 1])
+        else:
+            st = get_stage(midpoints, None, i, sigmas[i], sigmas[i + 1], x)
+            x_s = _ab_step(x, d_history, max_order, sigmas[i], st.sigma)
+            denoised = denoiser(x_s, condition(st, net_sigma_between(sigmas, net_sigmas, i, st.sigma)))
+            d_history.insert(0, (x_s - denoised) / coef(st.sigma, x_s))
+            x = directed(st, x_s, _ab_step(x_s, d_history, max_order, st.sigma, sigmas[i + 1]))
         report(callback, i, x, sigmas, denoised)
     return x
 
