@@ -40,7 +40,7 @@ def slurm():
             pytest.skip(r.stderr.strip().splitlines()[-1])
         if r.returncode != 0:
             pytest.fail(f"scripts/slurm/up.sh failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-        env_file, started = r.stdout.strip().splitlines()[-1], True
+        env_file, started = r.stdout.strip().splitlines()[-1], "already up" not in r.stderr  # leave one we found
     extra = _env_from_file(env_file)
     saved = {k: os.environ.get(k) for k in extra}
     os.environ.update(extra)

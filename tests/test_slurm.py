@@ -55,3 +55,19 @@ def test_submitit_round_trip(slurm, tmp_path):
     assert time.time() - t0 < 30
     jid = str(job.job_id)  # the result comes back before the job has ended: sacct follows a moment later
     wait_until(lambda: sacct(jid).get(jid, ("",))[0] == "COMPLETED", 30, f"job {jid} COMPLETED in sacct")
+
+
+@pytest.mark.parametrize("entry", ["train", "eval"])
+def test_run_dir_inside_a_slurm_job_is_its_id_and_the_sweep_dir_ignores_it(entry, monkeypatch):
+    """A requeued job keeps its SLURM_JOB_ID but not the clock, so its run dir is keyed on the id alone;
+    submitit's jobs re-resolve hydra.sweep.dir on the node, so it must not depend on the node's job id."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(entry, return_hydra_config=True)
+    monkeypatch.setenv("DIFFODE_OUTPUTS", "/runs")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    outside = cfg.hydra.run.dir
+    sweep = cfg.hydra.sweep.dir
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert cfg.hydra.run.dir == f"/runs/{cfg.task_name}/4242"
+    assert cfg.hydra.sweep.dir == sweep and "4242" not in sweep
+    assert outside.startswith(f"/runs/{cfg.task_name}/20") and outside != cfg.hydra.run.dir

@@ -107,6 +107,7 @@ start_munged() {
         return 0
     fi
     mkdir -p /run/munge
+    STARTED+=(munged)
     # a private key owned by root (the package's belongs to the munge user, which munged as root refuses)
     local key="$SLURM_DIR/etc/munge.key"
     [[ -s "$key" ]] || { dd if=/dev/urandom of="$key" bs=1024 count=1 2>/dev/null; chmod 600 "$key"; }
@@ -118,6 +119,7 @@ start_munged() {
 start_mariadbd() {
     local sock="$SLURM_DIR/run/mysqld.sock" pidf="$SLURM_DIR/run/mariadbd.pid"
     alive "$pidf" && return 0
+    STARTED+=(mariadbd)
     if [[ ! -d "$SLURM_DIR/mysql/mysql" ]]; then
         mariadb-install-db --no-defaults --datadir="$SLURM_DIR/mysql" --user=root --skip-test-db \
             >"$SLURM_DIR/log/mariadb-install.log" 2>&1 || { tail "$SLURM_DIR/log/mariadb-install.log" >&2; exit 1; }
@@ -133,19 +135,20 @@ start_mariadbd() {
 
 start_slurmdbd() {
     alive "$SLURM_DIR/run/slurmdbd.pid" && return 0
+    STARTED+=(slurmdbd)
     slurmdbd   # daemonizes; reads slurmdbd.conf next to $SLURM_CONF
     wait_for slurmdbd 60 "$SLURM_DIR/log/slurmdbd.log" sacctmgr -n show cluster
 }
 
 start_slurmctld() {
-    alive "$SLURM_DIR/run/slurmctld.pid" || slurmctld -f "$SLURM_CONF"
+    alive "$SLURM_DIR/run/slurmctld.pid" || { STARTED+=(slurmctld); slurmctld -f "$SLURM_CONF"; }
     wait_for slurmctld 60 "$SLURM_DIR/log/slurmctld.log" bash -c 'scontrol ping | grep -q UP'
 }
 
 node_idle() { sinfo -h -N -o %t | grep -Eq '^(idle|mix|alloc)$'; }
 
 start_slurmd() {
-    alive "$SLURM_DIR/run/slurmd.pid" || slurmd -f "$SLURM_CONF"
+    alive "$SLURM_DIR/run/slurmd.pid" || { STARTED+=(slurmd); slurmd -f "$SLURM_CONF"; }
     local i
     for i in $(seq 150); do node_idle && return 0; sleep 0.2; done
     # a node left down/drained by an earlier run: ReturnToService=2 covers most cases, this the rest
@@ -153,6 +156,7 @@ start_slurmd() {
     wait_for "the node (idle in sinfo)" 30 "$SLURM_DIR/log/slurmd.log" node_idle
 }
 
+STARTED=()
 main() {
     local t0=$SECONDS
     mkdir -p "$SLURM_DIR"/{etc,state,spool,run,log}
@@ -166,6 +170,7 @@ main() {
     start_slurmctld
     start_slurmd
     printf 'export SLURM_CONF=%q\nexport PATH="$PATH:/usr/sbin:/sbin"\n' "$SLURM_CONF" >"$SLURM_DIR/env"
+    [[ ${#STARTED[@]} -gt 0 ]] && say "started ${STARTED[*]}" || say "already up (nothing started)"
     say "up in $((SECONDS - t0)) s: $(sinfo -h -N -o '%N %P %t %c CPUs') (source $SLURM_DIR/env)"
     echo "$SLURM_DIR/env"
 }
