@@ -1,0 +1,175 @@
+"""ConsistencyDistillationModule on the exact 2-D mixture (a fresh MLP student) and the digits UNet.
+
+EMA rules checked against their formulas after real optimizer steps; a short run must lower the
+consistency loss and the distillation error to the teacher's reference solve; a resumed run must give
+the very losses of an uninterrupted one; bad configs must fail in `check`, before any compute.
+"""
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from diffode.config import method_defaults
+from diffode.core import consistency as cm
+from diffode.data.gmm import GMMDataModule
+from diffode.methods import consistency_distillation  # noqa: F401  (registers the method)
+from diffode.methods.registry import METHODS, Context
+from diffode.models import load_model
+
+SMALL_MLP = {"_target_": "diffode.nets.mlp.MLP", "dim": None, "hidden": 64, "depth": 2, "emb_channels": 32,
+             "embedding": "positional", "dropout": 0.0}
+
+
+def _ctx(tmp_path, n_train=256, batch_size=64, seed=0):
+    dm = GMMDataModule(preset="gmm2d", n_train=n_train, n_val=128, batch_size=batch_size, seed=seed)
+    return Context(out_dir=tmp_path, seed=seed, teacher=load_model({"kind": "gmm", "preset": "gmm2d"}), datamodule=dm,
+                   net=dict(SMALL_MLP))
+
+
+def _options(**over):
+    o = method_defaults("consistency_distillation")
+    o.update(n_val=64, reference_nfe=20, sample_steps=[1, 2])
+    o.update(over)
+    return o
+
+
+def _build(tmp_path, **over):
+    spec = METHODS["consistency_distillation"]
+    ctx = _ctx(tmp_path)
+    options = _options(**over)
+    assert spec.check(options, ctx) == []
+    return spec.build(options, ctx), ctx
+
+
+class Losses(Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.values.append(float(outputs["loss"]))
+
+
+def _trainer(tmp_path, callbacks=(), **kw):
+    kw = {"max_steps": -1, **kw}
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                     use_distributed_sampler=False, default_root_dir=str(tmp_path), callbacks=list(callbacks),
+                     enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), **kw)
+
+
+def _params(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def test_target_and_evaluation_ema_follow_their_rules(tmp_path):
+    module, ctx = _build(tmp_path, mu=0.9, ema_decay=0.999, lr=1e-3)
+    init = _params(module.student)
+    assert all(torch.equal(a, b) for a, b in zip(init, _params(module.target)))
+    _trainer(tmp_path, max_steps=1).fit(module, datamodule=ctx.datamodule)
+    online = _params(module.student)
+    assert not all(torch.equal(a, b) for a, b in zip(init, online))
+    d0 = min(0.999, 1 / 10)  # the evaluation EMA's warm-up decay after 0 updates
+    for t, e, i, o in zip(module.target.parameters(), module.ema.parameters(), init, online):
+        torch.testing.assert_close(t, 0.9 * i + 0.1 * o, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(e, d0 * i + (1 - d0) * o, rtol=1e-6, atol=1e-7)
+    # mu = 0: no copy is kept; the target is the online network itself (under no_grad)
+    m0, _ = _build(tmp_path, mu=0.0)
+    assert m0.target is None
+
+
+def test_short_run_on_the_mixture_lowers_the_consistency_loss(tmp_path):
+    torch.manual_seed(0)
+    module, ctx = _build(tmp_path, lr=2e-3, ema_decay=0.0, N=10)
+    ctx.datamodule.setup()
+    x0 = ctx.datamodule.val_set.tensors[0][:128]
+
+    def measure():
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            return float(module.consistency_loss(x0, g, module.student, module.student)), \
+                module.distillation_error(module.student, 1)
+
+    loss0, err0 = measure()
+    _trainer(tmp_path, max_steps=150).fit(module, datamodule=ctx.datamodule)
+    loss1, err1 = measure()
+    assert loss1 < 0.5 * loss0, (loss0, loss1)
+    assert err1 < 0.5 * err0, (err0, err1)
+
+
+def test_resume_gives_the_identical_next_losses(tmp_path):
+    def run(root, epochs, ckpt=None, ckpt_cb=None):
+        module, ctx = _build(root, mu=0.5, lr=1e-3)
+        losses = Losses()
+        cbs = [losses] + ([ckpt_cb] if ckpt_cb else [])
+        _trainer(root, cbs, max_epochs=epochs).fit(module, datamodule=ctx.datamodule, ckpt_path=ckpt)
+        return losses.values, module
+
+    full, m_full = run(tmp_path / "full", 2)  # 256 / 64 = 4 steps per epoch
+    ck = ModelCheckpoint(dirpath=str(tmp_path / "part" / "ck"), save_last=True, save_on_train_epoch_end=True)
+    first, _ = run(tmp_path / "part", 1, ckpt_cb=ck)
+    rest, m_rest = run(tmp_path / "part", 2, ckpt=str(tmp_path / "part" / "ck" / "last.ckpt"))
+    assert len(full) == 8 and first == full[:4]
+    assert rest == full[4:]  # bit-identical: noise, pairs, data order, optimizer and both EMAs restored
+    for a, b in zip(m_full.ema.parameters(), m_rest.ema.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_student_starts_as_the_teachers_ema_network(tmp_path):
+    """On the shipped digits UNet: the student's F is the teacher's F, and the boundary is exact."""
+    teacher = load_model({"kind": "checkpoint", "path": None})
+    ctx = Context(out_dir=tmp_path, seed=0, teacher=teacher)
+    module = METHODS["consistency_distillation"].build(_options(), ctx)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    s = torch.tensor([0.01, 0.3, 2.0, 40.0], dtype=torch.float64)
+    with torch.no_grad():
+        F_teacher = cm.edm_network_output(teacher.denoiser, x, s, 0.5)
+        F_student = cm.edm_network_output(module.student.denoiser, x, s, 0.5)
+        assert torch.equal(F_teacher, F_student)
+        assert torch.equal(module.student(x, torch.tensor(0.002, dtype=torch.float64)), x)
+        # away from sigma_min the consistency scalings approach EDM's, so f starts close to the teacher's D
+        D = teacher.denoiser(x, s)
+        f = module.student(x, s)
+        assert float((f - D).abs().max()) < 0.05
+    assert all(p.requires_grad for p in module.student.parameters())
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+
+
+@pytest.mark.parametrize("override,needle", [
+    (dict(mu=1.0), "method.mu=1.0"),
+    (dict(N=1), "method.N=1"),
+    (dict(teacher_solver="dpmpp_2m"), "not a single-step"),
+    (dict(teacher_solver="nope"), "unknown solver"),
+    (dict(distance="lpip"), "method.distance='lpip'"),
+    (dict(distance="lpips"), "needs images"),
+    (dict(optimizer="sgd"), "method.optimizer"),
+    (dict(lr=0.0), "method.lr"),
+    (dict(reference_nfe=5), "reference_nfe=5"),
+    (dict(sample_steps=[0]), "sample_steps"),
+    (dict(sample_sigmas={2: [80.0, 0.002]}), "sample_sigmas[2]"),
+    (dict(sample_sigmas={3: [80.0, 2.0, 0.5, 0.002]}), "not in method.sample_steps"),
+    (dict(ema_decay=-0.1), "ema_decay"),
+    (dict(unknown_key=1), "do not match"),
+])
+def test_bad_config_fails_in_check(tmp_path, override, needle):
+    spec = METHODS["consistency_distillation"]
+    errors = spec.check(_options(**override), _ctx(tmp_path))
+    assert errors and any(needle in e for e in errors), errors
+
+
+def test_gmm_teacher_needs_a_student_net(tmp_path):
+    ctx = _ctx(tmp_path)
+    ctx.net = None
+    errors = METHODS["consistency_distillation"].check(_options(), ctx)
+    assert any("student_net" in e for e in errors), errors
+
+
+def test_lpips_without_weights_names_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    teacher = load_model({"kind": "checkpoint", "path": None})
+    errors = METHODS["consistency_distillation"].check(_options(distance="lpips"),
+                                                          Context(out_dir=tmp_path, teacher=teacher))
+    assert any("fetch-weights lpips-vgg" in e for e in errors), errors
