@@ -134,3 +134,169 @@ def test_stage_steps_halve_down_to_n_final():
 def test_stage_counts_that_do_not_halve_are_refused(n0, n_final):
     with pytest.raises(ValueError, match="power of two"):
         pd.stage_steps(n0, n_final)
+
+
+# -- 4. the staged module ---------------------------------------------------------------------
+
+MLP_SPEC = {"_target_": "diffode.nets.mlp.MLP", "dim": 2, "hidden": 32, "depth": 2, "emb_channels": 16,
+            "embedding": "positional", "dropout": 0.0}
+VP_SPEC = {"_target_": "diffode.core.schedules.VPLinear", "beta_0": 0.1, "beta_1": 20.0, "t_min": 1e-3, "t_max": 1.0}
+
+
+def tiny_teacher(steps=150, seed=0):
+    """(hparams, ModelDenoiser state): an eps-MLP fitted briefly to the 2-D ring with the eps loss."""
+    from diffode.core.denoisers import ModelDenoiser
+    from diffode.spec import build
+
+    torch.manual_seed(seed)
+    sched = build(VP_SPEC)
+    D = ModelDenoiser(build(MLP_SPEC), sched, "eps")
+    gmm = make_gmm(dim=2, components=8, layout="ring")
+    opt = torch.optim.Adam(D.net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x0 = gmm.sample(256, generator=g).float()
+        t = sched.t_min + (sched.t_max - sched.t_min) * torch.rand(256, generator=g, dtype=F64)
+        eps = torch.randn(256, 2, generator=g)
+        x_t = sched.alpha(t).float()[:, None] * x0 + sched.sigma(t).float()[:, None] * eps
+        loss = (D.net(x_t, sched.noise_cond(t).float()) - eps).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hp = {"net": MLP_SPEC, "schedule": VP_SPEC, "data": {"name": "gmm2d", "shape": [2]}, "prediction": "eps",
+          "sigma_data": 0.5}
+    return hp, D.state_dict()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return tiny_teacher()
+
+
+def pd_module(teacher, out_dir, **kw):
+    from diffode.config import method_defaults
+    from diffode.methods.progressive_distillation import ProgressiveDistillationModule
+
+    hp, state = teacher
+    sched = VPLinear()
+    opts = {**method_defaults("progressive_distillation"), "n0": 8, "n_final": 2, "updates_per_stage": 12,
+            "lr": 1e-3, **kw}
+    for k in ("eval_samples", "eval_seed"):
+        opts.pop(k)
+    from diffode.config import grid_config
+
+    kind, gopts = grid_config(opts.pop("grid"))
+    opts.pop("grid_options")
+    return ProgressiveDistillationModule(teacher=hp, teacher_state=state, grid=kind, grid_options=gopts,
+                                         sigma_min=sched.sigma_min, sigma_max=sched.sigma_max, out_dir=str(out_dir),
+                                         **opts)
+
+
+class Losses:
+    """Records (global step, loss) of every training step."""
+
+    def __init__(self):
+        import lightning as L
+
+        rec = self.rec = []
+
+        class CB(L.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                rec.append((trainer.global_step - 1, float(outputs["loss"])))
+
+        self.callback = CB()
+
+
+def fit(module, max_steps, out_dir, ckpt_path=None, callbacks=()):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from diffode.data.gmm import GMMDataModule
+
+    dm = GMMDataModule(preset="gmm2d", n_train=256, n_val=16, batch_size=32, seed=0)  # 8 steps per epoch
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+                        callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True,
+                                                   save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True),
+                                   *callbacks], default_root_dir=str(out_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def _ddim(D, x_T, sigmas):
+    with torch.no_grad():
+        return diffode.sample(D, x_T, solver="ddim", nfe=None, grid=sigmas)
+
+
+def test_a_short_distillation_closes_the_student_teacher_gap(teacher, tmp_path, one_thread):
+    module = pd_module(teacher, tmp_path, n0=4, n_final=2, updates_per_stage=200)
+    assert module.output == "v" and module.student.prediction == "v"  # an eps teacher cannot step from sigma_max
+    x_T = VPLinear().sigma_max * torch.randn(512, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    fine, coarse = module.grid(4), module.grid(2)
+    teacher_fine = _ddim(module.teacher, x_T, fine)
+    rms = lambda a: float((a - teacher_fine).square().mean().sqrt())  # noqa: E731
+    before = rms(_ddim(module.teacher, x_T, coarse))  # the teacher itself at half the steps
+    fit(module, 200, tmp_path)
+    from diffode.models import load_denoiser
+
+    student, info = load_denoiser(tmp_path / "students" / "2.ckpt", ema=False)
+    assert info["prediction"] == "v" and info["hparams"]["distilled"]["teacher_steps"] == 4
+    torch.testing.assert_close(info["hparams"]["distilled"]["sigmas"], coarse.tolist())
+    after = rms(_ddim(student, x_T, coarse))
+    assert after < 0.5 * before, (before, after)
+
+
+def test_stages_halve_save_each_student_and_restart_adam(teacher, tmp_path, one_thread):
+    module = pd_module(teacher, tmp_path)  # 8 -> 4 -> 2, 12 updates each
+    lrs = []
+
+    import lightning as L
+
+    class LR(L.Callback):
+        def on_before_optimizer_step(self, trainer, m, optimizer):  # after the module's on_train_batch_start
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+            if trainer.global_step == 12:  # first step of stage 2: fresh Adam, teacher = the 4-step student
+                assert not trainer.optimizers[0].state
+                s4 = torch.load(tmp_path / "students" / "4.ckpt", weights_only=True)["state_dict"]
+                for k, v in m.teacher.state_dict().items():
+                    assert torch.equal(v, s4[f"denoiser.{k}"])
+
+    fit(module, 24, tmp_path, callbacks=[LR()])
+    assert sorted(p.name for p in (tmp_path / "students").glob("*.ckpt")) == ["2.ckpt", "4.ckpt"]
+    assert int(module.stage) == 2
+    want = [1e-3 * (1 - (s % 12) / 12) for s in range(24)]
+    assert lrs == pytest.approx(want, rel=1e-12)
+
+
+def test_kill_and_resume_mid_stage_gives_the_same_next_losses(teacher, tmp_path, one_thread):
+    full = Losses()
+    fit(pd_module(teacher, tmp_path / "full"), 24, tmp_path / "full", callbacks=[full.callback])
+    part = Losses()
+    fit(pd_module(teacher, tmp_path / "part"), 8, tmp_path / "part", callbacks=[part.callback])  # killed at step 8
+    fit(pd_module(teacher, tmp_path / "part"), 24, tmp_path / "part",
+        ckpt_path=str(tmp_path / "part" / "checkpoints" / "last.ckpt"), callbacks=[part.callback])
+    assert [s for s, _ in full.rec] == [s for s, _ in part.rec] == list(range(24))
+    assert [v for _, v in full.rec] == [v for _, v in part.rec]  # bit-identical, across the stage switch at 12
+    assert len({v for _, v in full.rec[8:]}) == 16
+    for n in (4, 2):
+        a = torch.load(tmp_path / "full" / "students" / f"{n}.ckpt", weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "part" / "students" / f"{n}.ckpt", weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_norm_is_clipped(teacher, tmp_path, one_thread):
+    import lightning as L
+
+    norms = []
+
+    module = pd_module(teacher, tmp_path, grad_clip=0.01)
+    orig = module.configure_gradient_clipping
+
+    def spy(optimizer, **kw):
+        orig(optimizer, **kw)
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.student.parameters()
+                                                                 if p.grad is not None]))))
+
+    module.configure_gradient_clipping = spy
+    fit(module, 3, tmp_path)
+    assert len(norms) == 3 and max(norms) <= 0.01 * (1 + 1e-5)
