@@ -15,7 +15,9 @@ with L_j the Lagrange basis through the last k points tau(sigma_i), ..., tau(sig
                as diff-sampler's edm2t does, so that sigma(1) = sigmas[0] and sigma(1e-3) = sigmas[-1].
 
 `order` counts the points used (Lagrange degree order - 1, the DEIS paper's tAB(order - 1)) and is
-the convergence order; the first steps warm up with the points available.
+the convergence order; the first steps warm up with the points available. `lower_order_final`
+(deis only; solvers/_order.py, as in DPM-Solver++ and UniPC): "auto" (default) lowers the last steps'
+order where the step is long in lambda, "official" below 10 steps, True always, False never.
 
 The integrals use Gauss-Legendre quadrature in float64 on fixed nodes, so they are smooth functions
 of the sigmas (LD3 differentiates through them): 8 nodes integrate the tau = sigma polynomials
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._common import net_sigma, report
+from ._order import step_orders
 from .registry import register
 
 TAUS = ("sigma", "log_sigma", "vp_t")
@@ -83,15 +86,17 @@ def ab_coefficients(sigma_points: Tensor, sigma_next: Tensor, tau: str = "sigma"
     raise ValueError(f"unknown DEIS tau {tau!r}; choose one of {TAUS}")
 
 
-def multistep_ab(denoiser, x: Tensor, sigmas: Tensor, order: int, tau: str, net_sigmas=None, callback=None) -> Tensor:
+def multistep_ab(denoiser, x: Tensor, sigmas: Tensor, order: int, tau: str, net_sigmas=None, callback=None,
+                 lower_order_final=False) -> Tensor:
     """Variable-step Adams-Bashforth on eps = (x - D) / sigma (shared by `deis` and `ipndm_v`)."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    orders = step_orders(sigmas, order, lower_order_final)
     eps_history: list[Tensor] = []  # most recent first
     for i in range(sigmas.shape[0] - 1):
         denoised = denoiser(x, net_sigma(sigmas, net_sigmas, i))
         eps_history.insert(0, (x - denoised) / sigmas[i])
         del eps_history[order:]
-        k = len(eps_history)
+        k = orders[i]
         C = ab_coefficients(sigmas[i - k + 1 : i + 1].flip(0), sigmas[i + 1], tau, (sigmas[0], sigmas[-1]))
         C = C.to(x.dtype)
         x = x + sum(C[j] * eps_history[j] for j in range(k))
@@ -99,11 +104,12 @@ def multistep_ab(denoiser, x: Tensor, sigmas: Tensor, order: int, tau: str, net_
     return x
 
 
-@register("deis", n_calls=lambda steps, **o: steps, order=3, defaults=dict(order=3, tau="log_sigma"),
+@register("deis", n_calls=lambda steps, **o: steps, order=3, defaults=dict(order=3, tau="log_sigma", lower_order_final="auto"),
           description="DEIS tAB: exponential-integrator Adams-Bashforth on eps with Lagrange extrapolation")
-def deis(denoiser, x, sigmas, *, net_sigmas=None, callback=None, order: int = 3, tau: str = "log_sigma"):
+def deis(denoiser, x, sigmas, *, net_sigmas=None, callback=None, order: int = 3, tau: str = "log_sigma",
+         lower_order_final="auto"):
     if not 1 <= int(order) <= 4:
         raise ValueError(f"deis order must be 1..4, got {order}")
     if tau not in TAUS:
         raise ValueError(f"unknown DEIS tau {tau!r}; choose one of {TAUS}")
-    return multistep_ab(denoiser, x, sigmas, int(order), tau, net_sigmas, callback)
+    return multistep_ab(denoiser, x, sigmas, int(order), tau, net_sigmas, callback, lower_order_final)

@@ -11,8 +11,9 @@ Step s -> t with h = lambda_t - lambda_s, hh = -h, previous outputs m0 (at s), m
 m_t (at the predicted, uncorrected x_t) is reused as the model output at t, so the corrector costs no
 extra call; it is skipped on the last step, hence NFE = steps.
 
-Orders: step i (0-based) uses k = min(order, i + 1); `lower_order_final` (default True) caps it at
-steps - i on every run, as the official UniPC code does (no steps < 10 threshold, unlike DPM-Solver++).
+Orders: step i (0-based) uses k = min(order, i + 1); `lower_order_final` (solvers/_order.py) may cap it
+at steps - i: "auto" (default) where the step is long in lambda, True on every run (the official UniPC
+code, which has no steps < 10 threshold), "official" when steps < 10 (DPM-Solver's rule), False never.
 Defaults: bh1 with order 3 (the official CIFAR setting), bh2 with order 2. use_corrector=False gives UniP.
 Global order: `order` + 1 with the corrector, but the first-order warm-up step caps it at 3, so both
 registered defaults are third order (measured; order 3 + UniC does not reach 4). B(h) only matters
@@ -27,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._common import coef, lam, net_sigma, report, weighted_sum
+from ._order import step_orders
 from .registry import register
 
 
@@ -52,17 +54,18 @@ def _coefficients(lams, lam_t, k, variant):
     return rho_p, rho_c, B_h, h_phi_1, rks
 
 
-def unipc(denoiser, x, sigmas, *, variant="bh2", order=2, lower_order_final=True, use_corrector=True,
+def unipc(denoiser, x, sigmas, *, variant="bh2", order=2, lower_order_final="auto", use_corrector=True,
           net_sigmas=None, callback=None):
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order!r}")
     steps = len(sigmas) - 1
+    orders = step_orders(sigmas, order, lower_order_final)
     ms, lams = [denoiser(x, net_sigma(sigmas, net_sigmas, 0))], [lam(sigmas[0])]
     for i in range(steps):
         s, t = sigmas[i], sigmas[i + 1]
-        k = min(order, i + 1, steps - i) if lower_order_final else min(order, i + 1)
+        k = orders[i]
         correct = use_corrector and i < steps - 1
         m0 = ms[-1]
         rho_p, rho_c, B_h, h_phi_1, rks = _coefficients(lams, lam(t), k, variant)
@@ -86,13 +89,13 @@ def unipc(denoiser, x, sigmas, *, variant="bh2", order=2, lower_order_final=True
     return x
 
 
-def unipc_bh1(denoiser, x, sigmas, *, order=3, lower_order_final=True, use_corrector=True, net_sigmas=None,
+def unipc_bh1(denoiser, x, sigmas, *, order=3, lower_order_final="auto", use_corrector=True, net_sigmas=None,
               callback=None):
     return unipc(denoiser, x, sigmas, variant="bh1", order=order, lower_order_final=lower_order_final,
                  use_corrector=use_corrector, net_sigmas=net_sigmas, callback=callback)
 
 
-def unipc_bh2(denoiser, x, sigmas, *, order=2, lower_order_final=True, use_corrector=True, net_sigmas=None,
+def unipc_bh2(denoiser, x, sigmas, *, order=2, lower_order_final="auto", use_corrector=True, net_sigmas=None,
               callback=None):
     return unipc(denoiser, x, sigmas, variant="bh2", order=order, lower_order_final=lower_order_final,
                  use_corrector=use_corrector, net_sigmas=net_sigmas, callback=callback)
@@ -100,8 +103,8 @@ def unipc_bh2(denoiser, x, sigmas, *, order=2, lower_order_final=True, use_corre
 
 
 register("unipc_bh1", n_calls=lambda steps, **o: steps, order=3,
-         defaults=dict(order=3, lower_order_final=True, use_corrector=True),
+         defaults=dict(order=3, lower_order_final="auto", use_corrector=True),
          description="UniPC-bh1 (B(h) = h), predictor order `order`, corrector adds one; 1 call per step")(unipc_bh1)
 register("unipc_bh2", n_calls=lambda steps, **o: steps, order=3,
-         defaults=dict(order=2, lower_order_final=True, use_corrector=True),
+         defaults=dict(order=2, lower_order_final="auto", use_corrector=True),
          description="UniPC-bh2 (B(h) = expm1(-h)), predictor order `order`, corrector adds one; 1 call per step")(unipc_bh2)
