@@ -300,3 +300,140 @@ def test_gradient_norm_is_clipped(teacher, tmp_path, one_thread):
     module.configure_gradient_clipping = spy
     fit(module, 3, tmp_path)
     assert len(norms) == 3 and max(norms) <= 0.01 * (1 + 1e-5)
+
+
+# -- 5. the method protocol: diffode train method=progressive_distillation --------------------
+
+def _teacher_ckpt(teacher, path):
+    """The tiny eps-MLP as a denoiser checkpoint (the format source=checkpoint loads)."""
+    from diffode.core.denoisers import ModelDenoiser
+    from diffode.methods.student import save_student_checkpoint
+    from diffode.spec import build
+
+    hp, state = teacher
+    D = ModelDenoiser(build(hp["net"]), build(hp["schedule"]), "eps")
+    D.load_state_dict(state)
+    return save_student_checkpoint(D, hp, path)
+
+
+def pd_cfg(tmp_path, *overrides, teacher_path=None):
+    from hydra import compose, initialize_config_module
+
+    src = [f"source.path={teacher_path}", "dataset=gmm2d", "dataset.n_train=256", "dataset.batch_size=32"] \
+        if teacher_path else []
+    with initialize_config_module("diffode.conf", version_base="1.3"):
+        return compose("train", overrides=["method=progressive_distillation", "logger=none", "threads=1",
+                                           "method.eval_samples=64", *src, *overrides, f"output_dir={tmp_path}"])
+
+
+@pytest.fixture(scope="module")
+def teacher_path(teacher, tmp_path_factory):
+    return _teacher_ckpt(teacher, tmp_path_factory.mktemp("teacher") / "mlp_eps.ckpt")
+
+
+def test_the_runner_distils_and_exports_one_artifact_per_student(teacher_path, tmp_path, one_thread):
+    from diffode.artifacts import load_sampler
+    from diffode.cli.train import train
+    from diffode.models import load_denoiser, load_model
+
+    res = train(pd_cfg(tmp_path, "method.n0=4", "method.n_final=1", "method.updates_per_stage=3",
+                       teacher_path=teacher_path))
+    assert res["global_step"] == 6 and sorted(res["exported"]) == ["pd_1", "pd_2"]
+    model = load_model({"kind": "checkpoint", "path": str(teacher_path), "ema": True})
+    calls = {"n": 0}
+
+    def counted_teacher(x, sigma):
+        calls["n"] += 1
+        return model.denoiser(x, sigma)
+
+    x_T = model.sigma_max * torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for n in (2, 1):
+        s = load_sampler(tmp_path / "artifacts" / f"pd_{n}")
+        assert (s.label, s.nfe, s.solver) == (f"pd/{n}", n, "ddim")
+        s.check(model)  # made for this teacher
+        torch.testing.assert_close(s.sigmas, make_grid("logsnr", n, model.schedule))
+        student, info = load_denoiser(tmp_path / "students" / f"{n}.ckpt", ema=False)
+        x = s.sample(counted_teacher, x_T)
+        assert calls["n"] == 0  # the student replaced the teacher
+        torch.testing.assert_close(x, _ddim(student, x_T, s.sigmas), rtol=0, atol=1e-12)
+        m = s.manifest["metrics"]
+        assert m["eval_samples"] == 64 and m["rmse_vs_teacher"] > 0
+        assert s.manifest["training"]["output"] == "v" and s.manifest["model"]["sha256"] == model.identity["sha256"]
+    other = load_model({"kind": "checkpoint", "path": None, "ema": True})  # the digits UNet
+    with pytest.raises(ValueError, match="another model"):
+        s.check(other)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method.n0=100"], "power of two"),
+    (["method.n0=4", "method.n_final=4"], "power of two"),
+    (["method.weighting=snr"], "method.weighting='snr' is unknown"),
+    (["method.grid=explicit"], "fixed grid"),
+    (["method.grid=nonesuch"], "method.grid"),
+    (["method.student_output=eps"], "cannot take a step from sigma_max"),
+    (["method.student_output=pixels"], "unknown student output"),
+    (["method.updates_per_stage=0"], "updates_per_stage"),
+    (["method.lr=0"], "method.lr"),
+    (["source.path=/nonexistent/teacher.ckpt"], "not found"),
+    (["source=gmm2d", "dataset=gmm2d"], "needs a teacher network"),
+])
+def test_bad_configs_fail_before_any_compute(tmp_path, overrides, match):
+    from diffode.cli.errors import ConfigError
+    from diffode.cli.train import train
+
+    with pytest.raises(ConfigError, match=match):
+        train(pd_cfg(tmp_path, *overrides))
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "students").exists()
+
+
+def test_a_non_nesting_grid_option_is_refused_by_check():
+    """check() runs the nested-grid test on the grid the config names (here with a stubbed grid family)."""
+    from types import SimpleNamespace
+
+    from diffode.config import method_defaults
+    from diffode.core import grids
+    from diffode.methods.progressive_distillation import check
+
+    def shifted(steps, lo, hi, schedule=None):  # uniform in sigma with a step-dependent end point
+        return torch.linspace(hi, lo * (1 + 1 / steps), steps + 1, dtype=F64)
+
+    grids.GRIDS["_shifted"] = shifted
+    try:
+        opts = {**method_defaults("progressive_distillation"), "grid": "logsnr", "grid_options": {}}
+        ctx = SimpleNamespace(teacher=SimpleNamespace(schedule=EDM(), sigma_min=0.002, sigma_max=80.0, info={},
+                                                      identity={"kind": "gmm"}, denoiser=None))
+        import diffode.methods.progressive_distillation as pdm
+
+        orig = pdm._grid
+        pdm._grid = lambda o: ("_shifted", {})
+        try:
+            errs = check(opts, ctx)
+        finally:
+            pdm._grid = orig
+        assert any("not the even points" in e for e in errs), errs
+        assert any("needs a teacher network" in e for e in errs), errs
+    finally:
+        del grids.GRIDS["_shifted"]
+
+
+@pytest.mark.slow
+def test_ddp_sim_ends_with_identical_students_on_both_ranks(teacher_path, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", DIFFODE_OUTPUTS=str(tmp_path / "outputs"))
+    args = ["method=progressive_distillation", "trainer=ddp_sim", "logger=none", "threads=1", "method.n0=4",
+            "method.n_final=1", "method.updates_per_stage=3", "method.eval_samples=0", f"source.path={teacher_path}",
+            "dataset=gmm2d", "dataset.n_train=256", "dataset.batch_size=16", f"output_dir={out}"]
+    p = subprocess.run([sys.executable, "-m", "diffode.cli.train", *args], cwd=Path(__file__).resolve().parents[1],
+                       env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = [json.loads((out / f"weights_rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["global_step"] == 6 for r in recs)
+    assert recs[0]["sha256"] == recs[1]["sha256"]
+    assert sorted(p.name for p in (out / "artifacts").iterdir()) == ["pd_1", "pd_2"]
