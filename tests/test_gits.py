@@ -115,3 +115,67 @@ def test_straight_trajectories_cost_nothing():
     ds = b[None].expand(10, 4, 3)
     C = cost_matrix(xs, ds, sig, "l2")
     assert float(C[torch.isfinite(C)].abs().max()) < 1e-12
+
+
+# -- the method (diffode/methods/gits) ------------------------------------------------------------
+
+def _cfg(tmp_path, *ov):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("diffode.conf", version_base="1.3"):
+        return compose("train", overrides=["method=gits", "source=gmm2d", f"output_dir={tmp_path}", "trainer=cpu",
+                                           "logger=none", "method.n_warmup=12", "method.batch_size=5",
+                                           "method.teacher.steps=10", *ov])
+
+
+def test_method_search_artifacts_and_sampling(tmp_path):
+    import lightning as L
+
+    from diffode.artifacts import load_sampler
+    from diffode.cli.train import prepare
+    from diffode.core.sample import sample
+    from diffode.methods.gits import warmup_noise
+
+    spec, options, ctx = prepare(_cfg(tmp_path, "method.nfe=[3,4]", "method.solver=[ipndm,unipc_bh1]",
+                                      "method.metric=l2"))
+    m = spec.build(options, ctx)
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(m)
+    # the mean cost over 12 warm-up samples, whatever the batches (5 + 5 + 2): one direct computation
+    x_T = warmup_noise(range(options["seed"], options["seed"] + 12), (2,), 80.0)
+    xs, ds = teacher_trajectory(ctx.teacher.denoiser, x_T, m.fine, "ipndm", max_order=4)
+    C = cost_matrix(xs, ds, m.fine, "l2")
+    fin = torch.isfinite(C)
+    assert torch.equal(fin, torch.isfinite(m.cost))
+    torch.testing.assert_close(m.cost[fin], C[fin], rtol=1e-12, atol=1e-12)
+    paths = spec.export(m, ctx)
+    assert sorted(paths) == ["ipndm_nfe3", "ipndm_nfe4", "unipc_bh1_nfe3", "unipc_bh1_nfe4"]
+    for name, path in paths.items():
+        ls = load_sampler(path)
+        nfe = int(name[-1])
+        assert ls.label == f"{name.split('_nfe')[0]}/gits" and ls.nfe == nfe
+        idx = ls.manifest["gits"]["indices"]
+        assert idx == gits_dp(C, nfe, options["coeff"])
+        torch.testing.assert_close(ls.sigmas, m.fine[idx], rtol=0, atol=0)
+        ls.check(ctx.teacher)
+        x = ls.sample(ctx.teacher.denoiser, x_T)
+        x_grid = sample(ctx.teacher.denoiser, x_T, ls.registry_solver, nfe=nfe, grid="from_file",
+                        grid_options={"path": path}, schedule=ctx.teacher.schedule)
+        torch.testing.assert_close(x, x_grid, rtol=0, atol=0)
+
+
+def test_method_bad_settings_fail_before_compute(tmp_path):
+    from diffode.cli.errors import ConfigError
+    from diffode.cli.train import prepare
+
+    for ov, msg in ((["method.metric=cosine"], "metric"), (["method.nfe=11"], "more than the teacher grid"),
+                    (["method.solver=heun", "method.nfe=5"], "nfe=5"), (["method.coeff=0"], "coeff"),
+                    (["method.teacher.grid=from_file"], "teacher.grid"), (["method.teacher.solver=rk45"], "fixed-step")):
+        with pytest.raises(ConfigError, match=msg):
+            prepare(_cfg(tmp_path, *ov))
+
+
+def test_grid_config_reads_gits_artifacts():
+    from diffode.config import grid_config
+
+    assert grid_config("gits") == ("from_file", {"path": "???"})
