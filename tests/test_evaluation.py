@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
-from diffode.evaluate import evaluate
+from diffode.cli.errors import ConfigError
+from diffode.cli.evaluate import evaluate
 from diffode.evaluation.results import read_rows
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-REPO = CONF.parent
+REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(2)
 
 # rtol 1e-6 puts the reference ~1e-6 from the exact flow, far below the solver errors compared here.
@@ -25,7 +25,7 @@ TINY = ["experiment=eval_gmm", "n_samples=64", "batch_size=32", "gmm_metrics.rto
 
 
 def cfg_for(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_module("diffode.conf", version_base="1.3"):
         return compose("eval", overrides=[*TINY, f"output_dir={tmp_path}", *overrides])
 
 
@@ -81,7 +81,7 @@ def test_resume_after_hard_kill(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_evaluation import cfg_for
-        from diffode.evaluate import evaluate
+        from diffode.cli.evaluate import evaluate
         from pathlib import Path
         def die(k, cell):
             if k == 1:
@@ -90,8 +90,7 @@ def test_resume_after_hard_kill(tmp_path):
     """)
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
-    assert len(read_rows(tmp_path / "results.csv")) == 2
-    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f] or True  # a stray temp file is harmless
+    assert len(read_rows(tmp_path / "results.csv")) == 2  # (a stray temp file of the killed write is harmless)
     evaluate(cfg_for(tmp_path, "sweep.solvers=[euler,dpmpp_2m]", "sweep.nfes=[10,12]"))
     rows = read_rows(tmp_path / "results.csv")
     assert sorted(keys(rows)) == sorted((s, "logsnr", n) for s in ("euler", "dpmpp_2m") for n in (10, 12))
@@ -104,7 +103,7 @@ def test_resume_refuses_other_settings(tmp_path):
 
 
 def test_nan_cell_is_reported_failed(tmp_path, monkeypatch):
-    import diffode.evaluation.models as models
+    import diffode.models as models
     from diffode.core.grids import make_grid
 
     real_load = models.load_model
@@ -134,9 +133,9 @@ def test_nan_cell_is_reported_failed(tmp_path, monkeypatch):
 
 
 def test_bad_config_fails_before_compute(tmp_path):
-    with pytest.raises(ValueError, match="skip_unreachable"):
+    with pytest.raises(ConfigError, match="skip_unreachable"):
         evaluate(cfg_for(tmp_path, "sweep.solvers=[heun]", "sweep.nfes=[9]", "sweep.skip_unreachable=false"))
-    with pytest.raises(ValueError, match="unknown solver"):
+    with pytest.raises(ConfigError, match="unknown solver"):
         evaluate(cfg_for(tmp_path, "sweep.solvers=[no_such_solver]", "sweep.nfes=[10]"))
     assert not (tmp_path / "results.csv").exists()
     out = evaluate(cfg_for(tmp_path, "sweep.solvers=[heun]", "sweep.nfes=[9,10]", "sweep.skip_unreachable=true"))
@@ -182,7 +181,7 @@ def test_wandb_offline_run_summary_and_table(tmp_path, monkeypatch):
 
 def test_submitit_local_multirun_two_jobs(tmp_path):
     sweep_dir = tmp_path / "multi"
-    cmd = [sys.executable, "-m", "diffode.evaluate", "-m", "hydra/launcher=submitit_local",
+    cmd = [sys.executable, "-m", "diffode.cli", "eval", "-m", "hydra/launcher=submitit_local",
            "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=0",
            f"hydra.sweep.dir={sweep_dir}", *TINY, "sweep.solvers=euler,dpmpp_2m", "sweep.nfes=[10]", "save_images=0"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
@@ -195,14 +194,10 @@ def test_submitit_local_multirun_two_jobs(tmp_path):
     assert all(read_rows(f)[0]["status"] == "ok" for f in done)
 
 
-ASSET = REPO / "diffode" / "assets" / "digits_unet.ckpt"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not ASSET.is_file(), reason="the shipped digits checkpoint is not there yet")
 def test_digits_checkpoint_sweep_small(tmp_path):
     """The main job's path on the shipped digits UNet (few samples): FID and confident share per cell."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_module("diffode.conf", version_base="1.3"):
         cfg = compose("eval", overrides=["experiment=eval_main", "n_samples=200", "batch_size=100", "progress=false",
                                          "sweep.solvers=[euler,dpmpp_3m]", "sweep.grids=[logsnr]", "sweep.nfes=[4,10]",
                                          f"output_dir={tmp_path}"])
@@ -216,25 +211,43 @@ def test_digits_checkpoint_sweep_small(tmp_path):
 
 
 def test_cli_composes_main_job_config():
-    """`diffode main` goes through diffode.cli, which imports diffode.evaluate (not __main__)."""
+    """`diffode main` goes through diffode.cli, which imports diffode.cli.evaluate (not __main__)."""
     p = subprocess.run([sys.executable, "-m", "diffode.cli", "main", "--cfg", "job"], capture_output=True, text=True,
                        cwd="/", timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "pairing: usual" in p.stdout and "digits_unet.ckpt" in p.stdout
+    assert "pairing: usual" in p.stdout and "asset:artifacts/ld3/ipndm_nfe4" in p.stdout
 
 
-def test_learned_grid_files_add_one_cell_each(tmp_path):
-    """A learned-grid file (LD3 artifact) becomes the cell <solver>/ld3 at its own NFE; written with the
-    EDM grid's own sigmas it must reproduce the edm cell of the same solver exactly."""
-    from diffode.core.grids import make_grid, save_grid_file
+def test_learned_artifacts_add_one_cell_each_and_are_checked(tmp_path):
+    """An artifact becomes the row <solver>/<kind> at its own NFE; an LD3 artifact holding the EDM grid's
+    own sigmas must reproduce the edm cell of the same solver exactly. One made for another model is refused."""
+    from diffode.artifacts import save_artifact
+    from diffode.core.grids import make_grid
     from diffode.core.schedules import EDM
+    from diffode.models import load_model
 
-    path = tmp_path / "ld3_grid.json"
-    save_grid_file(path, make_grid("edm", 5, EDM()), solver="ipndm", nfe=5, schedule=EDM(), method="ld3")
+    identity = load_model({"kind": "gmm", "preset": "gmm2d"}).identity
+    path = save_artifact(tmp_path / "ld3", kind="ld3", solver="ipndm", nfe=5, sigmas=make_grid("edm", 5, EDM()),
+                         schedule=EDM(), model=identity, solver_options={"max_order": 4})
     cfg = cfg_for(tmp_path / "run", "sweep.solvers=[ipndm]", "sweep.grids=[edm]", "sweep.nfes=[5]",
-                  f"sweep.learned_grids=[{path}]")
+                  f"sweep.learned=[{path}]")
     rows = {(r["solver"], r["grid"], int(r["nfe"])): r for r in read_rows(evaluate(cfg)["csv"])}
     assert set(rows) == {("ipndm", "edm", 5), ("ipndm", "ld3", 5)}
     assert rows["ipndm", "ld3", 5]["rmse"] == rows["ipndm", "edm", 5]["rmse"]
-    with pytest.raises(ValueError, match="no file"):
-        evaluate(cfg_for(tmp_path / "bad", "sweep.solvers=[ipndm]", "sweep.nfes=[5]", "sweep.learned_grids=[nope.json]"))
+    with pytest.raises(ConfigError, match="no artifact"):
+        evaluate(cfg_for(tmp_path / "bad", "sweep.solvers=[ipndm]", "sweep.nfes=[5]", "sweep.learned=[nope]"))
+    other = save_artifact(tmp_path / "other", kind="ld3", solver="ipndm", nfe=5, sigmas=make_grid("edm", 5, EDM()),
+                          schedule=EDM(), model={**identity, "hash": "0123"})
+    with pytest.raises(ConfigError, match="another model"):
+        evaluate(cfg_for(tmp_path / "bad2", "sweep.solvers=[ipndm]", "sweep.nfes=[5]", f"sweep.learned=[{other}]"))
+    assert not (tmp_path / "bad2" / "results.csv").exists()
+
+
+def test_one_cell_from_solver_and_grid_groups(tmp_path):
+    """`diffode eval solver=heun grid=edm nfe=6`: exactly that cell, with the group's options."""
+    from diffode.evaluation.sweep import build_cells
+
+    cfg = cfg_for(tmp_path, "solver=dpmpp_3m_official", "grid=edm", "nfe=6")
+    cells = build_cells(cfg, {"solver": "dpmpp_3m_official", "grid": "edm"})
+    assert [(c.solver, c.grid, c.nfe, c.solver_name) for c in cells] == [("dpmpp_3m_official", "edm", 6, "dpmpp_3m")]
+    assert cells[0].solver_options["coefficients"] == "official" and cells[0].grid_options == {"rho": 7.0}

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from diffode.core.grids import GRIDS, load_grid_file, make_grid, save_grid_file
+from diffode.artifacts import save_artifact
+from diffode.core.grids import GRIDS, load_grid_file, make_grid
 from diffode.core.schedules import EDM, VE, DiscreteVP, VPCosine, VPLinear
 
 F64 = torch.float64
@@ -91,11 +92,12 @@ def test_explicit_tensor_keeps_grad():
 
 
 def test_grid_file_roundtrip_and_mismatches(tmp_path):
-    p = tmp_path / "ld3.json"
+    p = tmp_path / "ld3"
     sig = make_grid("logsnr", 5, EDM())
-    save_grid_file(p, sig, solver="dpmpp_2m", nfe=5, schedule=EDM(), net_sigmas=sig * 1.01)
-    rec = json.loads(p.read_text())
-    assert rec["solver"] == "dpmpp_2m" and rec["nfe"] == 5 and rec["schedule"] == "edm"
+    save_artifact(p, kind="ld3", sigmas=sig, solver="dpmpp_2m", nfe=5, schedule=EDM(), net_sigmas=sig * 1.01,
+                  model={"kind": "gmm"})
+    rec = json.loads((p / "manifest.json").read_text())
+    assert rec["solver"] == "dpmpp_2m" and rec["nfe"] == 5 and rec["schedule"]["name"] == "edm"
     g = make_grid("from_file", 5, EDM(), path=str(p), solver="dpmpp_2m", nfe=5)
     torch.testing.assert_close(g, sig)
     s2, net = load_grid_file(p, 5, EDM(), "dpmpp_2m", 5)

@@ -125,8 +125,9 @@ import lightning as L  # noqa: E402
 
 from diffode.core.denoisers import make_gmm  # noqa: E402
 from diffode.core.sample import sample  # noqa: E402
+from diffode.config import method_defaults  # noqa: E402
 from diffode.methods.ld3 import Checkpointed, LD3Config, LD3Module  # noqa: E402
-from diffode.methods.ld3_teacher import cached_pairs, make_pairs, start_noise  # noqa: E402
+from diffode.methods.ld3.teacher import cached_pairs, make_pairs, start_noise  # noqa: E402
 
 EDM_S = EDM()
 
@@ -162,9 +163,9 @@ CHEAP_TEACHER = {"solver": "dpmpp_3m", "nfe": 24, "grid": "logsnr", "grid_option
 
 
 def _module(tmp_path, **kw):
-    base = dict(solver="dpmpp_3m", nfe=3, distance="l2", n_pairs=24, teacher=CHEAP_TEACHER, rounds_logits=2,
-                rounds_joint=2, batch_size=4, cache_dir=str(tmp_path / "cache"), artifact=str(tmp_path / "grid.json"),
-                init_grid="uniform", val_every=1)  # a 12-update run: validate after every update
+    base = dict(method_defaults("ld3"), solver="dpmpp_3m", nfe=3, distance="l2", n_pairs=24, teacher=CHEAP_TEACHER,
+                rounds_logits=2, rounds_joint=2, batch_size=4, cache_dir=str(tmp_path / "cache"),
+                init_grid="uniform", val_every=1, checkpointing=False)  # a 12-update run: validate after every update
     base.update(kw)
     D = base.pop("denoiser", None) or _gmm()
     shape = base.pop("shape", (D.dim,))
@@ -194,11 +195,26 @@ def test_short_run_on_the_gmm_lowers_validation_loss_and_round_trips_the_artifac
     uniform = sample(m.denoiser, 80.0 * z, solver="dpmpp_3m", nfe=3, grid="logsnr", schedule=EDM_S)
     assert err(learned) < err(uniform)
 
-    # Artifact: written on train end, loads through grid=from_file (with its net_sigmas) ...
-    path = tmp_path / "grid.json"
+    # Artifact: the export, loads through grid=from_file (with its net_sigmas) and load_sampler ...
+    path = m.save(tmp_path / "art") / "manifest.json"
     art = json.loads(path.read_text())
-    for key in ("sigmas", "net_sigmas", "solver", "nfe", "schedule", "model", "teacher", "history", "val_metric"):
+    for key in ("sigmas", "net_sigmas", "solver", "nfe", "schedule", "model", "training", "history", "metrics"):
         assert key in art
+    assert art["training"]["teacher"] == CHEAP_TEACHER and art["metrics"]["val_best"] == m.best["val"]
+    from diffode.artifacts import load_sampler
+    from diffode.models import Model
+
+    ls = load_sampler(tmp_path / "art")
+    assert ls.label == "dpmpp_3m/ld3" and ls.nfe == 3
+    assert torch.allclose(ls.sample(m.denoiser, 80.0 * z), learned, rtol=1e-12, atol=1e-12)
+    same = Model(m.denoiser, (2,), EDM_S, 0.002, 80.0, {"kind": "gmm-test"}, "gmm")
+    ls.check(same)
+    with pytest.raises(ValueError, match="another model"):
+        ls.check(Model(m.denoiser, (2,), EDM_S, 0.002, 80.0, {"kind": "checkpoint", "sha256": "0"}, "digits"))
+    with pytest.raises(ValueError, match="nfe=3, not nfe=4"):
+        ls.check(same, nfe=4)
+    with pytest.raises(ValueError, match="schedule"):
+        ls.check(Model(m.denoiser, (2,), VPLinear(), 0.002, 80.0, {"kind": "gmm-test"}, "gmm"))
     x_file = sample(m.denoiser, 80.0 * z, solver="dpmpp_3m", nfe=3, grid="from_file",
                     grid_options={"path": str(path)}, schedule=EDM_S)
     assert torch.allclose(x_file, learned, rtol=1e-12, atol=1e-12)
@@ -263,29 +279,33 @@ def test_lpips_without_weights_fails_with_a_clear_message(tmp_path, monkeypatch)
         _module(tmp_path, distance="lpips", lpips_net="vgg")
 
 
-def test_hydra_config_composes_and_bad_settings_fail_before_compute():
-    from hydra import compose, initialize_config_dir
+def test_runner_composes_ld3_and_bad_settings_fail_before_compute(tmp_path):
+    from hydra import compose, initialize_config_module
 
-    from diffode.ld3 import CONF_DIR, build
+    from diffode.cli.errors import ConfigError
+    from diffode.cli.train import prepare
 
     def cfg(*ov):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name="ld3", overrides=["out_dir=/tmp", "method.distance=l2", *ov])
+        with initialize_config_module("diffode.conf", version_base="1.3"):
+            return compose("train", overrides=["method=ld3", "source=gmm16d", f"output_dir={tmp_path}",
+                                               "method.distance=l2", *ov])
 
-    m = build(cfg("method.solver=ipndm", "method.nfe=5", "method.init_grid=edm", "model.gmm.dim=16",
-                  "model.gmm.layout=random"))
+    spec, options, ctx = prepare(cfg("method.solver=ipndm", "method.nfe=5", "method.init_grid=edm"))
+    m = spec.build(options, ctx)
     assert m.steps == 5 and m.shape == (16,) and m.cfg.decoupled
     s, _ = m.grid()
     i = torch.arange(6, dtype=D64) / 5
     edm = (80 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert torch.allclose(s, edm, rtol=1e-10)
     assert not hasattr(m, "z")  # no teacher compute until the trainer sets the module up
-    with pytest.raises(ValueError, match="nfe=5"):
-        build(cfg("method.solver=heun", "method.nfe=5"))  # heun makes 2 calls a step
-    with pytest.raises(ValueError, match="distance"):
-        build(cfg("method.distance=cosine"))
-    with pytest.raises(ValueError, match="space"):
-        build(cfg("method.space=sigma"))
+    with pytest.raises(ConfigError, match="nfe=5"):
+        prepare(cfg("method.solver=heun", "method.nfe=5"))  # heun makes 2 calls a step
+    with pytest.raises(ConfigError, match="distance"):
+        prepare(cfg("method.distance=cosine"))
+    with pytest.raises(ConfigError, match="space"):
+        prepare(cfg("method.space=sigma"))
+    with pytest.raises(ConfigError, match="gamma=-1"):
+        prepare(cfg("method.gamma=-1"))
 
 
 def test_init_best_starts_from_the_lowest_validation_loss(tmp_path):
@@ -295,4 +315,5 @@ def test_init_best_starts_from_the_lowest_validation_loss(tmp_path):
     assert set(scores) == {"uniform", "time_uniform", "logsnr", "edm"}
     assert m.history[0]["val"] == pytest.approx(min(scores.values()), rel=1e-12)
     assert m.best["val"] <= min(scores.values())
-    assert json.loads((tmp_path / "grid.json").read_text())["init"]["chosen"] == min(scores, key=scores.get)
+    art = json.loads((m.save(tmp_path / "art") / "manifest.json").read_text())
+    assert art["training"]["init"]["chosen"] == min(scores, key=scores.get)

@@ -4,24 +4,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from diffode.methods.denoiser import NonFiniteLossError, load_denoiser
-from diffode.methods.losses import edm_loss
+from diffode.cli.errors import ConfigError
+from diffode.cli.train import train
 from diffode.core.denoisers import ModelDenoiser
 from diffode.core.schedules import EDM
-from diffode.train import train
-from diffode.train_setup import ConfigError
+from diffode.methods.denoiser import NonFiniteLossError, load_denoiser
+from diffode.methods.denoiser.losses import edm_loss
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-TINY_GMM = ["dataset=gmm2d", "model=mlp", "debug=fast", "dataset.n_train=64", "dataset.batch_size=16",
-            "model.hidden=32", "model.depth=2", "method.n_samples=0", "logger=none", "threads=1"]
+TINY_GMM = ["dataset=gmm2d", "net=mlp", "debug=fast", "dataset.n_train=64", "dataset.batch_size=16",
+            "net.hidden=32", "net.depth=2", "method.n_samples=0", "logger=none", "threads=1"]
 
 
 def cfg_for(overrides, tmp_path):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_module("diffode.conf", version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"output_dir={tmp_path}"])
     return cfg
 
@@ -43,7 +42,7 @@ def test_each_parameterization_trains_and_loads(tmp_path, schedule, prediction):
     res = train(cfg)
     assert res["global_step"] == 4 and torch.isfinite(torch.tensor(res["train/loss"]))
     D, info = load_denoiser(tmp_path / "checkpoints" / "last.ckpt")  # weights_only=True inside
-    assert info["shape"] == (2,) and info["dataset"] == "gmm" and info["prediction"] == prediction
+    assert info["shape"] == (2,) and info["dataset"] == "gmm2d" and info["prediction"] == prediction
     assert info["sigma_max"] == pytest.approx(info["schedule"].sigma_max)
     x = torch.randn(3, 2, dtype=torch.float64)
     assert D(x, 1.0).shape == (3, 2)
@@ -55,12 +54,12 @@ def test_each_parameterization_trains_and_loads(tmp_path, schedule, prediction):
 
 
 def test_unet_digits_edm_steps_and_sample_grid(tmp_path):
-    cfg = cfg_for(["experiment=digits", "debug=fast", "logger=none", "model.model_channels=8",
+    cfg = cfg_for(["experiment=digits", "debug=fast", "logger=none", "net.model_channels=8",
                    "trainer.max_steps=2", "sample_every_n_steps=2", "method.n_samples=4", "method.sample_nfe=4",
                    "trainer.max_time=null", "threads=1"], tmp_path)
     res = train(cfg)
     assert res["global_step"] == 2
-    D, info = load_denoiser(res["ema_checkpoint"])
+    D, info = load_denoiser(res["exported"]["ema_checkpoint"])
     assert info["shape"] == (1, 8, 8) and info["dataset"] == "digits"
     assert sorted(p.name for p in (tmp_path / "samples").glob("grid_*.png"))  # sample grids were drawn
 
@@ -111,13 +110,13 @@ def test_edm_loss_of_zero_net_is_one_for_unit_scaled_data():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["dataset=digits", "model=mlp", "model.dim=2"], "model=mlp is for vector data"),
-    (["dataset=gmm2d", "model=unet_digits"], "a UNet needs images"),
-    (["dataset=digits", "model=unet_cifar"], "does not match"),
+    (["dataset=digits", "net=mlp", "net.dim=2"], "net=mlp is for vector data"),
+    (["dataset=gmm2d", "net=unet_digits"], "a UNet needs images"),
+    (["dataset=digits", "net=unet_cifar"], "does not match"),
     ([*TINY_GMM, "ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt does not exist"),
     ([*TINY_GMM, "method.sample_nfe=5", "method.n_samples=4"], "sample_nfe"),
     ([*TINY_GMM, "method.prediction=edm", "method.t_sampling=uniform"], "log-normal"),
-    (["dataset=image_folder", "dataset.path=/nonexistent", "model=unet_cifar", "dataset.resolution=32"],
+    (["dataset=image_folder", "dataset.path=/nonexistent", "net=unet_cifar", "dataset.resolution=32"],
      "dataset.path"),
 ])
 def test_config_errors_name_the_fix(tmp_path, overrides, match):
@@ -128,7 +127,7 @@ def test_config_errors_name_the_fix(tmp_path, overrides, match):
 
 def test_unknown_group_option_lists_choices(tmp_path):
     with pytest.raises(MissingConfigException, match="Available options") as e:
-        cfg_for(["model=resnet"], tmp_path)
+        cfg_for(["net=resnet"], tmp_path)
     assert "mlp" in str(e.value) and "unet_digits" in str(e.value)
 
 
@@ -142,7 +141,7 @@ def test_results_file_and_parameter_count(tmp_path):
 def test_wandb_runs_offline_without_credentials_and_is_finished(tmp_path, monkeypatch):
     import wandb
 
-    from diffode.train_setup import wandb_has_credentials
+    from diffode.cli.loggers import wandb_has_credentials
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -160,9 +159,9 @@ def test_wandb_runs_offline_without_credentials_and_is_finished(tmp_path, monkey
 
 
 def test_slurm_launcher_config_follows_the_trainer(tmp_path):
-    from diffode.train_setup import check_launcher
+    from diffode.cli.checks import check_launcher
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_module("diffode.conf", version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4",
                                           "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
                                           "hydra.launcher.gpus_per_node=4"],

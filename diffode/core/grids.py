@@ -125,27 +125,21 @@ def _schedule_name(schedule) -> str:
     return schedule if isinstance(schedule, str) else schedule.name
 
 
-def save_grid_file(path, sigmas, solver: str, nfe: int, schedule=None, net_sigmas=None, **extra) -> None:
-    """Write a learned grid as JSON: sigmas, net_sigmas (optional), solver, nfe, schedule (name)."""
-    rec = dict(sigmas=[float(v) for v in torch.as_tensor(sigmas).detach().reshape(-1)], solver=solver,
-               nfe=int(nfe), schedule=_schedule_name(schedule), **extra)
-    if net_sigmas is not None:
-        rec["net_sigmas"] = [float(v) for v in torch.as_tensor(net_sigmas).detach().reshape(-1)]
-    Path(path).write_text(json.dumps(rec, indent=1))
-
-
 _ANY = object()
 
 
 def load_grid_file(path, steps=None, schedule=_ANY, solver=None, nfe=None) -> tuple[Tensor, Tensor | None]:
-    """(sigmas, net_sigmas or None) from a learned-grid file, refusing a mismatch of solver, NFE or schedule.
+    """(sigmas, net_sigmas or None) from a learned grid (an artifact directory or its manifest.json,
+    written by diffode.artifacts.save_artifact), refusing a mismatch of solver, NFE or schedule.
 
     solver / nfe / steps left None are not checked; schedule=None means EDM's (t = sigma), and leaving
     it out skips that check."""
     p = Path(path)
+    if p.is_dir():  # an artifact directory (diffode.artifacts)
+        p = p / "manifest.json"
     if not p.is_file():
         raise ValueError(f"grid file {str(p)!r} does not exist; pass grid_options={{'path': ...}} pointing "
-                         "to a file written by LD3 (save_grid_file).")
+                         "to an artifact directory (e.g. <run dir>/artifacts/ld3 of `diffode train method=ld3`).")
     rec = json.loads(p.read_text())
     missing = [k for k in ("sigmas", "solver", "nfe", "schedule") if k not in rec]
     if missing:

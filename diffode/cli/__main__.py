@@ -1,0 +1,4 @@
+"""`python -m diffode.cli ...` = the `diffode` console script."""
+from . import main
+
+main()
