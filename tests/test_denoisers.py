@@ -26,48 +26,70 @@ def test_parameterization_round_trips():
 
 
 class Oracle(nn.Module):
-    """A 'network' that returns the exact eps / x0 / v / EDM-F of a GMM under a schedule."""
+    """A 'network' that returns the exact eps / x0 / v of a GMM at the true noise level of its input.
 
-    def __init__(self, gmm, schedule, prediction):
+    It is told the VE sigma s of the call out of band (`self.s`, set by the test), and gets the
+    schedule-space (alpha, sigma) from closed forms that share nothing with diffode's schedules:
+    VP: alpha = 1 / sqrt(1 + s^2), sigma = s alpha; VE: alpha = 1, sigma = s. It records the
+    conditioning value the wrapper hands it, which the test compares with the paper's conventions."""
+
+    def __init__(self, gmm, vp: bool, prediction):
         super().__init__()
-        self.gmm, self.schedule, self.prediction = gmm, schedule, prediction
+        self.gmm, self.vp, self.prediction = gmm, vp, prediction
         self.dummy = nn.Parameter(torch.zeros((), dtype=D64))
+        self.s, self.seen_c = None, None
 
     def forward(self, x_in, c):
-        if self.prediction == "edm":
-            sigma = torch.exp(4 * c)
-            c_skip, c_out, c_in, _ = edm_scalings(sigma)
-            x = x_in / c_in[:, None]
-            return (self.gmm.denoise(x, 1.0, sigma) - c_skip[:, None] * x) / c_out[:, None]
-        s = self.schedule
-        t = self._t_from_cond(c)
-        a, sg = s.alpha(t)[:, None], s.sigma(t)[:, None]
-        x0 = self.gmm.denoise(x_in, a[:, 0], sg[:, 0])
-        eps = eps_from_x0(x_in, x0, a, sg)
-        return {"eps": eps, "x0": x0, "v": v_from_x0_eps(x0, eps, a, sg)}[self.prediction]
+        self.seen_c = c
+        s = torch.as_tensor(self.s, dtype=D64)
+        a = 1 / torch.sqrt(1 + s * s) if self.vp else torch.ones_like(s)
+        sg = s * a
+        x0 = self.gmm.denoise(x_in, a, sg)
+        eps = (x_in - a * x0) / sg
+        return {"eps": eps, "x0": x0, "v": a * eps - sg * x0}[self.prediction]
 
-    def _t_from_cond(self, c):
-        s = self.schedule
-        if isinstance(s, DiscreteVP):
-            return c / s.N + 1.0 / s.N
-        if isinstance(s, VE):
-            return s.t_from_ve_sigma(2 * torch.exp(c))
-        return c / 999.0
+
+def _vp_linear_t(s, beta_0=0.1, beta_1=20.0):
+    # -2 log alpha = log(1 + s^2) = beta_0 t + (beta_1 - beta_0) t^2 / 2, solved for t >= 0 (float64 numpy)
+    import numpy as np
+
+    a, b, c = (beta_1 - beta_0) / 2, beta_0, -np.log1p(s * s)
+    return (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
 
 
 @pytest.mark.parametrize("schedule", [VPLinear(), VPCosine(), DiscreteVP(), VE()], ids=["vp_linear", "vp_cosine", "vp_discrete", "ve"])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_model_denoiser_is_exact_for_exact_networks(schedule, prediction):
     gmm = make_gmm(3, 4, seed=1)
-    D = ModelDenoiser(Oracle(gmm, schedule, prediction), schedule, prediction)
+    net = Oracle(gmm, schedule.is_vp, prediction)
+    D = ModelDenoiser(net, schedule, prediction)
     x = torch.randn(6, 3, dtype=D64) * 2
     for sigma in [schedule.sigma_min * 1.5, 1.0, schedule.sigma_max / 2]:
+        net.s = sigma
         assert torch.allclose(D(x * sigma, sigma), gmm(x * sigma, sigma), atol=1e-9, rtol=1e-9)
+        c = net.seen_c.to(D64)
+        if isinstance(schedule, VPLinear):  # DDPM-style continuous time: the net sees 999 t
+            assert torch.allclose(c, torch.full_like(c, 999 * _vp_linear_t(sigma)), rtol=1e-9)
+        if isinstance(schedule, VE):  # NCSN++ conditions on log(sigma / 2)
+            assert torch.allclose(c, torch.full_like(c, math.log(sigma / 2)), rtol=1e-9, atol=1e-12)
+
+
+class EDMOracle(nn.Module):
+    """The exact EDM network F of a GMM, from the preconditioning of Karras et al. (Table 1) written here:
+    c_in = 1 / sqrt(s^2 + sd^2), c_noise = log(s) / 4, D = c_skip x + c_out F."""
+
+    def forward(self, x_in, c):
+        s, sd = torch.exp(4 * c.to(D64))[:, None], 0.5
+        x = x_in * torch.sqrt(s * s + sd * sd)
+        c_skip, c_out = sd * sd / (s * s + sd * sd), s * sd / torch.sqrt(s * s + sd * sd)
+        return (self.gmm.denoise(x, 1.0, s[:, 0]) - c_skip * x) / c_out
 
 
 def test_model_denoiser_edm():
     gmm = make_gmm(3, 4, seed=2)
-    D = ModelDenoiser(Oracle(gmm, EDM(), "edm"), EDM(), "edm")
+    net = EDMOracle()
+    net.gmm, net.dummy = gmm, nn.Parameter(torch.zeros((), dtype=D64))
+    D = ModelDenoiser(net, EDM(), "edm")
     x = torch.randn(6, 3, dtype=D64)
     sig = torch.tensor([0.002, 0.1, 1, 5, 40, 80], dtype=D64)
     assert torch.allclose(D(x * sig[:, None], sig), gmm(x * sig[:, None], sig), atol=1e-10)

@@ -81,8 +81,8 @@ def test_reference_stats_are_cached_on_disk(tmp_path):
     assert calls == [1] and not first["cached"] and second["cached"]
     for k in F.STAT_KEYS:
         assert torch.equal(first[k], second[k])
-    # another feature net is another cache entry
-    F.reference_stats("toy", F.FlattenFeatures(6).__class__(6), real, directory=tmp_path)
+    # the same feature net again is the same entry; another feature net is another entry
+    assert F.reference_stats("toy", F.FlattenFeatures(6), real, directory=tmp_path)["cached"] and calls == [1]
     other = F.FlattenFeatures(6)
     other.cache_id = "flatten6-other"
     assert not F.reference_stats("toy", other, real, directory=tmp_path)["cached"]
