@@ -124,6 +124,13 @@ def test_loss_is_the_papers_x_eps_and_v_errors(weighting, one_thread):
 
 # -- stages -----------------------------------------------------------------------------------
 
+def test_updates_per_stage_is_one_count_or_one_per_stage():
+    assert pd.stage_updates(5, 3) == [5, 5, 5] and pd.stage_updates([1, 2, 3], 3) == [1, 2, 3]
+    for bad in (0, [1, 2], [1, 0, 1], 2.5, True):
+        with pytest.raises(ValueError, match="one per stage"):
+            pd.stage_updates(bad, 3)
+
+
 def test_stage_steps_halve_down_to_n_final():
     assert pd.stage_steps(128, 1) == [64, 32, 16, 8, 4, 2, 1]
     assert pd.stage_steps(96, 3) == [48, 24, 12, 6, 3]
@@ -246,8 +253,10 @@ def test_a_short_distillation_closes_the_student_teacher_gap(teacher, tmp_path, 
     assert after < 0.5 * before, (before, after)
 
 
-def test_stages_halve_save_each_student_and_restart_adam(teacher, tmp_path, one_thread):
-    module = pd_module(teacher, tmp_path)  # 8 -> 4 -> 2, 12 updates each
+@pytest.mark.parametrize("updates", [12, [8, 16]])
+def test_stages_halve_save_each_student_and_restart_adam(teacher, tmp_path, one_thread, updates):
+    module = pd_module(teacher, tmp_path, updates_per_stage=updates)  # 8 -> 4 -> 2
+    u = [updates] * 2 if isinstance(updates, int) else updates
     lrs = []
 
     import lightning as L
@@ -255,7 +264,7 @@ def test_stages_halve_save_each_student_and_restart_adam(teacher, tmp_path, one_
     class LR(L.Callback):
         def on_before_optimizer_step(self, trainer, m, optimizer):  # after the module's on_train_batch_start
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
-            if trainer.global_step == 12:  # first step of stage 2: fresh Adam, teacher = the 4-step student
+            if trainer.global_step == u[0]:  # first step of stage 2: fresh Adam, teacher = the 4-step student
                 assert not trainer.optimizers[0].state
                 s4 = torch.load(tmp_path / "students" / "4.ckpt", weights_only=True)["state_dict"]
                 for k, v in m.teacher.state_dict().items():
@@ -264,7 +273,7 @@ def test_stages_halve_save_each_student_and_restart_adam(teacher, tmp_path, one_
     fit(module, 24, tmp_path, callbacks=[LR()])
     assert sorted(p.name for p in (tmp_path / "students").glob("*.ckpt")) == ["2.ckpt", "4.ckpt"]
     assert int(module.stage) == 2
-    want = [1e-3 * (1 - (s % 12) / 12) for s in range(24)]
+    want = [1e-3 * (1 - s / u[0]) for s in range(u[0])] + [1e-3 * (1 - s / u[1]) for s in range(u[1])]
     assert lrs == pytest.approx(want, rel=1e-12)
 
 
@@ -373,6 +382,7 @@ def test_the_runner_distils_and_exports_one_artifact_per_student(teacher_path, t
     (["method.student_output=eps"], "cannot take a step from sigma_max"),
     (["method.student_output=pixels"], "unknown student output"),
     (["method.updates_per_stage=0"], "updates_per_stage"),
+    (["method.updates_per_stage=[5,5]"], "a list of 7 integers"),
     (["method.lr=0"], "method.lr"),
     (["source.path=/nonexistent/teacher.ckpt"], "not found"),
     (["source=gmm2d", "dataset=gmm2d"], "needs a teacher network"),

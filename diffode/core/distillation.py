@@ -127,3 +127,15 @@ def check_nested(make_grid: Callable[[int], Tensor], steps: list[int], what: str
             raise ValueError(f"{what}: the {n}-step grid is not the even points of the {2 * n}-step grid (max "
                              f"difference {d:.3g}), so a student step is not two teacher steps. Use a grid family "
                              f"that nests under halving: logsnr, edm (any rho), time_uniform or time_quadratic.")
+
+
+def stage_updates(updates, n_stages: int) -> list[int]:
+    """Updates of each stage: one integer for every stage (the paper's fixed count) or one per stage."""
+    if isinstance(updates, int) and not isinstance(updates, bool):
+        u = [updates] * n_stages
+    else:
+        u = list(updates) if isinstance(updates, (list, tuple)) else []
+    if len(u) != n_stages or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in u):
+        raise ValueError(f"updates_per_stage={updates!r}: give one integer >= 1 (every stage) or a list of "
+                         f"{n_stages} integers >= 1 (one per stage, {n_stages} stages).")
+    return u

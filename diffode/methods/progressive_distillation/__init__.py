@@ -48,8 +48,11 @@ def check(options: dict, ctx: Context) -> list[str]:
     for key in ("lr", "grad_clip"):
         if not float(options.get(key) or 0) > 0:
             errors.append(f"method.{key}={options.get(key)} must be positive (e.g. method.{key}=1e-4 / 1.0).")
-    if not isinstance(options.get("updates_per_stage"), int) or options["updates_per_stage"] < 1:
-        errors.append(f"method.updates_per_stage={options.get('updates_per_stage')!r} must be an integer >= 1.")
+    if steps:
+        try:
+            pd.stage_updates(options.get("updates_per_stage"), len(steps))
+        except (ValueError, TypeError) as e:
+            errors.append(f"method.{e}")
     if int(options.get("eval_samples") or 0) < 0:
         errors.append(f"method.eval_samples={options.get('eval_samples')} must be >= 0 (0 skips the distillation error).")
     teacher = ctx.teacher
@@ -125,7 +128,7 @@ def export(module: ProgressiveDistillationModule, ctx: Context) -> dict:
 def trainer_overrides(options: dict) -> dict:
     """The stages fix the length; there is no validation loop (the distillation error is measured at export)."""
     n = len(pd.stage_steps(int(options["n0"]), int(options["n_final"])))
-    return {"max_steps": n * int(options["updates_per_stage"]), "max_epochs": -1, "limit_val_batches": 0,
+    return {"max_steps": sum(pd.stage_updates(options["updates_per_stage"], n)), "max_epochs": -1, "limit_val_batches": 0,
             "val_check_interval": None, "check_val_every_n_epoch": None, "gradient_clip_val": None}
 
 

@@ -2,7 +2,7 @@
 
 Stage k (k = 0 .. S-1) trains a student of N_k = n0 / 2^(k+1) steps against a teacher of 2 N_k steps
 (stage 0's teacher is the checkpoint, later ones the previous student), for `updates_per_stage`
-updates with Adam whose learning rate falls linearly to 0 within the stage and whose state starts
+updates (one count for all stages, or one per stage) with Adam whose learning rate falls linearly to 0 within the stage and whose state starts
 fresh at each stage (Salimans & Ho: one optimizer per halving, grad clip 1, no EMA). The stage is a
 pure function of the global step, so one Lightning fit runs every stage and a resumed job continues
 mid-stage exactly: the checkpoint holds the student, the teacher and the stage counter, and every
@@ -41,7 +41,7 @@ class ProgressiveDistillationModule(L.LightningModule):
     sigma_data); teacher_state: its (EMA) ModelDenoiser state_dict. grid / grid_options: a grid family
     of diffode.core.grids whose grids nest under halving (checked here)."""
 
-    def __init__(self, teacher: dict, n0: int, n_final: int, updates_per_stage: int, grid: str, grid_options: dict,
+    def __init__(self, teacher: dict, n0: int, n_final: int, updates_per_stage, grid: str, grid_options: dict,
                  weighting: str, student_output: str, lr: float, betas, grad_clip: float, sigma_min: float,
                  sigma_max: float, seed: int = 0, out_dir: str | None = None,
                  teacher_state: dict | None = None):
@@ -49,8 +49,8 @@ class ProgressiveDistillationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["teacher_state", "out_dir"])
         self.steps = pd.stage_steps(n0, n_final)  # the students' N, one per stage
         pd.loss_weight(torch.ones(1, dtype=DTYPE), weighting)  # unknown weightings fail here
-        if updates_per_stage < 1:
-            raise ValueError(f"updates_per_stage={updates_per_stage} must be >= 1.")
+        self.updates = pd.stage_updates(updates_per_stage, len(self.steps))
+        self.starts = [sum(self.updates[:k]) for k in range(len(self.steps))]  # first global step of each stage
         schedule = build(teacher["schedule"])
         net = ModelDenoiser(build(teacher["net"]), schedule, teacher["prediction"], teacher.get("sigma_data", 0.5))
         if teacher_state is not None:
@@ -70,10 +70,10 @@ class ProgressiveDistillationModule(L.LightningModule):
 
     @property
     def total_updates(self) -> int:
-        return len(self.steps) * self.hparams.updates_per_stage
+        return sum(self.updates)
 
     def stage_of(self, step: int) -> int:
-        return min(step // self.hparams.updates_per_stage, len(self.steps) - 1)
+        return max(k for k in range(len(self.steps)) if k == 0 or step >= self.starts[k])
 
     # -- stages -----------------------------------------------------------------------------
     def students_dir(self) -> Path:
@@ -97,7 +97,7 @@ class ProgressiveDistillationModule(L.LightningModule):
         """What a student file records of how it was made (plain data)."""
         hp = self.hparams
         return {"method": "progressive_distillation", "steps": self.steps[k], "teacher_steps": 2 * self.steps[k],
-                "n0": hp.n0, "stage": k + 1, "updates": hp.updates_per_stage, "grid": hp.grid,
+                "n0": hp.n0, "stage": k + 1, "updates": self.updates[k], "grid": hp.grid,
                 "grid_options": dict(hp.grid_options), "sigmas": [float(s) for s in self.grid(self.steps[k])],
                 "weighting": hp.weighting, "teacher_prediction": hp.teacher["prediction"], "output": self.output}
 
@@ -155,9 +155,14 @@ class ProgressiveDistillationModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.Adam(self.student.parameters(), lr=hp.lr, betas=tuple(hp.betas))
-        U = hp.updates_per_stage
-        anneal = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - (s % U) / U)  # linear to 0 per stage
+        anneal = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+
         return {"optimizer": opt, "lr_scheduler": {"scheduler": anneal, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """Linear from 1 to 0 within each stage (the paper's anneal); a new stage starts again at 1."""
+        k = self.stage_of(step)
+        return 1.0 - (step - self.starts[k]) / self.updates[k]
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
@@ -178,14 +183,14 @@ class StageProgressBar(TQDMProgressBar):
     def _stage(self, trainer, pl_module):
         step = int(trainer.global_step)
         k = pl_module.stage_of(step)
-        return k, step - k * pl_module.hparams.updates_per_stage
+        return k, step - pl_module.starts[k]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         k, done = self._stage(trainer, pl_module)
         bar = self.train_progress_bar
         if getattr(self, "_bar_stage", None) != k:
             self._bar_stage = k
-            bar.reset(total=pl_module.hparams.updates_per_stage)
+            bar.reset(total=pl_module.updates[k])
             bar.initial = 0
             n = pl_module.steps[k]
             bar.set_description(f"stage {k + 1}/{len(pl_module.steps)}: {2 * n} -> {n} steps")
@@ -195,7 +200,7 @@ class StageProgressBar(TQDMProgressBar):
         k, done = self._stage(trainer, pl_module)
         bar = self.train_progress_bar
         if k != getattr(self, "_bar_stage", None):  # the last update of a stage
-            done = pl_module.hparams.updates_per_stage
+            done = pl_module.updates[k - 1] if k > 0 else done
         if self._should_update(done, bar.total) or done == bar.total:
             _update_n(bar, done)
             bar.set_postfix(self.get_metrics(trainer, pl_module))
