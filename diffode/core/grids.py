@@ -181,7 +181,7 @@ def make_grid(name: str, steps: int, schedule: Schedule | None = None, *, sigma_
     """A decreasing float64 grid of steps + 1 VE sigmas (see the module docstring for the names)."""
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)} (conf/grid/<name>.yaml).")
-    unknown = set(options) - set(grid_options(name))
+    unknown = set(options) - set(grid_options(name)) if options else set()  # inspect only when needed (~0.3 ms)
     if unknown:
         raise ValueError(f"grid {name!r} does not take option(s) {sorted(unknown)}; it accepts "
                          f"{grid_options(name) or 'no options'}.")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 RULES = (False, True, "official", "auto")
-H_AUTO = 1.0  # lambda-step above which "auto" lowers the order of the final steps (measured, see above)
+H_AUTO = 1.25  # lambda step above which "auto" lowers the final steps' order (measured, see above)
 
 
 def check_rule(rule) -> None:
