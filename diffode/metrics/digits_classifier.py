@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ASSET = Path(__file__).resolve().parent.parent / "assets" / "digits_classifier.pt"
+def _asset() -> Path:
+    from diffode.config import asset
+
+    return asset("digits_classifier.pt")  # shipped in the package (diffode/assets)
+
+
+ASSET = _asset()
 TRAIN = dict(epochs=60, batch_size=64, lr=2e-3, weight_decay=1e-4, max_shift=1, seed=0)
 
 
