@@ -29,8 +29,10 @@ STAT_KEYS = ("real_features_sum", "real_features_cov_sum", "real_features_num_sa
 
 
 def cache_dir() -> Path:
-    """$DIFFODE_CACHE, else ~/.cache/diffode."""
-    return Path(os.environ.get("DIFFODE_CACHE", Path.home() / ".cache" / "diffode"))
+    """The project's one cache root (diffode.config.cache_dir): $DIFFODE_CACHE, else ~/.cache/diffode."""
+    from diffode.config import cache_dir as root
+
+    return root()
 
 
 def quantize_uint8(x: Tensor) -> Tensor:
@@ -130,8 +132,7 @@ def reference_stats(key: str, feature_net: nn.Module, real_images: Tensor | Call
     fid_id = getattr(feature_net, "cache_id", None)
     if fid_id is None:
         raise ValueError("feature net needs a `cache_id` string naming it (and its weights) for the stats cache")
-    name = hashlib.sha1(f"{key}|{fid_id}".encode()).hexdigest()[:10]
-    path = Path(directory or cache_dir() / "fid_ref") / f"{_safe(key)}__{_safe(fid_id)}__{name}.pt"
+    path = stats_path(key, fid_id, directory)
     if path.is_file():
         stats = torch.load(path, map_location="cpu", weights_only=True)
         return {**stats, "path": str(path), "cached": True}
@@ -142,6 +143,12 @@ def reference_stats(key: str, feature_net: nn.Module, real_images: Tensor | Call
     torch.save(stats, tmp)
     os.replace(tmp, path)  # a killed job never leaves a truncated stats file behind
     return {**stats, "path": str(path), "cached": False}
+
+
+def stats_path(key: str, fid_id: str, directory: str | Path | None = None) -> Path:
+    """Where reference_stats caches the statistics of (key, feature net id)."""
+    name = hashlib.sha1(f"{key}|{fid_id}".encode()).hexdigest()[:10]
+    return Path(directory or cache_dir() / "fid_ref") / f"{_safe(key)}__{_safe(fid_id)}__{name}.pt"
 
 
 def fid_score(fake_images: Tensor, feature_net: nn.Module, ref: dict, batch_size: int = 1000) -> float:
