@@ -3,8 +3,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # `diffode.sample` without importing the solver zoo at package import time.
+    # `diffode.sample` / `diffode.load_sampler` without importing the solver zoo at package import time.
     if name == "sample":
         from .core.sample import sample
         return sample
+    if name == "load_sampler":
+        from .artifacts import load_sampler
+        return load_sampler
+    if name == "load_model":
+        from .models import load_model
+        return load_model
     raise AttributeError(name)
