@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common import GMM, DigitsFID, solve_grid, train_grid  # noqa: I001
+from common import GMM, DigitsFID, solve_grid, source_model, train_grid  # noqa: I001
 
 VARIANTS = {
     "full (soft gamma=1e-3, decoupled, l2)": [],
@@ -37,8 +37,7 @@ def main():
     ap.add_argument("--out", default="experiments/ld3/results/ablation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from diffode.evaluation.models import initial_noise
-    from diffode.ld3 import ckpt_denoiser, gmm_denoiser
+    from diffode.models import initial_noise
 
     out = Path(args.out) / Path(args.model).stem
     out.mkdir(parents=True, exist_ok=True)
@@ -56,22 +55,21 @@ def main():
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             if ev is None:
+                model = source_model(args.model)
+                D, sched, lo, hi = model.denoiser, model.schedule, model.sigma_min, model.sigma_max
+                x_T = initial_noise(model.shape, range(args.n), hi)
                 if args.model in GMM:
                     from diffode.metrics.gmm import endpoint_rmse, reference_solve
 
-                    D, shape, sched, _, (lo, hi) = gmm_denoiser(cfg)
-                    x_T = initial_noise(shape, range(args.n), hi)
                     ref = reference_solve(D, x_T, hi, lo)
                     ev = ("endpoint RMSE", lambda x: endpoint_rmse(x, ref))
                 else:
-                    D, shape, sched, _, (lo, hi) = ckpt_denoiser(cfg)
-                    x_T = initial_noise(shape, range(args.n), hi)
                     ev = ("FID", DigitsFID())
                 base_metric = {g: ev[1](solve_grid(D, x_T, args.solver, args.nfe, g, sched, lo, hi))
                                for g in ("logsnr", "edm", "time_uniform")}
             row = {"variant": name, "seed": seed, "train_s": round(train_s, 1),
                    "metric": ev[1](solve_grid(D, x_T, args.solver, args.nfe, art, sched, lo, hi)),
-                   "val_best": art["val_metric"]["value"]}
+                   "val_best": art["val_best"]}
             print(json.dumps(row), flush=True)
             rows.append(row)
     summary = {"model": args.model, "solver": args.solver, "nfe": args.nfe, "metric": ev[0], "n_eval": args.n,

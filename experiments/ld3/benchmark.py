@@ -3,8 +3,8 @@
     python experiments/ld3/benchmark.py time   --ckpt diffode/assets/digits_unet.ckpt --solver dpmpp_3m --nfe 4
     python experiments/ld3/benchmark.py memory --ckpt diffode/assets/digits_unet.ckpt --nfes 4,6,8,10 --batch 2,32
 
-`time`: one LD3 training (100 pairs, 50/50, 2 + 5 rounds, batch 2, l2, 2 threads) through the Hydra
-entry with an empty teacher cache, so the wall time includes making the teacher pairs; the
+`time`: one LD3 training (100 pairs, 50/50, 2 + 5 rounds, batch 2, l2, 2 threads) through the runner
+(`diffode ld3`) with an empty teacher cache, so the wall time includes making the teacher pairs; the
 teacher and training parts are reported separately, plus process CPU time (the machine is shared:
 CPU time is the less noisy of the two).
 
@@ -65,30 +65,29 @@ class PeakRSS:
 
 def memory_child(args):
     torch.set_num_threads(args.threads)
-    from hydra import compose, initialize_config_dir
+    sys.path.insert(0, str(HERE))
+    from common import compose_ld3
 
-    from diffode.ld3 import CONF_DIR, build
+    from diffode.cli.train import prepare
 
     random_unet = args.ckpt == "random:unet_digits"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="ld3", overrides=[f"method.solver={args.solver}", f"method.nfe={args.nfe}",
-                                                     "method.distance=l2", f"method.checkpointing={args.checkpointing}",
-                                                     "out_dir=/tmp"] + ([] if random_unet else [f"model.ckpt={args.ckpt}"]))
-        if random_unet:  # memory depends on the architecture only: conf/model/unet_digits.yaml, untrained
-            unet_cfg = compose(config_name="model/unet_digits").model
-    if random_unet:
-        from hydra.utils import instantiate
-
+    overrides = [f"method.solver={args.solver}", f"method.nfe={args.nfe}", "method.distance=l2",
+                 f"method.checkpointing={args.checkpointing}", "output_dir=/tmp/ld3_benchmark_memory"]
+    if random_unet:  # memory depends on the architecture only: conf/net/unet_digits.yaml, untrained
+        from diffode.config import group_config, method_defaults
         from diffode.core.denoisers import ModelDenoiser
         from diffode.core.schedules import VPLinear
         from diffode.methods.ld3 import LD3Config, LD3Module
+        from diffode.spec import build
 
         torch.manual_seed(0)
-        den, sch = ModelDenoiser(instantiate(unet_cfg), VPLinear(), "eps"), VPLinear()
-        mcfg = LD3Config(solver=args.solver, nfe=args.nfe, distance="l2", checkpointing=args.checkpointing)
+        den, sch = ModelDenoiser(build(group_config("net", "unet_digits")), VPLinear(), "eps"), VPLinear()
+        mcfg = LD3Config(**{**method_defaults("ld3"), "solver": args.solver, "nfe": args.nfe, "distance": "l2",
+                            "checkpointing": args.checkpointing})
         m = LD3Module(den, (1, 8, 8), sch, sch.sigma_min, sch.sigma_max, {"kind": "random unet_digits"}, mcfg)
     else:
-        m = build(cfg)
+        spec, options, ctx = prepare(compose_ld3(args.ckpt, overrides))
+        m = spec.build(options, ctx)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(args.batch, *m.shape, generator=g, dtype=torch.float64).requires_grad_()
     x0 = torch.randn(args.batch, *m.shape, generator=g, dtype=torch.float64)
@@ -147,7 +146,7 @@ def timing(args):
     row = {"solver": args.solver, "nfe": args.nfe, "threads": args.threads, "wall_s": round(wall, 1),
            "train_only_s": round(art["train_seconds"], 1), "process_cpu_s": round(cpu, 1),
            "updates": sum(1 for h in art["history"] if h.get("train") is not None),
-           "val_start": next(h["val"] for h in art["history"] if "val" in h), "val_best": art["val_metric"]["value"],
+           "val_start": art["val_first"], "val_best": art["val_best"],
            "load_average_1min": os.getloadavg()[0]}
     print(json.dumps(row))
     out = Path(args.out)

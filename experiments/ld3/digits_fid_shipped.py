@@ -1,7 +1,8 @@
 """Digits FID study on the SHIPPED checkpoint (diffode/assets/digits_unet.ckpt, 16 channels).
 
 Scores, on the same noise seeds 0..n-1 for every grid, the hand-crafted grids (time_uniform, logsnr,
-edm) and the LD3 grid (if <grid_dir>/<solver>_nfe<N>/ld3_grid.json exists) of each solver x NFE, plus
+edm) and the LD3 grid (if <grid_dir>/<solver>_nfe<N> holds one: artifacts/ld3 from `diffode ld3 ...
+hydra.run.dir=<grid_dir>/<solver>_nfe<N>`, or the recorded ld3_grid.json) of each solver x NFE, plus
 the scale of the metric: FID of the real held-out digits (360 images) against the training-split
 reference statistics (the floor), and the FID of the UniPC-20 logsnr teacher. Results are merged into
 <out>/fid.json (keyed by what was scored), so it can be rerun as more LD3 grids finish.
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HAND_GRIDS, DigitsFID, solve_grid  # noqa: E402
+from common import HAND_GRIDS, DigitsFID, find_grid, grid_record, solve_grid, source_model  # noqa: E402
 
 CKPT = "diffode/assets/digits_unet.ckpt"
 
@@ -38,9 +39,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from diffode.data.digits import load_digits_tensors
-    from diffode.evaluation.models import initial_noise
-    from diffode.methods.denoiser import load_denoiser
-    from diffode.methods.ld3_teacher import file_sha256
+    from diffode.models import file_sha256, initial_noise
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,10 +53,9 @@ def main():
         res_path.write_text(json.dumps(res, indent=1, sort_keys=True))
 
     fid = DigitsFID()
-    D, info = load_denoiser(args.ckpt)
-    sched = info["schedule"]
-    lo, hi = float(info.get("sigma_min") or sched.sigma_min), float(info.get("sigma_max") or sched.sigma_max)
-    x_T = initial_noise(tuple(info["shape"]), range(args.seed0, args.seed0 + args.n), hi)
+    model = source_model(args.ckpt)
+    D, sched, lo, hi = model.denoiser, model.schedule, model.sigma_min, model.sigma_max
+    x_T = initial_noise(model.shape, range(args.seed0, args.seed0 + args.n), hi)
     key_n = f"n{args.n}" + (f"_seeds{args.seed0}" if args.seed0 else "")
 
     if args.scale:
@@ -84,16 +82,16 @@ def main():
         for g in HAND_GRIDS:
             if g not in row:
                 row[g] = fid(solve_grid(D, x_T, solver, nfe, g, sched, lo, hi))
-        gf = Path(args.grid_dir) / f"{solver}_nfe{nfe}" / "ld3_grid.json"
-        if gf.exists():
-            art = json.loads(gf.read_text())
+        gf = find_grid(Path(args.grid_dir) / f"{solver}_nfe{nfe}")
+        if gf is not None:
+            art = grid_record(gf)
             assert art["solver"] == solver and art["nfe"] == nfe, gf
             if art["model"].get("sha256") != sha:
                 raise ValueError(f"{gf} was learned for another checkpoint")
             row["ld3"] = fid(solve_grid(D, x_T, solver, nfe, art, sched))
             row["ld3_sigmas"] = art["sigmas"]
-            row["ld3_init"] = art.get("init", {}).get("chosen", art.get("init"))
-            row["ld3_val_l2_best"] = art["val_metric"]["value"]
+            row["ld3_init"] = art["init"].get("chosen", art["init"]) if isinstance(art["init"], dict) else art["init"]
+            row["ld3_val_l2_best"] = art["val_best"]
             best = min(HAND_GRIDS, key=lambda g: row[g])
             row["best_hand"], row["best_hand_minus_ld3"] = best, row[best] - row["ld3"]
         row["eval_seconds"] = round(time.perf_counter() - t0, 1)

@@ -1,8 +1,8 @@
 """LD3 on exact Gaussian mixtures: endpoint RMSE of the learned grid vs hand-crafted grids.
 
-For each solver x NFE: one LD3 training through the Hydra entry (conf/ld3.yaml, distance l2, every
-other setting the method default: 100 UniPC-20 teacher pairs split 50/50, soft loss gamma 0.001,
-decoupled, 2 + 5 rounds, batch 2). Then, on held-out noise (indices 1_000_000.. of the same seed
+For each solver x NFE: one LD3 training through the runner (`diffode ld3 source=<dataset>`, distance
+l2, every other setting the default of conf/method/ld3.yaml: 100 UniPC-20 teacher pairs split 50/50,
+soft loss gamma 0.001, decoupled, 2 + 5 rounds, batch 2). Then, on held-out noise (indices 1_000_000.. of the same seed
 stream, never used as pairs), the RMSE of x(sigma_min) against a dopri8 rtol 1e-10 solve of the
 exact PF-ODE, for the LD3 grid and the time_uniform, logsnr and edm grids at the same solver/NFE.
 
@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from diffode.core.sample import sample
-from diffode.ld3 import CONF_DIR, gmm_denoiser, run
-from diffode.metrics.gmm import endpoint_rmse, reference_solve
-from diffode.methods.ld3_teacher import start_noise
+from common import HAND_GRIDS as GRIDS, solve_grid, source_model, train_grid  # noqa: I001
 
-DATASETS = {
-    "gmm2d": ["model.gmm.dim=2", "model.gmm.layout=ring", "model.gmm.components=8"],
-    "gmm16d": ["model.gmm.dim=16", "model.gmm.layout=random", "model.gmm.components=8"],
-}
-GRIDS = ["time_uniform", "logsnr", "edm"]
+DATASETS = ("gmm2d", "gmm16d")  # conf/source/<name>.yaml
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", choices=sorted(DATASETS), default="gmm2d")
+    ap.add_argument("--dataset", choices=DATASETS, default="gmm2d")
     ap.add_argument("--solvers", default="dpmpp_3m,unipc_bh1,ipndm")
     ap.add_argument("--nfes", default="3,4,5,6")
     ap.add_argument("--n_eval", type=int, default=2000)
@@ -42,38 +33,33 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from diffode.methods.ld3.teacher import start_noise
+    from diffode.metrics.gmm import endpoint_rmse, reference_solve
+
     out = Path(args.out) / args.dataset
     out.mkdir(parents=True, exist_ok=True)
+    model = source_model(args.dataset)
+    D, schedule = model.denoiser, model.schedule
     rows = []
     ref = None
     for solver in args.solvers.split(","):
         for nfe in map(int, args.nfes.split(",")):
-            overrides = DATASETS[args.dataset] + [
-                f"method.solver={solver}", f"method.nfe={nfe}", "method.distance=l2", f"threads={args.threads}",
-                f"out_dir={out}/{solver}_nfe{nfe}", "+trainer.enable_progress_bar=false"] + args.extra
-            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-                cfg = compose(config_name="ld3", overrides=overrides)
-            t0 = time.perf_counter()
-            art = run(cfg)
-            train_s = time.perf_counter() - t0
-            D, shape, schedule, _, _ = gmm_denoiser(cfg)
+            overrides = [f"method.solver={solver}", f"method.nfe={nfe}", "method.distance=l2"] + args.extra
+            art, train_s, _ = train_grid(args.dataset, out / f"{solver}_nfe{nfe}", overrides, args.threads)
             if ref is None:
-                z = start_noise(range(1_000_000, 1_000_000 + args.n_eval), shape, 0)
-                x_T = schedule.sigma_max * z
-                ref = reference_solve(D, x_T, schedule.sigma_max, schedule.sigma_min)
+                z = start_noise(range(1_000_000, 1_000_000 + args.n_eval), model.shape, 0)
+                x_T = model.sigma_max * z
+                ref = reference_solve(D, x_T, model.sigma_max, model.sigma_min)
                 teacher = art["teacher"]
-                x_teacher = sample(D, x_T, solver=teacher["solver"], nfe=teacher["nfe"], grid=teacher["grid"],
-                                   schedule=schedule, **teacher["options"])
+                x_teacher = solve_grid(D, x_T, teacher["solver"], teacher["nfe"], teacher["grid"], schedule,
+                                       model.sigma_min, model.sigma_max, **(teacher.get("options") or {}))
                 teacher_rmse = endpoint_rmse(x_teacher, ref)
             row = {"dataset": args.dataset, "solver": solver, "nfe": nfe, "train_s": round(train_s, 1),
                    "teacher_rmse": teacher_rmse}
-            with torch.no_grad():
-                for g in GRIDS:
-                    row[g] = endpoint_rmse(sample(D, x_T, solver=solver, nfe=nfe, grid=g, schedule=schedule), ref)
-                sig = torch.tensor(art["sigmas"], dtype=torch.float64)
-                net = torch.tensor(art["net_sigmas"], dtype=torch.float64)
-                row["ld3"] = endpoint_rmse(sample(D, x_T, solver=solver, nfe=nfe, grid=sig, net_sigmas=net), ref)
-                row["ld3_no_shift"] = endpoint_rmse(sample(D, x_T, solver=solver, nfe=nfe, grid=sig), ref)
+            for g in GRIDS:
+                row[g] = endpoint_rmse(solve_grid(D, x_T, solver, nfe, g, schedule, model.sigma_min, model.sigma_max), ref)
+            row["ld3"] = endpoint_rmse(solve_grid(D, x_T, solver, nfe, art, schedule), ref)
+            row["ld3_no_shift"] = endpoint_rmse(solve_grid(D, x_T, solver, nfe, {**art, "net_sigmas": None}, schedule), ref)
             best = min(row[g] for g in GRIDS)
             row["gain_vs_best"] = best / row["ld3"]
             print(json.dumps(row), flush=True)
