@@ -200,3 +200,37 @@ def test_runner_with_ddp_sim_keeps_the_ranks_identical(tmp_path):
         s = load_sampler(out / "artifacts" / f"cd_{k}")
         assert s.label == f"cd/{k}" and s.nfe == k and s.student is not None
         s.check(load_model({"kind": "gmm", "preset": "gmm2d"}))
+
+
+def test_export_writes_one_cd_artifact_per_step_count(tmp_path):
+    from diffode.artifacts import load_sampler
+    from diffode.core.sample import prior_sample
+
+    spec = METHODS["consistency_distillation"]
+    ctx = _ctx(tmp_path)
+    sig2 = [80.0, 0.8, 0.002]
+    options = _options(sample_steps=[1, 2, 4], sample_sigmas={2: sig2}, lr=1e-3)
+    assert spec.check(options, ctx) == []
+    module = spec.build(options, ctx)
+    ck = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), save_last=True, save_on_train_epoch_end=True)
+    _trainer(tmp_path, [ck], max_epochs=1).fit(module, datamodule=ctx.datamodule)
+    out = spec.export(module, ctx)
+    assert sorted(out) == ["cd_1", "cd_2", "cd_4"]
+    x_T = prior_sample((5, 2), 80.0, torch.Generator().manual_seed(0))
+    for k in (1, 2, 4):
+        s = load_sampler(tmp_path / "artifacts" / f"cd_{k}")
+        assert (s.label, s.kind, s.solver, s.nfe) == (f"cd/{k}", "cd", "consistency", k)
+        s.check(ctx.teacher)
+        expected = sig2 if k == 2 else cm.karras_grid(k + 1, 0.002, 80.0).tolist()
+        torch.testing.assert_close(s.sigmas, torch.tensor(expected, dtype=torch.float64))
+        for a, b in zip(s.student.state_dict().values(), module.ema.state_dict().values()):
+            assert torch.equal(a, b)  # the evaluation EMA is what is exported
+        calls = []
+        orig = s.student.forward
+        s.student.forward = lambda x, sigma: (calls.append(1), orig(x, sigma))[1]
+        x, info = s.sample(None, x_T, generator=torch.Generator().manual_seed(1), return_info=True)
+        assert info["nfe"] == k == len(calls) and x.shape == x_T.shape
+    assert load_sampler(tmp_path / "artifacts" / "cd_1").manifest["metrics"]["distill_l2"] > 0
+    other = load_model({"kind": "gmm", "preset": "gmm16d"})
+    with pytest.raises(ValueError, match="another model"):
+        load_sampler(tmp_path / "artifacts" / "cd_1").check(other)

@@ -122,8 +122,9 @@ def cmd_curve(args):
     snaps = sorted((Path(args.run) / "snapshots").glob("ema_step*.pt"))
     if args.with_init:
         snaps = [None] + snaps
-    sig = chosen_sigmas()
-    rows = _load(f"curve_{Path(args.run).name}.json", {"run": str(args.run), "n": args.n, "rows": []})
+    sig = {k: karras(k) for k in (1, 2, 4)}  # fixed along the curve (the search runs on the final student)
+    rows = _load(f"curve_{Path(args.run).name}.json", {"run": str(args.run), "n": args.n, "rows": [],
+                                                        "sigmas": "Karras grid of k + 1 points (rho 7)"})
     done = {r["step"] for r in rows["rows"]}
     for p in snaps:
         step = 0 if p is None else int(p.stem.split("step")[1])
@@ -241,7 +242,7 @@ def cmd_teacher(args):
     m = teacher_model()
     x_T = noise(args.n, 0, m.sigma_max)
     out = _load("teacher.json", {})
-    for solver, nfe, grid in (("heun", 36, "edm"), ("heun", 100, "edm")):
+    for solver, nfe, grid in (("heun", 36, "edm"), ("heun", 80, "edm")):
         t0 = time.perf_counter()
         with torch.no_grad():
             s = torch.cat([sample(m.denoiser, xb, solver=solver, nfe=nfe, grid=grid, schedule=m.schedule)
