@@ -4,13 +4,19 @@ and the sliced W2 at NFE 200 against the exact-vs-exact noise floor (summary.jso
 
     python experiments/gmm_rmse/orders.py experiments/gmm_rmse/results
 """
+import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
+from diffode.config import solver_config
 from diffode.core.solvers import SOLVERS
 from diffode.evaluation.results import read_rows
+
+
+def order(name: str) -> int:
+    """The registry order of a solver config name (conf/solver/<name>.yaml)."""
+    return SOLVERS[solver_config(name)[0]].order
 
 
 def main(run_dir: str) -> None:
@@ -19,11 +25,11 @@ def main(run_dir: str) -> None:
     r = {(x["solver"], x["nfe"]): x for x in rows}
     print("| solver | order (registry) | RMSE @40 | RMSE @200 | slope 20->40 | slope 40->200 | SW2 @200 |")
     print("|---|---|---|---|---|---|---|")
-    for s in sorted({x["solver"] for x in rows}, key=lambda s: (SOLVERS[s].order, s)):
+    for s in sorted({x["solver"] for x in rows}, key=lambda s: (order(s), s)):
         a, b, c = r.get((s, 20)), r.get((s, 40)), r.get((s, 200))
         if not (a and b and c):
             continue
-        print(f"| {s} | {SOLVERS[s].order} | {b['rmse']:.3g} | {c['rmse']:.3g} | "
+        print(f"| {s} | {order(s)} | {b['rmse']:.3g} | {c['rmse']:.3g} | "
               f"{math.log(a['rmse'] / b['rmse']) / math.log(2):.2f} | {math.log(b['rmse'] / c['rmse']) / math.log(5):.2f} "
               f"| {c['sw']:.4f} |")
     print(f"\nSW2 exact vs exact (n = {floor['n_samples']}): {floor['sw_exact_vs_exact_mean']:.4f} "
@@ -31,4 +37,6 @@ def main(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "experiments/gmm_rmse/results")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", nargs="?", default="experiments/gmm_rmse/results", help="a diffode eval run dir")
+    main(ap.parse_args().run_dir)
