@@ -17,15 +17,22 @@ import lightning as L
 import torch
 
 from diffode.data.digits import DigitsDataModule
-from diffode.data.gmm import GMMDataModule
+from diffode.config import method_defaults
 from diffode.methods.denoiser import DenoiserModule
+
+def _gmm2d(batch: int):
+    from diffode.config import group_config
+    from diffode.spec import build
+
+    return build({**group_config("dataset", "gmm2d"), "batch_size": batch})  # conf/dataset/gmm2d.yaml
+
 
 MODELS = {
     "unet": (dict(_target_="diffode.nets.unet.UNet", resolution=8, in_channels=1, model_channels=16,
                   channel_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[4]),
              dict(_target_="diffode.core.schedules.EDM"), "edm", lambda b: DigitsDataModule(batch_size=b)),
     "mlp": (dict(_target_="diffode.nets.mlp.MLP", dim=2, hidden=256, depth=4),
-            dict(_target_="diffode.core.schedules.VPLinear"), "eps", lambda b: GMMDataModule(batch_size=b)),
+            dict(_target_="diffode.core.schedules.VPLinear"), "eps", _gmm2d),
 }
 
 
@@ -34,7 +41,9 @@ def make(model: str, batch: int):
     dm = data(batch)
     dm.setup("fit")
     torch.manual_seed(0)
-    module = DenoiserModule(net=net, schedule=schedule, data=dm.info(), prediction=prediction, lr=1e-3, n_samples=0)
+    # conf/method/denoiser.yaml's options, without the EMA callback (the plain loop has none either)
+    options = {**method_defaults("denoiser"), "prediction": prediction, "lr": 1e-3, "n_samples": 0, "ema": None}
+    module = DenoiserModule(net=net, schedule=schedule, data=dm.info(), **options)
     return module, dm
 
 
