@@ -7,8 +7,9 @@ is second order for every c (the classic one-parameter family). The default stag
 (c = 1: Heun's trapezoid); a `midpoints(i, sigma_cur, sigma_next, x) -> sigma_mid` hook (AMED) moves it
 (c = 1/2 in sigma is the explicit midpoint rule); the hook's Stage may also scale the step (c) and
 the stage's conditioning (a), diffode/core/stage.py. Our grids end at sigma_min > 0, so every step is a
-full Heun step: 2 calls per step. `euler_last=True` makes the last step Euler (EDM's habit when the grid
-ends at 0), giving 2*steps - 1 calls so odd NFEs are reachable.
+full Heun step: 2 calls per step. Odd NFEs: `denoise_to_zero=True` in sample() adds EDM's final Euler
+step to sigma = 0 (x = D(x, sigma_min), one call: EDM's own layout), or `euler_last=True` makes the last
+step, to sigma_min, Euler (diffusers' layout), giving 2*steps - 1 calls.
 """
 from __future__ import annotations
 
