@@ -1,0 +1,183 @@
+"""AMED: `diffode train method=amed method.student=ipndm method.nfe=5 [source=...]`.
+
+Needs a teacher model (conf/source/), no data. Trains the predictor of AMEDModule (module.py) and
+exports it as the `hook` of an artifact of kind `amed` (<run dir>/artifacts/amed), sampled as
+`<student>` with midpoints=<predictor>; `diffode eval sweep.learned=[...]` evaluates it as the row
+<student>/amed (<student>/amed_times for the times-only predictor of models without a bottleneck).
+"""
+from __future__ import annotations
+
+import time
+
+from ..registry import Context, register_method
+from .module import MULTISTEP, STUDENTS, AMEDConfig, AMEDModule  # noqa: F401
+from .predictor import AMEDPredictor, predictor_spec  # noqa: F401
+
+KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
+        "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor")
+FEATURES = ("auto", "bottleneck", "times_only")
+REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
+
+
+def _world(ctx: Context) -> int:
+    tr = ctx.trainer or {}
+    devices, nodes = tr.get("devices", 1), tr.get("num_nodes", 1)
+    return (devices if isinstance(devices, int) and devices > 0 else 1) * (nodes if isinstance(nodes, int) else 1)
+
+
+def _teacher_name(o: dict) -> str:
+    return o["teacher_solver"] or ("heun" if o["student"] == "amed" else o["student"])
+
+
+def _M(o: dict) -> int:
+    return int(o["M"]) if o["M"] is not None else (1 if o["student"] == "amed" else 2)
+
+
+def _feature_shape(o: dict, model):
+    want = o["predictor"]["features"]
+    have = getattr(model.denoiser, "feature_shape", None) if model is not None else None
+    return None if want == "times_only" else have
+
+
+def grids(o: dict, model):
+    """(student sigmas, teacher sigmas) for the model's schedule and range."""
+    from diffode.core.grids import make_grid
+    from diffode.core.sample import steps_for_nfe
+
+    from diffode.config import solver_config
+
+    reg, opts = solver_config(o["student"])
+    steps = steps_for_nfe(reg, int(o["nfe"]), bool(o["afs"]), midpoints=True, **opts)
+    kw = dict(sigma_min=model.sigma_min, sigma_max=model.sigma_max, **(o["grid_options"] or {}))
+    return (make_grid(o["grid"], steps, model.schedule, **kw),
+            make_grid(o["grid"], (_M(o) + 1) * steps, model.schedule, **kw))
+
+
+def resolve(o: dict, model) -> AMEDConfig:
+    from diffode.config import solver_config
+
+    reg, opts = solver_config(o["student"])
+    treg, topts = solver_config(_teacher_name(o))
+    sigmas, _ = grids(o, model)
+    return AMEDConfig(student=reg, student_options=opts, teacher=treg, teacher_options=topts, nfe=int(o["nfe"]),
+                      steps=sigmas.numel() - 1, afs=bool(o["afs"]), M=_M(o), grid=o["grid"],
+                      grid_options=dict(o["grid_options"] or {}), scale_dir=float(o["scale_dir"]),
+                      scale_time=float(o["scale_time"]), batch=int(o["batch"]), n_trajectories=int(o["n_trajectories"]),
+                      lr=float(o["lr"]), seed=int(o["seed"]), n_val=int(o["n_val"]), val_every=int(o["val_every"]),
+                      predictor=dict(o["predictor"]))
+
+
+def check(options: dict, ctx: Context) -> list[str]:
+    """Every impossible option, before any compute, each with its fix."""
+    from diffode.config import solver_config
+    from diffode.core.sample import check_sampling_config, steps_for_nfe
+
+    o = options
+    missing = [k for k in KEYS if k not in o]
+    unknown = sorted(set(o) - set(KEYS))
+    if missing or unknown:
+        return [f"method=amed options do not match conf/method/amed.yaml (missing {missing}, unknown {unknown}); "
+                "remove unknown method.* keys."]
+    errors = []
+    if o["student"] not in STUDENTS:
+        return [f"method.student={o['student']!r} is not an AMED student; choose amed (AMED-Solver) or one of "
+                f"{', '.join(s for s in STUDENTS if s != 'amed')} (AMED-Plugin)."]
+    reg, opts = solver_config(o["student"])
+    try:
+        steps_for_nfe(reg, int(o["nfe"]), bool(o["afs"]), midpoints=True, **opts)
+    except ValueError:
+        parity = "odd (3, 5, 7, 9)" if o["afs"] else "even (2, 4, 6, 8)"
+        errors.append(f"method.nfe={o['nfe']} is unreachable for student {o['student']} with afs={o['afs']}: AMED takes "
+                      f"2 calls per interval and AFS saves one, so the NFE must be {parity}; set method.nfe to one of "
+                      f"those or flip method.afs.")
+    for key in ("scale_dir", "scale_time"):
+        v = float(o[key])
+        if not 0 <= v < 1:
+            errors.append(f"method.{key}={v} is out of range: the scale lies in [1 - {key}, 1 + {key}] and must stay "
+                          f"positive; use 0 <= method.{key} < 1 (0 turns it off; the paper uses 0.01 / 0.2).")
+    try:
+        teacher = _teacher_name(o)
+        treg, topts = solver_config(teacher)
+        if treg in ("rk45",) or "generator" in topts:
+            errors.append(f"method.teacher_solver={teacher} must be a deterministic fixed-step solver (e.g. heun).")
+    except ValueError as e:
+        errors.append(f"method.teacher_solver: {e}")
+    if o["M"] is not None and (int(o["M"]) != o["M"] or int(o["M"]) < 1):
+        errors.append(f"method.M={o['M']} must be an integer >= 1 (teacher steps inserted per interval) or null.")
+    if o["grid"] not in REFINABLE:
+        errors.append(f"method.grid={o['grid']!r}: the teacher grid must contain the student's, so use a grid uniform "
+                      f"in some variable: {', '.join(REFINABLE)}.")
+    if o["predictor"].get("features") not in FEATURES:
+        errors.append(f"method.predictor.features={o['predictor'].get('features')!r}; choose one of {', '.join(FEATURES)}.")
+    elif o["predictor"]["features"] == "bottleneck" and ctx.teacher is not None and \
+            getattr(ctx.teacher.denoiser, "feature_shape", None) is None:
+        errors.append("method.predictor.features=bottleneck but this model's network has no bottleneck feature map "
+                      "(the GMM denoiser, the MLP); use method.predictor.features=auto or times_only.")
+    for key in ("batch", "n_trajectories", "n_val", "val_every"):
+        if int(o[key]) < 1:
+            errors.append(f"method.{key}={o[key]} must be >= 1.")
+    world = _world(ctx)
+    if int(o["batch"]) % world:
+        errors.append(f"method.batch={o['batch']} must be divisible by the {world} training processes "
+                      f"(trainer.devices x num_nodes); e.g. method.batch={world * max(1, int(o['batch']) // world)}.")
+    if int(o["n_trajectories"]) < int(o["batch"]):
+        errors.append(f"method.n_trajectories={o['n_trajectories']} is less than one batch ({o['batch']}).")
+    if not float(o["lr"]) > 0:
+        errors.append(f"method.lr={o['lr']} must be positive.")
+    if errors or ctx.teacher is None:
+        return errors
+    try:
+        sigmas, teacher_sigmas = grids(o, ctx.teacher)
+        cfg = resolve(o, ctx.teacher)
+        check_sampling_config(cfg.teacher, None, grid=teacher_sigmas, **cfg.teacher_options)
+        if (teacher_sigmas[::cfg.M + 1] - sigmas).abs().max() > 1e-9 * float(sigmas[0]):
+            errors.append(f"method.grid={o['grid']} with these grid_options is not refinable: the {cfg.M + 1}-fold finer "
+                          "grid does not contain the student's points; use edm, logsnr or time_uniform.")
+    except ValueError as e:
+        errors.append(f"method=amed: {e}")
+    return errors
+
+
+def export(module: AMEDModule, ctx: Context) -> dict:
+    from diffode.artifacts import save_artifact
+
+    c, m = module.cfg, ctx.teacher
+    p = module.predictor
+    seconds = time.perf_counter() - module.fit_started if hasattr(module, "fit_started") else None
+    hist = module.history()
+    vals = hist["val"]
+    metrics = {"train_seconds": seconds, "trajectories": module.n_batches * c.batch,
+               "updates": module.n_batches * c.steps, "parameters": sum(q.numel() for q in p.parameters()),
+               "predictor": p.kind}
+    if vals:
+        metrics.update(val_loss_start=vals[0]["loss"], val_loss_end=vals[-1]["loss"],
+                       val_rmse_start=vals[0]["endpoint_rmse"], val_rmse_end=vals[-1]["endpoint_rmse"])
+    label = f"{module.student_name}/amed" + ("" if p.needs_features else "_times")
+    path = save_artifact(ctx.out_dir / "artifacts" / "amed", kind="amed", solver=module.student_name, nfe=c.nfe,
+                         sigmas=module.sigmas, model=m.identity, schedule=m.schedule, solver_options=c.student_options,
+                         afs=c.afs, label=label, training={**module.options, "teacher": c.teacher, "M": c.M},
+                         metrics=metrics, history=[hist], hook=p,
+                         hook_spec=predictor_spec(p.feature_shape, c.scale_dir, c.scale_time, c.predictor["hidden"],
+                                                  c.predictor["time_channels"], c.predictor["feature_channels"]))
+    if vals:
+        print(f"AMED {label} NFE {c.nfe}: held-out loss {vals[0]['loss']:.5g} -> {vals[-1]['loss']:.5g}, endpoint RMSE "
+              f"{vals[0]['endpoint_rmse']:.4g} -> {vals[-1]['endpoint_rmse']:.4g}; artifact {path}")
+    return {"artifact": str(path)}
+
+
+def trainer_overrides(options: dict) -> dict:
+    """One epoch is one pass over the batches; the module validates itself (no Lightning val loop)."""
+    return {"max_epochs": 1, "max_steps": -1, "max_time": None, "limit_val_batches": 0, "val_check_interval": None,
+            "check_val_every_n_epoch": None, "log_every_n_steps": 1}
+
+
+@register_method("amed", needs_teacher=True, check=check, export=export, checkpoint=False, trainer=trainer_overrides,
+                 description="AMED mean-direction midpoint predictor (Zhou et al., CVPR 2024)")
+def build(options: dict, ctx: Context) -> AMEDModule:
+    m = ctx.teacher
+    cfg = resolve(options, m)
+    sigmas, teacher_sigmas = grids(options, m)
+    module = AMEDModule(m.denoiser, m.shape, sigmas, teacher_sigmas, cfg, _feature_shape(options, m))
+    module.student_name, module.options = options["student"], dict(options)
+    module.fit_started = time.perf_counter()
+    return module

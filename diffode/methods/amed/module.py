@@ -1,0 +1,234 @@
+"""AMEDModule: train AMED's predictor data-free from the sampler's own trajectories (Zhou et al. 2024, Sec. 4).
+
+Each batch: fresh x_T = sigma_max z (seeded by batch and rank: no data, and resumable), the teacher
+(the same solver family, `teacher_solver`, on the (M+1)-refined grid, under no_grad) gives the
+points x*_n at the student's grid sigmas. Then for every interval n of the student's N: the student
+takes that one interval with the predictor as its `midpoints` hook, the loss is
+|x_student - x*_{n+1}|^2 summed over dimensions and averaged over the batch, and Adam takes one step
+(N optimizer steps per batch). Gradients reach the predictor through the stage point, and through the
+frozen network's second evaluation at (x_s, a s).
+
+Where each interval starts:
+- single-step students (amed, euler, dpm_solver_2) restart from the teacher's point x*_n (the paper's
+  "slightly better" choice): one call of the solver on the grid [sigma_n, sigma_{n+1}];
+- multistep students (ipndm, dpmpp_2m) continue from their own detached state and history. They are
+  run on the whole grid with the stages of the earlier intervals replayed as the constants they were
+  when those intervals were trained, and stopped after interval n; the earlier intervals take no
+  gradient (no input needs one), so this is exactly the paper's detached continuation, paid for by
+  re-running the earlier intervals' forward passes.
+AFS (analytic first step) only in interval 0, whose predictor then sees zero features.
+
+Data-parallel: the loader yields batch indices, each rank draws its own batch_per_rank latents, the
+loss is each rank's batch mean and Lightning's DDP averages the gradients, so every rank takes the
+same Adam step and ends with the same predictor (tests/test_amed_method.py). Losses are kept in
+buffers of fixed shape (they come back from ddp_spawn's workers with the weights, and resume).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from diffode.core.sample import prior_sample, sample
+from diffode.core.stage import Stage
+
+from .predictor import AMEDPredictor
+
+SINGLE_STEP = ("amed", "euler", "ddim", "dpm_solver_2")
+MULTISTEP = ("ipndm", "dpmpp_2m")
+STUDENTS = SINGLE_STEP + MULTISTEP
+VAL_SEED = 2_000_000_000  # held-out latents: far from the training seeds and from the seeds 0.. of diffode eval
+
+
+@dataclass
+class AMEDConfig:
+    """The keys of conf/method/amed.yaml (the only place their defaults live), resolved by the builder."""
+    student: str  # registry solver of the student (from its conf/solver name)
+    student_options: dict
+    teacher: str
+    teacher_options: dict
+    nfe: int
+    steps: int
+    afs: bool
+    M: int
+    grid: str
+    grid_options: dict
+    scale_dir: float
+    scale_time: float
+    batch: int  # global batch (all ranks)
+    n_trajectories: int
+    lr: float
+    seed: int
+    n_val: int
+    val_every: int
+    predictor: dict  # features (bottleneck | times_only), hidden, time_channels, feature_channels
+
+
+class _Reached(Exception):
+    """Stops a multistep student after the interval being trained (carries its state)."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+
+def _detached(st: Stage) -> Stage:
+    return Stage(*(None if v is None else v.detach() for v in (st.sigma, st.c, st.a)))
+
+
+class _Replay:
+    """The hook of a multistep student at interval n: the recorded stages before n, the predictor at n."""
+
+    def __init__(self, predictor: AMEDPredictor, n: int, recorded: list):
+        self.predictor, self.n, self.recorded = predictor, n, recorded
+        self.needs_features = predictor.needs_features
+
+    def __call__(self, i, sigma_cur, sigma_next, x, features=None):
+        if i < self.n:
+            return self.recorded[i]
+        st = self.predictor(i, sigma_cur, sigma_next, x, features)
+        self.recorded.append(_detached(st))
+        return st
+
+
+def _stop_after(n: int):
+    def callback(info):
+        if info["i"] == n:
+            raise _Reached(info["x"])
+
+    return callback
+
+
+class AMEDModule(L.LightningModule):
+    def __init__(self, denoiser: nn.Module, shape, sigmas: Tensor, teacher_sigmas: Tensor, cfg: AMEDConfig,
+                 feature_shape=None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg, self.shape = cfg, tuple(shape)
+        for p in denoiser.parameters():
+            p.requires_grad_(False)
+        self.denoiser = denoiser.eval()
+        pc = cfg.predictor
+        self.predictor = AMEDPredictor(feature_shape, cfg.scale_dir, cfg.scale_time, pc["hidden"],
+                                       pc["time_channels"], pc["feature_channels"])
+        self.register_buffer("sigmas", sigmas.to(torch.float64), persistent=False)
+        self.register_buffer("teacher_sigmas", teacher_sigmas.to(torch.float64), persistent=False)
+        self.n_batches = math.ceil(cfg.n_trajectories / cfg.batch)
+        n_evals = 1 + math.ceil(self.n_batches / cfg.val_every)
+        # history: per batch and interval the training loss; held-out loss and endpoint RMSE before
+        # training and every val_every batches (NaN where not reached)
+        self.register_buffer("train_loss", torch.full((self.n_batches, cfg.steps), math.nan, dtype=torch.float64))
+        self.register_buffer("val_loss", torch.full((n_evals,), math.nan, dtype=torch.float64))
+        self.register_buffer("val_rmse", torch.full((n_evals,), math.nan, dtype=torch.float64))
+        self._val = None
+
+    # -- data ---------------------------------------------------------------------------------
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.arange(self.n_batches), batch_size=1, shuffle=False)
+
+    def batch_per_rank(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return self.cfg.batch // world
+
+    def latents(self, index: int, n: int, rank: int = 0, world: int = 1) -> Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed + index * world + rank)
+        return prior_sample((n, *self.shape), float(self.sigmas[0]), generator=g).to(self.sigmas.device)
+
+    # -- teacher and student ------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_points(self, x_T: Tensor) -> list[Tensor]:
+        """x*_n at the student's sigmas[n], n = 0..N (x*_0 = x_T)."""
+        _, traj = sample(self.denoiser, x_T, self.cfg.teacher, nfe=None, grid=self.teacher_sigmas,
+                         return_trajectory=True, **self.cfg.teacher_options)
+        k = self.cfg.M + 1
+        return [x_T] + [traj[k * (n + 1) - 1] for n in range(self.cfg.steps)]
+
+    def student_interval(self, n: int, x_start: Tensor, x_T: Tensor, recorded: list) -> Tensor:
+        """The student's state at sigmas[n + 1] after interval n (graph through the predictor at n)."""
+        c = self.cfg
+        if c.student in SINGLE_STEP:
+            return sample(self.denoiser, x_start, c.student, nfe=None, grid=self.sigmas[n:n + 2],
+                          afs=c.afs and n == 0, midpoints=self.predictor, **c.student_options)
+        try:
+            sample(self.denoiser, x_T, c.student, nfe=None, grid=self.sigmas, afs=c.afs,
+                   midpoints=_Replay(self.predictor, n, recorded), callback=_stop_after(n), **c.student_options)
+        except _Reached as stop:
+            return stop.x
+        raise RuntimeError(f"the {c.student} student never reached interval {n}")
+
+    def interval_losses(self, x_T: Tensor, teacher: list[Tensor], update: bool) -> list[Tensor]:
+        """Per-interval losses on one batch; with update, one optimizer step after each."""
+        recorded: list[Stage] = []
+        losses = []
+        for n in range(self.cfg.steps):
+            x_next = self.student_interval(n, teacher[n], x_T, recorded)
+            loss = (x_next - teacher[n + 1]).flatten(1).pow(2).sum(1).mean()
+            if update:
+                opt = self.optimizers()
+                opt.zero_grad()
+                self.manual_backward(loss)
+                for p in self.predictor.parameters():
+                    if p.grad is not None:
+                        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                opt.step()
+            losses.append(loss.detach())
+        return losses
+
+    def training_step(self, batch, batch_idx):
+        index = int(batch.reshape(-1)[0])
+        rank, world = self.global_rank, self.trainer.world_size
+        x_T = self.latents(index, self.batch_per_rank(), rank, world)
+        teacher = self.teacher_points(x_T)
+        losses = self.interval_losses(x_T, teacher, update=True)
+        self.train_loss[index] = torch.stack(losses).to(self.train_loss)
+        total = torch.stack(losses).sum()
+        self.log("train/loss", total, prog_bar=True, on_step=True, sync_dist=False)
+        if (index + 1) % self.cfg.val_every == 0 or index + 1 == self.n_batches:
+            self.record_validation(1 + index // self.cfg.val_every)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.predictor.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    # -- held-out loss ------------------------------------------------------------------------
+    def heldout(self) -> tuple[Tensor, list[Tensor]]:
+        if self._val is None:
+            x_T = prior_sample((self.cfg.n_val, *self.shape), float(self.sigmas[0]),
+                               generator=torch.Generator().manual_seed(VAL_SEED)).to(self.sigmas.device)
+            self._val = (x_T, self.teacher_points(x_T))
+        return self._val
+
+    def val_metrics(self) -> tuple[float, float]:
+        """(held-out training objective summed over intervals, endpoint RMSE of the full student
+        solve against the teacher's endpoint), with the current predictor, no update."""
+        x_T, teacher = self.heldout()
+        with torch.no_grad():
+            loss = float(torch.stack(self.interval_losses(x_T, teacher, update=False)).sum())
+            x0 = self.sample(x_T)
+        rmse = float((x0 - teacher[-1]).pow(2).mean().sqrt())
+        return loss, rmse
+
+    def sample(self, x_T: Tensor) -> Tensor:
+        """The trained sampler: the student with the predictor, NFE exactly cfg.nfe."""
+        c = self.cfg
+        return sample(self.denoiser, x_T, c.student, nfe=c.nfe, grid=self.sigmas, afs=c.afs, midpoints=self.predictor,
+                      **c.student_options)
+
+    def record_validation(self, slot: int):
+        loss, rmse = self.val_metrics()
+        self.val_loss[slot], self.val_rmse[slot] = loss, rmse
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/endpoint_rmse", rmse, sync_dist=False)
+
+    def on_train_start(self):
+        if math.isnan(float(self.val_loss[0])):  # not on resume
+            self.record_validation(0)
+
+    def history(self) -> dict:
+        v = [(i * self.cfg.val_every, float(a), float(b)) for i, (a, b) in enumerate(zip(self.val_loss, self.val_rmse))
+             if not math.isnan(float(a))]
+        rows = [[float(x) for x in row] for row in self.train_loss if not math.isnan(float(row[0]))]
+        return {"train_loss": rows, "val": [{"batch": min(b, self.n_batches), "loss": a, "endpoint_rmse": r}
+                                            for b, a, r in v]}

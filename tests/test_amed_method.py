@@ -1,0 +1,284 @@
+"""AMED's predictor and training (diffode/methods/amed): output bounds, float64 finite-difference
+gradients through the solver (and through the network's second evaluation), the multistep replay
+against one continuous student solve, a short training lowering the held-out loss, the runner's
+checks before compute, the artifact round trip and its refusals, and DDP ranks that agree."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffode.config import method_defaults
+from diffode.core.denoisers import ModelDenoiser
+from diffode.core.sample import prior_sample, sample
+from diffode.core.schedules import EDM
+from diffode.methods.amed import AMEDModule, AMEDPredictor, build, check, grids, resolve
+from diffode.methods.registry import Context
+from diffode.models import load_model
+
+F64 = torch.float64
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _options(**kw):
+    o = method_defaults("amed")
+    o.update(n_trajectories=64, batch=16, n_val=16, val_every=2)
+    o.update(kw)
+    return o
+
+
+def _module(model, **kw) -> AMEDModule:
+    o = _options(**kw)
+    ctx = Context(out_dir=Path("."), teacher=model, trainer={"devices": 1})
+    assert check(o, ctx) == []
+    return build(o, ctx)
+
+
+def _tiny_unet_model():
+    """A float64 UNet with a 2x2 bottleneck behind the EDM preconditioning, dressed as a Model."""
+    from diffode.nets.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(resolution=8, in_channels=1, model_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+               attn_resolutions=())
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    D = ModelDenoiser(net.double(), EDM(), prediction="edm").eval()
+    gmm = load_model({"kind": "gmm", "preset": "gmm2d"})
+    return type(gmm)(D, (1, 8, 8), EDM(), 0.002, 80.0, {"kind": "test", "name": "tiny"}, "tiny")
+
+
+GMM2 = load_model({"kind": "gmm", "preset": "gmm2d"})
+
+
+# -- the predictor ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("features", [None, (2, 2)])
+def test_predictor_outputs_stay_in_their_bounds(features):
+    p = AMEDPredictor(features, scale_dir=0.05, scale_time=0.2)
+    x = torch.randn(64, 1, 2, 2, dtype=F64)
+    cur, nxt = torch.tensor(5.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    for scale in (1.0, 1e3):  # also with saturated heads
+        with torch.no_grad():
+            for q in p.parameters():
+                q.mul_(scale)
+        feats = None if features is None else 1e3 * torch.randn(64, 3, 2, 2, dtype=F64)
+        st = p(0, cur, nxt, x, feats)
+        assert st.sigma.shape == (() if features is None else (64,))
+        assert bool(((st.sigma > nxt) & (st.sigma < cur)).all())  # strictly inside the step
+        assert bool(((st.c >= 0.95) & (st.c <= 1.05)).all()) and bool(((st.a >= 0.8) & (st.a <= 1.2)).all())
+    p0 = AMEDPredictor(features)
+    st0 = p0(0, cur, nxt, x, None)
+    assert st0.c is None and st0.a is None  # heads absent: c = a = 1 without a multiply
+    if features is not None:  # no features (AFS) reads as zeros
+        z = torch.zeros(64, 5, 2, 2, dtype=F64)
+        torch.testing.assert_close(st0.sigma, p0(0, cur, nxt, x, z).sigma, rtol=0, atol=0)
+
+
+def test_predictor_size_follows_the_paper_for_an_8x8_bottleneck():
+    """8,929 parameters with r only, 8,950 and 8,971 with one and two scale heads (paper's network)."""
+    assert sum(q.numel() for q in AMEDPredictor((8, 8)).parameters()) == 8929
+    assert sum(q.numel() for q in AMEDPredictor((8, 8), 0.01).parameters()) == 8950
+    assert sum(q.numel() for q in AMEDPredictor((8, 8), 0.01, 0.2).parameters()) == 8971
+
+
+# -- gradients ---------------------------------------------------------------------------------------
+
+def _directional_check(m: AMEDModule, n: int):
+    x_T = prior_sample((4, *m.shape), 80.0, generator=torch.Generator().manual_seed(3))
+    teacher = m.teacher_points(x_T)
+
+    earlier = []
+    with torch.no_grad():  # the earlier intervals' stages, constants as training records them
+        for k in range(n):
+            m.student_interval(k, teacher[k], x_T, earlier)
+
+    def loss():
+        return (m.student_interval(n, teacher[n], x_T, list(earlier)) - teacher[n + 1]).pow(2).sum()
+
+    params = list(m.predictor.parameters())
+    g = torch.autograd.grad(loss(), params)
+    torch.manual_seed(1)
+    v = [torch.randn_like(q) for q in params]
+    eps = 1e-6
+    with torch.no_grad():
+        for q, d in zip(params, v):
+            q.add_(eps * d)
+        up = float(loss())
+        for q, d in zip(params, v):
+            q.sub_(2 * eps * d)
+        down = float(loss())
+        for q, d in zip(params, v):
+            q.add_(eps * d)
+    fd = (up - down) / (2 * eps)
+    ad = float(sum((gi * d).sum() for gi, d in zip(g, v)))
+    assert abs(ad) > 1e-8
+    assert abs(fd - ad) <= 1e-5 * abs(ad), (fd, ad)
+
+
+@pytest.mark.parametrize("student,n", [("amed", 0), ("amed", 1), ("dpm_solver_2", 1), ("ipndm", 1),
+                                        ("dpmpp_2m", 2), ("euler", 1)])
+def test_loss_gradient_matches_finite_differences_on_the_gmm(student, n):
+    nfe = 7
+    m = _module(GMM2, student=student, nfe=nfe, afs=True, scale_dir=0.05, scale_time=0.1)
+    _directional_check(m, n)
+
+
+def test_loss_gradient_through_the_networks_second_evaluation():
+    """With the bottleneck predictor of a (float64) UNet: the gradient reaches phi through the
+    features branch and through D(x_s, a s) of the frozen network."""
+    m = _module(_tiny_unet_model(), student="amed", nfe=5, afs=True, scale_dir=0.05, scale_time=0.1)
+    assert m.predictor.needs_features
+    _directional_check(m, 1)
+
+
+# -- the multistep replay -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("student", ["ipndm", "dpmpp_2m"])
+def test_multistep_replay_is_the_students_own_continuous_solve(student):
+    """Interval n of a multistep student, run by replaying the recorded stages and stopping after n,
+    is the state a single full solve with the same (fixed) predictor reaches at sigmas[n + 1]."""
+    m = _module(GMM2, student=student, nfe=7, afs=True, scale_dir=0.05)
+    x_T = prior_sample((5, 2), 80.0, generator=torch.Generator().manual_seed(4))
+    _, traj = sample(m.denoiser, x_T, m.cfg.student, nfe=7, grid=m.sigmas, afs=True, midpoints=m.predictor,
+                     return_trajectory=True, **m.cfg.student_options)
+    recorded = []
+    with torch.no_grad():
+        for n in range(m.cfg.steps):
+            x = m.student_interval(n, None, x_T, recorded)
+            torch.testing.assert_close(x, traj[n], rtol=1e-13, atol=1e-13)
+    # As in training, the predictor changes between intervals: interval n must start from the state the
+    # earlier intervals reached with the stages they had then (recorded), not with today's predictor.
+    recorded = []
+    with torch.no_grad():
+        for n in range(m.cfg.steps):
+            x = m.student_interval(n, None, x_T, recorded)
+            for q in m.predictor.parameters():
+                q.add_(0.3 * torch.randn_like(q))
+        fixed = lambda i, s_, t_, x_: recorded[i]  # noqa: E731
+        ref = sample(m.denoiser, x_T, m.cfg.student, nfe=7, grid=m.sigmas, afs=True, midpoints=fixed,
+                     **m.cfg.student_options)
+    torch.testing.assert_close(x, ref, rtol=1e-13, atol=1e-13)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def _fit(m: AMEDModule):
+    import lightning as L
+
+    from diffode.methods.amed import trainer_overrides
+
+    tr = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, **trainer_overrides({}))
+    tr.fit(m)
+
+
+@pytest.mark.parametrize("student", ["amed", "ipndm"])
+def test_short_training_lowers_the_heldout_loss(student):
+    m = _module(GMM2, student=student, nfe=5, afs=True, n_trajectories=256, batch=32, n_val=32, val_every=4)
+    _fit(m)
+    h = m.history()["val"]
+    assert len(h) == 3 and not torch.isnan(m.train_loss).any()
+    assert h[-1]["loss"] < 0.7 * h[0]["loss"], h
+    assert h[-1]["endpoint_rmse"] < h[0]["endpoint_rmse"], h
+
+
+# -- the runner's checks --------------------------------------------------------------------------
+
+def _cfg(tmp_path, *ov):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("diffode.conf", version_base="1.3"):
+        return compose("train", overrides=["method=amed", "source=gmm2d", f"output_dir={tmp_path}", *ov])
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method.student=heun"], "not an AMED student; choose amed"),
+    (["method.nfe=6"], "NFE must be odd"),
+    (["method.nfe=5", "method.afs=false"], "NFE must be even"),
+    (["method.scale_dir=1.5"], "scale_dir=1.5 is out of range"),
+    (["method.scale_time=-0.1"], "scale_time=-0.1 is out of range"),
+    (["method.grid=explicit"], "teacher grid must contain"),
+    (["method.predictor.features=bottleneck"], "no bottleneck"),
+    (["method.batch=7", "trainer=ddp_sim"], "divisible by the 2 training processes"),
+    (["method.teacher_solver=nope"], "unknown solver 'nope'"),
+])
+def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, match, monkeypatch):
+    from diffode.cli.errors import ConfigError
+    from diffode.cli.train import prepare
+
+    built = []
+    monkeypatch.setattr(AMEDModule, "__init__", lambda *a, **k: built.append(1))
+    with pytest.raises(ConfigError, match=match):
+        prepare(_cfg(tmp_path, *overrides))
+    assert not built
+
+
+def test_runner_builds_the_configured_student(tmp_path):
+    from diffode.cli.train import prepare
+
+    spec, options, ctx = prepare(_cfg(tmp_path, "method.student=ipndm", "method.nfe=7"))
+    m = spec.build(options, ctx)
+    assert (m.cfg.student, m.cfg.teacher, m.cfg.M, m.cfg.steps) == ("ipndm", "ipndm", 2, 4)
+    assert torch.allclose(m.teacher_sigmas[::3], m.sigmas, rtol=1e-12)
+    assert not m.predictor.needs_features  # the mixture has no bottleneck: times-only predictor
+    s, t = grids(options, ctx.teacher)
+    assert s.numel() == 5 and t.numel() == 13
+    assert resolve(dict(options, student="amed", nfe=5), ctx.teacher).teacher == "heun"
+
+
+# -- the artifact ---------------------------------------------------------------------------------
+
+def test_artifact_round_trip_and_refusals(tmp_path):
+    from diffode.artifacts import load_sampler
+    from diffode.methods.amed import export
+
+    m = _module(GMM2, student="dpm_solver_2", nfe=5, afs=True, n_trajectories=32, batch=16)
+    _fit(m)
+    ctx = Context(out_dir=tmp_path, teacher=GMM2)
+    path = Path(export(m, ctx)["artifact"])
+    man = json.loads((path / "manifest.json").read_text())
+    assert man["kind"] == "amed" and man["label"] == "dpm_solver_2/amed_times" and man["nfe"] == 5 and man["afs"]
+    assert man["hook"]["option"] == "midpoints" and man["metrics"]["updates"] == 2 * 3
+    s = load_sampler(path)
+    s.check(GMM2, nfe=5)
+    x_T = prior_sample((8, 2), 80.0, generator=torch.Generator().manual_seed(7))
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(1)
+        return GMM2.denoiser(x, sigma)
+
+    with torch.no_grad():
+        torch.testing.assert_close(s.sample(counted, x_T), m.sample(x_T), rtol=0, atol=0)
+    assert len(calls) == 5
+    with pytest.raises(ValueError, match="nfe=5, not nfe=7"):
+        s.check(GMM2, nfe=7)
+    with pytest.raises(ValueError, match="another model"):
+        s.check(load_model({"kind": "gmm", "preset": "gmm16d"}))
+
+
+# -- DDP -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ddp_sim_ranks_end_with_identical_predictors(tmp_path):
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    args = ["method=amed", "source=gmm2d", "trainer=ddp_sim", "method.student=ipndm", "method.nfe=5",
+            "method.n_trajectories=64", "method.batch=16", "method.n_val=8", "logger=none", "threads=1",
+            f"output_dir={out}"]
+    p = subprocess.run([sys.executable, "-m", "diffode.cli.train", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = [json.loads((out / f"weights_rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in recs) and recs[0]["sha256"] == recs[1]["sha256"]
+    assert all(r["global_step"] == 4 * 3 for r in recs)  # 4 batches x 3 intervals, one Adam step each
+    assert (out / "artifacts" / "amed" / "manifest.json").is_file()
