@@ -14,7 +14,7 @@ import torch
 
 from diffode.core.sample import sample
 from diffode.data.digits import load_digits_tensors
-from diffode.methods.denoiser import load_denoiser
+from diffode.models import load_denoiser
 from diffode.methods.visual import image_grid, save_png
 from diffode.metrics.digits_classifier import load_classifier, predict_proba
 
