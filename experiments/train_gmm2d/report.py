@@ -13,7 +13,7 @@ import torch
 
 from diffode.core.denoisers import make_gmm
 from diffode.core.sample import sample
-from diffode.methods.denoiser import load_denoiser
+from diffode.models import load_denoiser
 from diffode.methods.visual import scatter_over_density
 
 HERE = Path(__file__).resolve().parent
