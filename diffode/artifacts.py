@@ -157,6 +157,17 @@ class LearnedSampler:
         if abs(float(m["sigmas"][0]) - float(model.sigma_max)) > 1e-6 * float(model.sigma_max):
             raise ValueError(f"artifact {where} starts at sigma={m['sigmas'][0]:g} but the model samples from "
                              f"sigma_max={model.sigma_max:g}; set source.sigma_max={m['sigmas'][0]:g}.")
+        from .core.sample import check_sampling_config
+
+        options = dict(m.get("solver_options") or {})
+        if self.hook is not None:
+            options[m["hook"].get("option", "midpoints")] = self.hook
+        try:  # the plan sample() will follow: its solver makes exactly nfe calls on these sigmas
+            check_sampling_config(self.registry_solver, self.nfe, self.sigmas, net_sigmas=self.net_sigmas,
+                                  afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")), **options)
+        except ValueError as e:
+            raise ValueError(f"artifact {where} cannot sample as its manifest says ({m['solver']} at nfe={self.nfe} "
+                             f"on its {len(m['sigmas'])} sigmas: {e}); re-export it with `diffode train`.") from None
 
     def to(self, device):
         for mod in (self.student, self.hook):

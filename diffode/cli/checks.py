@@ -48,10 +48,18 @@ def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     if spec.trainer is None and (tr.get("max_steps", -1) in (None, 0) or
                                  (tr.get("max_steps", -1) < 0 and tr.get("max_epochs", -1) in (None, -1))):
         errors.append("trainer.max_steps must be positive (or set trainer.max_epochs); e.g. trainer.max_steps=2000.")
+    from diffode.config import method_defaults
+
+    unknown = sorted(set(cfg.method) - {"name"} - set(method_defaults(spec.name)))
+    if unknown:
+        errors.append(f"method={spec.name} has no option(s) {', '.join('method.' + k for k in unknown)} (its options "
+                      f"are the keys of conf/method/{spec.name}.yaml); remove them.")
     devices = tr.get("devices", 1)
     dm = ctx.datamodule
     if dm is not None:
         batch = int(cfg.dataset.get("batch_size", 1))
+        if batch < 1:
+            errors.append(f"dataset.batch_size={batch} must be >= 1.")
         if isinstance(devices, int) and hasattr(dm, "n_train") and dm.n_train < batch * devices:
             errors.append(f"dataset.n_train={dm.n_train} is smaller than one global batch ({batch} x {devices}); "
                           "raise dataset.n_train or lower dataset.batch_size.")

@@ -84,7 +84,7 @@ def settings_hash(cfg) -> str:
 
 def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) -> dict:
     """Run (or resume) the sweep described by cfg; returns rows, paths and the summary."""
-    from diffode.evaluation.metrics import make_metrics
+    from diffode.evaluation.metrics import check_metrics, make_metrics
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
     from diffode.evaluation.sweep import build_cells, run_sweep, validate_cells
@@ -101,12 +101,17 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
 
     # Everything that can be wrong with the config fails here, before any sampling.
     try:
+        if not all(isinstance(v, int) for v in (cfg.n_samples, cfg.batch_size)):
+            raise ValueError(f"n_samples={cfg.n_samples!r} and batch_size={cfg.batch_size!r} must be whole numbers, "
+                             "e.g. n_samples=1000 batch_size=500.")
         if int(cfg.n_samples) < 2 or int(cfg.batch_size) < 1:
             raise ValueError(f"n_samples={cfg.n_samples} and batch_size={cfg.batch_size}: need n_samples >= 2 "
                              "(FID needs a covariance) and batch_size >= 1.")
         cells = build_cells(cfg, _choices() if choices is None else choices)
         model = load_model(cfg.source)
         unreachable = validate_cells(cells, model, cfg)
+        check_metrics(model, cfg)
+        _device(cfg.get("device"))
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     n = int(cfg.n_samples)
@@ -142,7 +147,13 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
 def _device(name) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a torch device; use device=cpu, cuda, cuda:<i> or auto.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but torch sees no CUDA device here; use device=cpu or device=auto.")
+    return device
 
 
 def _wandb_overrides(lg) -> dict:

@@ -43,6 +43,18 @@ class _TorchvisionDataModule(DataModuleBase):
                 f"that folder here, then pass dataset.root=<folder> (or set $DIFFODE_DATA)."
             ) from e
 
+    def validate(self) -> None:
+        """Before any compute: both splits load from root, or (download=True) are fetched now; else the
+        error that names the fix."""
+        try:
+            self._make(True, False)
+            self._make(False, False)
+        except Exception:
+            try:
+                self.prepare_data()
+            except RuntimeError as e:
+                raise FileNotFoundError(str(e)) from None
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             try:

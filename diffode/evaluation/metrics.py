@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 # -- metrics ---------------------------------------------------------------------------------
 
 def real_images(name: str, data_root: str | None = None) -> Tensor:
-    """Real data in [-1, 1] for FID reference statistics: 'digits' (training split), 'cifar10'
-    (torchvision's training set under data_root; no download here), or a folder of images."""
+    """Real data in [-1, 1] for FID reference statistics: 'digits' (training split), 'cifar10' / 'mnist'
+    (torchvision's training sets under data_root; no download here), or a folder of images."""
     if name == "digits":
         from diffode.data.digits import load_digits_tensors
 
@@ -36,6 +37,10 @@ def real_images(name: str, data_root: str | None = None) -> Tensor:
 
         ds = CIFAR10(data_root or "data", train=True, download=False)
         return torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if name == "mnist":
+        from torchvision.datasets import MNIST
+
+        return MNIST(data_root or "data", train=True, download=False).data[:, None].float() / 127.5 - 1
     path = Path(name)
     if path.is_dir():
         import numpy as np
@@ -56,13 +61,10 @@ class FIDMetrics:
         from diffode.metrics.fid import get_feature_net, reference_stats
 
         solve_ref = reference
-        reference = model.dataset if fcfg.reference in (None, "auto") else fcfg.reference
-        features = fcfg.features
-        if features in (None, "auto"):
-            features = "digits" if reference == "digits" else "inception"
+        reference, features = fid_choices(model, fcfg)
         self.features_name = features
         self.device = device
-        self.net = get_feature_net(features).to(device)
+        self.net = get_feature_net(features, dim=math.prod(model.shape)).to(device)
         self.batch_size = int(fcfg.batch_size)
         self.ref = reference_stats(f"{reference}", self.net,
                                    lambda: real_images(reference, fcfg.get("data_root")).to(device),
@@ -123,10 +125,77 @@ class GMMMetrics:
                 "sw_reference_solve": sliced_wasserstein(self.x_ref, self.exact, self.n_proj, self.seed)}
 
 
-def make_metrics(model: Model, cfg, x_T: Tensor):
+def fid_choices(model: Model, fcfg) -> tuple[str, str]:
+    """(reference data, feature net) of FID: auto picks the model's dataset, and the digits
+    classifier for digits, Inception otherwise."""
+    reference = model.dataset if fcfg.reference in (None, "auto") else str(fcfg.reference)
+    features = fcfg.features
+    if features in (None, "auto"):
+        features = "digits" if reference == "digits" else "inception"
+    return reference, str(features)
+
+
+def metric_kind(model: Model, cfg) -> str:
     kind = cfg.metric
-    if kind in (None, "auto"):
-        kind = "gmm" if model.gmm is not None else "fid"
+    return ("gmm" if model.gmm is not None else "fid") if kind in (None, "auto") else str(kind)
+
+
+def check_metrics(model: Model, cfg) -> None:
+    """Everything make_metrics will need, checked before any sampling: ValueError / FileNotFoundError
+    (missing weights or data) naming the fix."""
+    from diffode.config import solver_config
+    from diffode.core.sample import check_sampling_config
+    from diffode.metrics.fid import InceptionFeatures, stats_path
+    from diffode.metrics.weights import require_weights
+
+    kind = metric_kind(model, cfg)
+    if kind not in ("fid", "gmm"):
+        raise ValueError(f"unknown metric={kind!r}; choose metric=auto, fid or gmm.")
+    if kind == "gmm":
+        if model.gmm is None:
+            raise ValueError("metric=gmm needs an exact mixture (source=gmm2d or source=gmm16d); use metric=fid for images.")
+        return
+    if len(model.shape) != 3:
+        raise ValueError(f"metric=fid needs images but the model makes samples of shape {tuple(model.shape)}; evaluate "
+                         "an exact mixture (source=gmm2d | gmm16d, metric=gmm) or an image model.")
+    reference, features = fid_choices(model, cfg.fid)
+    if features not in ("inception", "digits", "flatten"):
+        raise ValueError(f"unknown fid.features={features!r}; choose auto, inception, digits or flatten (the pixels "
+                         "themselves: no weights needed).")
+    if features == "digits" and tuple(model.shape) != (1, 8, 8):
+        raise ValueError(f"fid.features=digits is the 8x8 digits classifier but the model makes {tuple(model.shape)} "
+                         "images; use fid.features=inception.")
+    if features == "inception":
+        require_weights("inception")
+    cached = features == "inception" and stats_path(reference, InceptionFeatures.cache_id,
+                                                    cfg.fid.get("cache_dir")).is_file()
+    folders = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw"}  # torchvision's layouts under data_root
+    if reference in folders and not cached:
+        need = Path(cfg.fid.get("data_root") or "data") / folders[reference]
+        if not need.is_dir():
+            raise FileNotFoundError(f"fid.reference={reference} needs torchvision's {reference} files: {need} is "
+                                    f"missing; set fid.data_root=<folder holding {folders[reference]}> or "
+                                    "fid.reference=<a folder of images>.")
+    elif reference not in ("digits", *folders) and not cached and not Path(reference).is_dir():
+        raise ValueError(f"fid.reference={reference!r} is neither digits, cifar10, mnist nor a folder of images; set "
+                         "fid.reference to one of those.")
+    rcfg = cfg.get("reference")
+    if rcfg is not None and rcfg.get("enabled", True):
+        try:
+            name, opts = solver_config(str(rcfg.solver))
+        except ValueError as e:
+            raise ValueError(f"reference.solver: {e}") from None
+        for key in ("nfe", "check_nfe"):
+            try:
+                check_sampling_config(name, int(rcfg[key]), str(rcfg.grid), schedule=model.schedule,
+                                      sigma_min=model.sigma_min, sigma_max=model.sigma_max, **opts)
+            except ValueError as e:
+                raise ValueError(f"reference.{key}={rcfg[key]} (reference.solver={rcfg.solver}, the solve every "
+                                 f"cell's RMSE is measured against): {e}") from None
+
+
+def make_metrics(model: Model, cfg, x_T: Tensor):
+    kind = metric_kind(model, cfg)
     if kind == "gmm":
         if model.gmm is None:
             raise ValueError("metric=gmm needs model.source=gmm (an exact mixture); use metric=fid for images")

@@ -145,31 +145,34 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
     from diffode.core.sample import check_sampling_config, reachable_nfes
 
     flags = dict(afs=bool(cfg.afs), denoise_to_zero=bool(cfg.denoise_to_zero))
-    unreachable, errors = {}, []
+    top = max([2 * c.nfe for c in cells] + [12])
+    unreachable, errors = {}, {}  # errors: (label, message) -> NFEs, so a problem is said once, not per NFE
     for c in cells:
         if c.sampler is not None:
             try:
                 c.sampler.check(model)
             except ValueError as e:
-                errors.append(f"{c.label} nfe={c.nfe}: {e}")
+                errors.setdefault((c.label, str(e)), []).append(c.nfe)
             continue
         try:
             ok = reachable_nfes(c.solver_name, max_nfe=max(c.nfe, 1), **flags, **c.solver_options)
             if c.nfe not in ok:
-                near = reachable_nfes(c.solver_name, max_nfe=max(2 * c.nfe, 12), **flags, **c.solver_options)
-                why = f"{c.solver_name} cannot make exactly {c.nfe} calls (reachable: {near})"
+                near = reachable_nfes(c.solver_name, max_nfe=top, **flags, **c.solver_options)
                 if cfg.sweep.skip_unreachable:
-                    unreachable[c.key] = why
+                    unreachable[c.key] = f"{c.solver_name} cannot make exactly {c.nfe} calls (reachable: {near})"
                     continue
-                errors.append(f"{c.label} nfe={c.nfe}: {why}; drop it from sweep.nfes or set sweep.skip_unreachable=true")
+                why = (f"{c.solver_name} cannot make exactly that many calls (reachable: {near}); drop them from "
+                       "sweep.nfes or set sweep.skip_unreachable=true")
+                errors.setdefault((c.label, why), []).append(c.nfe)
                 continue
             check_sampling_config(c.solver_name, c.nfe, c.grid_name, grid_options=c.grid_options,
                                   schedule=model.schedule, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
                                   **flags, **c.solver_options)
         except ValueError as e:
-            errors.append(f"{c.label} nfe={c.nfe}: {e}")
+            errors.setdefault((c.label, str(e)), []).append(c.nfe)
     if errors:
-        raise ValueError("invalid sweep (nothing was computed):\n  " + "\n  ".join(errors))
+        lines = [f"{label} nfe={','.join(map(str, nfes))}: {msg}" for (label, msg), nfes in errors.items()]
+        raise ValueError("invalid sweep (nothing was computed):\n  " + "\n  ".join(lines))
     return unreachable
 
 
