@@ -182,9 +182,11 @@ class AMEDModule(L.LightningModule):
         rank, world = self.global_rank, self.trainer.world_size
         x_T = self.latents(index, self.batch_per_rank(), rank, world)
         teacher = self.teacher_points(x_T)
-        losses = self.interval_losses(x_T, teacher, update=True)
-        self.train_loss[index] = torch.stack(losses).to(self.train_loss)
-        total = torch.stack(losses).sum()
+        losses = torch.stack(self.interval_losses(x_T, teacher, update=True))
+        if world > 1:  # the global batch's losses, so every rank records (and checkpoints) the same history
+            losses = self.trainer.strategy.reduce(losses, reduce_op="mean")
+        self.train_loss[index] = losses.to(self.train_loss)
+        total = losses.sum()
         self.log("train/loss", total, prog_bar=True, on_step=True, sync_dist=False)
         if (index + 1) % self.cfg.val_every == 0 or index + 1 == self.n_batches:
             self.record_validation(1 + index // self.cfg.val_every)
