@@ -6,10 +6,10 @@ from diffode.models.initial_noise with seeds 0..n-1, the seeds every `diffode ev
 noise between consistency steps comes from one generator per batch of 2000, seeded by the batch index.
 
     python experiments/consistency_distillation/fid.py curve  --run <run dir> --n 2000
-    python experiments/consistency_distillation/fid.py search --run <run dir> --n 2000
+    python experiments/consistency_distillation/fid.py search --run <run dir> --n 2000 --select
     python experiments/consistency_distillation/fid.py final  --run <run dir> --n 10000 --export
     python experiments/consistency_distillation/fid.py teacher --n 10000
-    python experiments/consistency_distillation/fid.py ablation --runs <dir> <dir> ... --n 2000
+    python experiments/consistency_distillation/fid.py ablation --runs <dir> ... --run <main> --baseline <snapshot>
 
 `search` picks the intermediate sigmas greedily, as the CM paper does (Sec. 3; it ternary-searches
 FID): tau_1 for 2 steps, then tau_2 < tau_1 for 3, tau_3 < tau_2 for 4, each among the interior
@@ -169,10 +169,19 @@ def plot_curve(rows, path):
 
 def cmd_search(args):
     fid = DigitsFID()
-    f = load_student(Path(args.run))
     x_T = noise(args.n, SEARCH_SEED0, 80.0)
+    res = {"run": str(args.run), "n": args.n, "seeds": f"{SEARCH_SEED0}..", "steps": {}}
+    # which weights: the evaluation-EMA snapshot with the best 1-step FID on the search seeds (model selection
+    # on seeds the final FID does not use), or the run's exported student
+    picks = {str(p): p for p in sorted((Path(args.run) / "snapshots").glob("ema_step*.pt"))} if args.select else {}
+    picks["final"] = Path(args.run)
+    scores = {name: fid(cd_samples(load_student(p), x_T, karras(1)))["fid"] for name, p in picks.items()}
+    res["student"] = min(scores, key=scores.get)
+    res["student_scores_1step"] = scores
+    print("student", res["student"], scores[res["student"]], flush=True)
+    f = load_student(picks[res["student"]])
     cands = karras(39)[1:-1][::2]  # interior points of the N = 40 training grid, every other one
-    res = {"run": str(args.run), "n": args.n, "seeds": f"{SEARCH_SEED0}..", "candidates": cands, "steps": {}}
+    res["candidates"] = cands
     taus = []
     for k in (2, 3, 4):
         scores = {}
@@ -192,7 +201,8 @@ def cmd_search(args):
 
 def cmd_final(args):
     fid = DigitsFID(bootstrap=200)
-    f = load_student(Path(args.run))
+    chosen = _load("sigma_search.json", {}).get("student", "final")
+    f = load_student(Path(args.run) if chosen == "final" else Path(chosen))
     x_T = noise(args.n, 0, 80.0)
     sig = chosen_sigmas()
     out = _load("final.json", {})
@@ -210,7 +220,7 @@ def cmd_final(args):
             from diffode.evaluation.sweep import save_samples_png
 
             save_samples_png(s[:64], RESULTS / f"samples_cd_{k}.png", title=f"CD, {k} steps")
-    out["run"] = str(args.run)
+    out["run"], out["student"] = str(args.run), chosen
     _save("final.json", out)
     if args.export:
         export(Path(args.run), f, sig)
@@ -227,7 +237,7 @@ def export(run: Path, f, sig):
         m = src.manifest
         path = save_artifact(HERE / "artifacts" / f"cd_{k}", kind="cd", label=f"cd/{k}", solver="consistency",
                              solver_options=m["solver_options"], nfe=k, sigmas=sig[k], model=model.identity,
-                             schedule=model.schedule, training={**m["training"], "run": str(run)},
+                             schedule=model.schedule, training={**m["training"], "run": str(run), "weights": final.get("student", "final")},
                              metrics={"fid_digits": final.get(f"cd_{k}", {}).get("fid"),
                                       "fid_n": final.get(f"cd_{k}", {}).get("n"),
                                       "sigmas": "greedy FID search (fid.py search)" if k > 1 else "one step"},
@@ -255,19 +265,27 @@ def cmd_teacher(args):
 def cmd_ablation(args):
     fid = DigitsFID()
     x_T = noise(args.n, 0, 80.0)
-    sig = chosen_sigmas()
+    sig = {k: karras(k) for k in (1, 2, 4)}  # one fixed sampler for every setting: the ablation is of training
     out = _load("ablation.json", {})
-    for run in args.runs:
-        run = Path(run)
-        cfg = json.loads((run / "artifacts" / "cd_1" / "manifest.json").read_text())["training"]
-        res = json.loads((run / "results.json").read_text())
-        f = load_student(run)
+    entries = [(Path(r), None) for r in args.runs]
+    if args.baseline:  # a snapshot of the main run at the ablation's budget: the same config and trajectory
+        entries.insert(0, (Path(args.run), Path(args.baseline)))
+    for run, snap in entries:
+        if snap is not None:
+            cfg = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+            cfg = cfg["hyper_parameters"]["cd"]
+            step = int(torch.load(snap, map_location="cpu", weights_only=True)["step"])
+            res = {"global_step": step, "train_seconds": None}
+        else:
+            cfg = json.loads((run / "artifacts" / "cd_1" / "manifest.json").read_text())["training"]
+            res = json.loads((run / "results.json").read_text())
+        f = load_student(snap or run)
         row = {"N": cfg["N"], "mu": cfg["mu"], "distance": cfg["distance"], "lr": cfg["lr"],
                "updates": res["global_step"], "train_seconds": res["train_seconds"], "n": args.n,
-               "val_distill_l2": res.get("val/distill_l2")}
-        for k in (1, 2):
+               "val_distill_l2": res.get("val/distill_l2"), "weights": str(snap or run)}
+        for k in (1, 2, 4):
             row[f"fid_{k}"] = fid(cd_samples(f, x_T, sig[k]))["fid"]
-        out[run.name] = row
+        out["baseline" if snap is not None else run.name] = row
         print(json.dumps(row), flush=True)
         _save("ablation.json", out)
 
@@ -277,10 +295,12 @@ def main():
     ap.add_argument("cmd", choices=["curve", "search", "final", "teacher", "ablation"])
     ap.add_argument("--run", help="a `diffode train experiment=cd_digits` run directory")
     ap.add_argument("--runs", nargs="*", default=[])
+    ap.add_argument("--baseline", help="ablation: the main run's EMA snapshot at the ablation budget (with --run)")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--with_init", action="store_true", help="curve: also score the student before training")
     ap.add_argument("--export", action="store_true")
+    ap.add_argument("--select", action="store_true", help="search: pick the best EMA snapshot on the search seeds")
     ap.add_argument("--png", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
