@@ -56,9 +56,10 @@ def report(callback, i: int, x: Tensor, sigmas: Tensor, denoised: Tensor) -> Non
 
 
 def weighted_sum(weights, tensors) -> Tensor:
-    """sum_k w_k T_k for scalar (0-d) weights and same-shape tensors of any rank (no 4-D einsum)."""
+    """sum_k w_k T_k for scalar (0-d) weights and same-shape tensors of any rank (no 4-D einsum).
+    One state-sized op per term: each term after the first is a fused multiply-add (addcmul), which
+    autograd differentiates in the weights and the tensors alike."""
     out = None
     for w, t in zip(weights, tensors):
-        term = coef(w, t) * t
-        out = term if out is None else out + term
+        out = coef(w, t) * t if out is None else torch.addcmul(out, coef(w, t), t)
     return out
