@@ -19,68 +19,93 @@ Two sets of third-order coefficients (`coefficients`):
   of the two (the larger extrapolation term of the exact form can hurt there). `dpmpp_3m_official` in
   conf/solver/ selects it.
 
-Warm-up: step i (0-based) uses order min(order, i + 1). `lower_order_final` (default True) follows the
-official code, not its docstring: only when steps < 10, step i uses at most order steps - i, so the
-last step is first order and (3M) the one before it second order. Above 10 steps it does nothing.
+Warm-up: step i (0-based) uses order min(order, i + 1). `lower_order_final` (solvers/_order.py):
+"auto" (default) caps step i at order steps - i where its lambda step is long (grid-aware, no cliff),
+"official" does so on every step when steps < 10 (the official code, not its docstring), True always,
+False never.
 """
 from __future__ import annotations
 
 import torch
 
-from ._common import coef, lam, net_sigma, report
+from ..stage import condition, directed, get_stage
+from ._common import coef, lam, net_sigma, net_sigma_between, report, weighted_sum
+from ._order import step_orders
 from .registry import register
 
 
-def dpmpp_multistep(denoiser, x, sigmas, *, order=2, lower_order_final=True, coefficients="taylor", net_sigmas=None,
-                    callback=None):
-    """DPM-Solver++ multistep of the given order (1, 2 or 3)."""
+def dpmpp_multistep(denoiser, x, sigmas, *, order=2, lower_order_final="auto", coefficients="taylor", net_sigmas=None,
+                    callback=None, midpoints=None):
+    """DPM-Solver++ multistep of the given order (1, 2 or 3).
+
+    AMED-Plugin (`midpoints` hook, diffode/core/stage.py): the stage point s of each step is inserted as
+    an extra multistep node, its output D(x_s, a s) enters the history at lambda(s), c scales the
+    sub-step s -> sigma_next, and the per-step orders are those of the grid with the lambda midpoints
+    inserted (a discrete choice, as the rule is). With c = a = 1 and s the lambda midpoint this is
+    DPM-Solver++ on that doubled grid."""
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order!r}")
     if coefficients not in ("taylor", "official"):
         raise ValueError(f"DPM-Solver++ coefficients must be 'taylor' or 'official', got {coefficients!r}")
     steps = len(sigmas) - 1
+    orders = step_orders(sigmas if midpoints is None else _lambda_midpoints_inserted(sigmas), order, lower_order_final)
     ms, lams = [], []  # history of denoiser outputs and their lambdas, newest last
+
+    def advance(x, m0, s, t, k):
+        nonlocal ms, lams
+        ms, lams = (ms + [m0])[-3:], (lams + [lam(s)])[-3:]
+        h = lam(t) - lams[-1]
+        phi_1 = torch.expm1(-h)
+        # The update is linear in the history: x_next = (t/s) x + sum_j w_j m_j with scalar w_j (the
+        # module docstring's form expanded), so a step costs k + 1 state-sized (fused) ops, not ~4k.
+        if k == 1:
+            w = [-phi_1]
+        elif k == 2:
+            r0 = (lams[-1] - lams[-2]) / h
+            w = [-phi_1 * (1 + 0.5 / r0), phi_1 * 0.5 / r0]  # -phi_1 (m0 + D1_0 / 2)
+        else:
+            r0, r1 = (lams[-1] - lams[-2]) / h, (lams[-2] - lams[-3]) / h
+            phi_2 = phi_1 / h + 1
+            phi_3 = phi_2 / h - 0.5
+            c2 = 2 * phi_3 if coefficients == "taylor" else phi_3
+            # phi_2 D1 - c2 D2 = phi_2 D1_0 + v (D1_0 - D1_1), D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1
+            v = (phi_2 * r0 - c2) / (r0 + r1)
+            a = (phi_2 + v) / r0
+            w = [a - phi_1, -a - v / r1, v / r1]
+        return weighted_sum([t / s] + w, [x] + ms[::-1][:k])
+
     for i in range(steps):
         s, t = sigmas[i], sigmas[i + 1]
         m0 = denoiser(x, net_sigma(sigmas, net_sigmas, i))
-        ms, lams = (ms + [m0])[-3:], (lams + [lam(s)])[-3:]
-        k = min(order, i + 1)
-        if lower_order_final and steps < 10:
-            k = min(k, steps - i)
-        h = lam(t) - lams[-1]
-        phi_1 = torch.expm1(-h)
-        x_next = coef(t / s, x) * x - coef(phi_1, x) * m0
-        if k >= 2:
-            r0 = (lams[-1] - lams[-2]) / h
-            D1_0 = (m0 - ms[-2]) / coef(r0, x)
-            if k == 2:
-                x_next = x_next - coef(0.5 * phi_1, x) * D1_0
-            else:
-                r1 = (lams[-2] - lams[-3]) / h
-                D1_1 = (ms[-2] - ms[-3]) / coef(r1, x)
-                D1 = D1_0 + coef(r0 / (r0 + r1), x) * (D1_0 - D1_1)
-                D2 = (D1_0 - D1_1) / coef(r0 + r1, x)
-                phi_2 = phi_1 / h + 1
-                phi_3 = phi_2 / h - 0.5
-                c2 = 2 * phi_3 if coefficients == "taylor" else phi_3
-                x_next = x_next + coef(phi_2, x) * D1 - coef(c2, x) * D2
-        x = x_next
+        if midpoints is None:
+            x = advance(x, m0, s, t, orders[i])
+        else:
+            st = get_stage(midpoints, None, i, s, t, x)
+            x_s = advance(x, m0, s, st.sigma, orders[2 * i])
+            m0 = denoiser(x_s, condition(st, net_sigma_between(sigmas, net_sigmas, i, st.sigma)))
+            x = directed(st, x_s, advance(x_s, m0, st.sigma, t, orders[2 * i + 1]))
         report(callback, i, x, sigmas, m0)
     return x
 
 
-def dpmpp_2m(denoiser, x, sigmas, *, lower_order_final=True, net_sigmas=None, callback=None):
+def _lambda_midpoints_inserted(sigmas):
+    mids = torch.sqrt(sigmas[:-1] * sigmas[1:])
+    return torch.cat([torch.stack([sigmas[:-1], mids], 1).reshape(-1), sigmas[-1:]])
+
+
+def dpmpp_2m(denoiser, x, sigmas, *, lower_order_final="auto", net_sigmas=None, callback=None, midpoints=None):
     return dpmpp_multistep(denoiser, x, sigmas, order=2, lower_order_final=lower_order_final,
-                           net_sigmas=net_sigmas, callback=callback)
+                           net_sigmas=net_sigmas, callback=callback, midpoints=midpoints)
 
 
-def dpmpp_3m(denoiser, x, sigmas, *, lower_order_final=True, coefficients="taylor", net_sigmas=None, callback=None):
+def dpmpp_3m(denoiser, x, sigmas, *, lower_order_final="auto", coefficients="taylor", net_sigmas=None, callback=None):
     return dpmpp_multistep(denoiser, x, sigmas, order=3, lower_order_final=lower_order_final, coefficients=coefficients,
                            net_sigmas=net_sigmas, callback=callback)
 
 
-register("dpmpp_2m", n_calls=lambda steps, **o: steps, order=2, defaults=dict(lower_order_final=True),
-         description="DPM-Solver++(2M), data prediction; 1 call per step")(dpmpp_2m)
-register("dpmpp_3m", n_calls=lambda steps, **o: steps, order=3, defaults=dict(lower_order_final=True, coefficients="taylor"),
+register("dpmpp_2m", n_calls=lambda steps, midpoints=None, **o: steps if midpoints is None else 2 * steps, order=2,
+         defaults=dict(lower_order_final="auto", midpoints=None),
+         description="DPM-Solver++(2M), data prediction; 1 call per step (2 with a midpoints hook)")(dpmpp_2m)
+register("dpmpp_3m", n_calls=lambda steps, **o: steps, order=3, defaults=dict(lower_order_final="auto", coefficients="taylor"),
          description="DPM-Solver++(3M), data prediction; 1 call per step (coefficients='official': the "
                      "published, second-order coefficients)")(dpmpp_3m)
