@@ -38,7 +38,7 @@ def test_digits_datamodule_batches():
 
 
 def test_gmm_datamodule_matches_its_mixture():
-    dm = GMMDataModule(dim=2, components=8, layout="ring", n_train=20000, n_val=100, batch_size=100)
+    dm = GMMDataModule(preset="gmm2d", n_train=20000, n_val=100, batch_size=100)
     dm.setup("fit")
     x = dm.train_set.tensors[0]
     assert x.shape == (20000, 2) and dm.shape == (2,)

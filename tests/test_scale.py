@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["dataset=gmm2d", "model=mlp", "debug=fast", "dataset.n_train=256", "dataset.batch_size=16",
-        "model.hidden=32", "model.depth=2", "method.n_samples=0", "logger=none", "threads=1"]
+TINY = ["dataset=gmm2d", "net=mlp", "debug=fast", "dataset.n_train=256", "dataset.batch_size=16",
+        "net.hidden=32", "net.depth=2", "method.n_samples=0", "logger=none", "threads=1"]
 
 
 def run(args, tmp_path, timeout=400):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not a SLURM job, even inside one
-    env.update(DIFFODE_RUNS=str(tmp_path / "runs"), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    p = subprocess.run([sys.executable, "-m", "diffode.train", *args], cwd=ROOT, env=env, capture_output=True,
+    env.update(DIFFODE_OUTPUTS=str(tmp_path / "runs"), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    p = subprocess.run([sys.executable, "-m", "diffode.cli", "train", *args], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p

@@ -73,8 +73,10 @@ def export(module: DenoiserModule, ctx: Context) -> dict:
     if not last.is_file():
         return {}
     path = export_denoiser(last, Path(ctx.out_dir) / "denoiser_ema.ckpt", ema=True)
-    module.denoiser.load_state_dict(load_denoiser(path)[0].state_dict())
-    module.log_samples(int(module.trainer.global_step))
+    D, info = load_denoiser(path)
+    module.denoiser.load_state_dict(D.state_dict())
+    # after ddp_spawn the main process's module is not attached to a trainer: the step comes from the file
+    module.log_samples(int(info["global_step"] or 0))
     return {"ema_checkpoint": str(path)}
 
 
