@@ -102,7 +102,7 @@ def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
             if (a, g, n) not in seen:
                 seen.add((a, g, n))
                 cells.append(Cell(a, g, n, sname, gname, sopts, gopts))
-    for p in learned:
+    for p in [a for entry in learned for a in expand_artifacts(entry)]:
         cell = learned_cell(p)
         if cell.key in seen:
             raise ValueError(f"sweep.learned: two cells {cell.label} nfe={cell.nfe}; keep one artifact per label and NFE")
@@ -127,6 +127,16 @@ def resolve_path(p) -> Path:
         return Path(get_original_cwd()) / path
     except (ValueError, ImportError):
         return Path.cwd() / path
+
+
+def expand_artifacts(entry) -> list[Path]:
+    """An artifact directory, or a folder of them (every subdirectory with a manifest.json, sorted)."""
+    path = resolve_path(entry)
+    if path.is_dir() and not (path / "manifest.json").is_file():
+        found = sorted(p.parent for p in path.glob("*/manifest.json"))
+        if found:
+            return found
+    return [path]
 
 
 def learned_cell(path) -> Cell:
