@@ -173,6 +173,8 @@ def test_slurm_launcher_config_follows_the_trainer(tmp_path):
     assert check_launcher(cfg, launcher) == []
     bad = OmegaConf.merge(launcher, {"tasks_per_node": 1})
     assert "tasks_per_node=1 must equal trainer.devices=4" in " ".join(check_launcher(cfg, bad))
+    no_gpus = OmegaConf.merge(launcher, {"gpus_per_node": None})
+    assert "set hydra.launcher.gpus_per_node=4" in " ".join(check_launcher(cfg, no_gpus))
 
 
 def test_ema_update_with_warmup_matches_the_recurrence():

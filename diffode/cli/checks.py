@@ -93,6 +93,7 @@ def check_launcher(cfg: DictConfig, launcher: DictConfig | None = None) -> list[
     if launcher.get("nodes") != nodes:
         errs.append(f"hydra.launcher.nodes={launcher.get('nodes')} must equal trainer.num_nodes={nodes}.")
     gpus = launcher.get("gpus_per_node")
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and gpus is not None and gpus < devices:
-        errs.append(f"hydra.launcher.gpus_per_node={gpus} < trainer.devices={devices}; request as many GPUs as devices.")
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and (gpus is None or gpus < devices):
+        errs.append(f"hydra.launcher.gpus_per_node={gpus} but trainer.devices={devices} GPUs; set "
+                    f"hydra.launcher.gpus_per_node={devices} (the launcher asks for no GPU unless told).")
     return errs
