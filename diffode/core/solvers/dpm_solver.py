@@ -70,7 +70,7 @@ def dpm_solver_3(denoiser, x, sigmas, *, net_sigmas=None, callback=None):
     return dpm_solver(denoiser, x, sigmas, order=3, net_sigmas=net_sigmas, callback=callback)
 
 
-register("dpm_solver_2", n_calls=lambda steps, **o: 2 * steps, order=2, defaults=dict(midpoints=None),
+register("dpm_solver_2", n_calls=lambda steps, **o: 2 * steps, order=2,
          description="DPM-Solver-2 single-step (r1 = 1/2 in lambda); 2 calls per step")(dpm_solver_2)
 register("dpm_solver_3", n_calls=lambda steps, **o: 3 * steps, order=3,
          description="DPM-Solver-3 single-step (r1, r2 = 1/3, 2/3 in lambda); 3 calls per step")(dpm_solver_3)

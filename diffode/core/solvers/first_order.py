@@ -41,7 +41,7 @@ def _calls(steps, midpoints=None, **o):
     return steps if midpoints is None else 2 * steps
 
 
-register("ddim", n_calls=_calls, order=1, defaults=dict(midpoints=None),
+register("ddim", n_calls=_calls, order=1,
          description="DDIM (eta=0) = Euler in VE coordinates; 1 call per step (2 with a midpoints hook)")(ddim)
-register("euler", n_calls=_calls, order=1, defaults=dict(midpoints=None),
+register("euler", n_calls=_calls, order=1,
          description="Euler on dx/dsigma = (x - D)/sigma (= DDIM); 1 call per step (2 with a midpoints hook)")(ddim)

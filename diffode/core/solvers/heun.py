@@ -44,5 +44,4 @@ def heun(denoiser, x, sigmas, *, net_sigmas=None, callback=None, euler_last=Fals
 
 
 register("heun", n_calls=lambda steps, euler_last=False, **o: 2 * steps - (1 if euler_last else 0), order=2,
-         defaults=dict(euler_last=False, midpoints=None),
          description="EDM Heun (2nd order); 2 calls per step, euler_last=True: 2*steps-1")(heun)

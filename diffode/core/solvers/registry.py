@@ -27,20 +27,41 @@ class SolverSpec:
     differentiable: bool = True  # in x_T and in the sigmas
     stochastic: bool = False
     adaptive: bool = False  # NFE is whatever the error control used
-    defaults: dict = field(default_factory=dict)  # option defaults, shown in errors and configs
+    defaults: dict = field(default_factory=dict)  # option defaults: the function's own (see register)
     description: str = ""
 
 
 SOLVERS: dict[str, SolverSpec] = {}
 
 
+FRAMEWORK_ARGS = ("denoiser", "x", "sigmas", "net_sigmas", "callback")
+
+
+def signature_defaults(fn: Callable) -> dict:
+    """The option defaults of a solver function: its keyword parameters' defaults (the one place they live)."""
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty and n not in FRAMEWORK_ARGS}
+
+
 def register(name: str, n_calls: Callable[..., int], order: int, **kwargs):
-    """Decorator: @register("ddim", n_calls=lambda steps, **o: steps, order=1)."""
+    """Decorator: @register("ddim", n_calls=lambda steps, **o: steps, order=1).
+
+    The option defaults are the function's signature defaults. A `defaults=` given here must agree
+    with them (it is only a statement of what they are), so the two can never drift apart."""
 
     def wrap(fn):
         if name in SOLVERS:
             raise ValueError(f"solver {name!r} registered twice")
-        SOLVERS[name] = SolverSpec(name=name, fn=fn, n_calls=n_calls, order=order, **kwargs)
+        own = signature_defaults(fn)
+        given = kwargs.pop("defaults", None)
+        if given is not None:
+            bad = {k: (v, own.get(k, "<no such option>")) for k, v in given.items() if own.get(k, object()) != v}
+            if bad:
+                raise ValueError(f"solver {name!r}: register(defaults=...) disagrees with the function's signature "
+                                 f"{bad}; the signature holds the defaults, remove them from register().")
+        SOLVERS[name] = SolverSpec(name=name, fn=fn, n_calls=n_calls, order=order, defaults=own, **kwargs)
         return fn
 
     return wrap

@@ -29,7 +29,6 @@ def _n_calls_not_fixed(steps, **options):
 
 
 @register("rk45", n_calls=_n_calls_not_fixed, order=0, differentiable=False, adaptive=True,
-          defaults=dict(rtol=1e-5, atol=1e-5),
           description="adaptive Dormand-Prince RK45 (torchdiffeq dopri5) in log sigma; NFE = calls it used")
 def rk45(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, rtol: float = 1e-5,
          atol: float = 1e-5, info: dict | None = None, max_nfe: int = 100_000) -> Tensor:

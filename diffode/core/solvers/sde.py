@@ -44,7 +44,6 @@ def _noise(x: Tensor, generator) -> Tensor:
 
 
 @register("ddpm", n_calls=lambda steps, **o: steps, order=1, differentiable=False, stochastic=True,
-          defaults=dict(eta=1.0, generator=None),
           description="DDPM ancestral sampling (eta=1) / DDIM with eta, in VE coordinates")
 def ddpm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, eta: float = 1.0,
          generator: torch.Generator | None = None) -> Tensor:
@@ -63,7 +62,6 @@ def ddpm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None,
 
 
 @register("euler_maruyama", n_calls=lambda steps, **o: steps, order=1, differentiable=False, stochastic=True,
-          defaults=dict(generator=None),
           description="Euler-Maruyama on the reverse-time VE SDE dx = 2 (x - D)/sigma dsigma + sqrt(2 sigma |dsigma|) dw")
 def euler_maruyama(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None,
                    generator: torch.Generator | None = None) -> Tensor:
