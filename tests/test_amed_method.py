@@ -201,7 +201,7 @@ def _cfg(tmp_path, *ov):
 
 @pytest.mark.parametrize("overrides,match", [
     (["method.student=heun"], "not an AMED student; choose amed"),
-    (["method.nfe=6"], "NFE must be odd"),
+    (["method.nfe=6", "method.afs=true"], "NFE must be odd"),
     (["method.nfe=5", "method.afs=false"], "NFE must be even"),
     (["method.scale_dir=1.5"], "scale_dir=1.5 is out of range"),
     (["method.scale_time=-0.1"], "scale_time=-0.1 is out of range"),
@@ -232,6 +232,7 @@ def test_runner_builds_the_configured_student(tmp_path):
     s, t = grids(options, ctx.teacher)
     assert s.numel() == 5 and t.numel() == 13
     assert resolve(dict(options, student="amed", nfe=5), ctx.teacher).teacher == "heun"
+    assert [resolve(dict(options, nfe=k), ctx.teacher).afs for k in (3, 4, 5, 6)] == [True, False, True, False]
 
 
 # -- the artifact ---------------------------------------------------------------------------------

@@ -36,8 +36,10 @@ def main():
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. method.n_trajectories=1024")
     ap.add_argument("--runs", default=str(HERE / "runs"))
     ap.add_argument("--skip_done", action="store_true")
+    ap.add_argument("--results", default=str(HERE / "results" / "train_digits.json"),
+                    help="one file per concurrent driver (merge them afterwards)")
     args = ap.parse_args()
-    res_path = HERE / "results" / "train_digits.json"
+    res_path = Path(args.results)
     res_path.parent.mkdir(parents=True, exist_ok=True)
     res = json.loads(res_path.read_text()) if res_path.exists() else {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}

@@ -29,6 +29,11 @@ def _teacher_name(o: dict) -> str:
     return o["teacher_solver"] or ("heun" if o["student"] == "amed" else o["student"])
 
 
+def _afs(o: dict) -> bool:
+    """afs: auto takes the analytic first step exactly where the NFE needs it (odd NFEs)."""
+    return int(o["nfe"]) % 2 == 1 if o["afs"] == "auto" else bool(o["afs"])
+
+
 def _M(o: dict) -> int:
     return int(o["M"]) if o["M"] is not None else (1 if o["student"] == "amed" else 2)
 
@@ -47,7 +52,7 @@ def grids(o: dict, model):
     from diffode.config import solver_config
 
     reg, opts = solver_config(o["student"])
-    steps = steps_for_nfe(reg, int(o["nfe"]), bool(o["afs"]), midpoints=True, **opts)
+    steps = steps_for_nfe(reg, int(o["nfe"]), _afs(o), midpoints=True, **opts)
     kw = dict(sigma_min=model.sigma_min, sigma_max=model.sigma_max, **(o["grid_options"] or {}))
     return (make_grid(o["grid"], steps, model.schedule, **kw),
             make_grid(o["grid"], (_M(o) + 1) * steps, model.schedule, **kw))
@@ -60,7 +65,7 @@ def resolve(o: dict, model) -> AMEDConfig:
     treg, topts = solver_config(_teacher_name(o))
     sigmas, _ = grids(o, model)
     return AMEDConfig(student=reg, student_options=opts, teacher=treg, teacher_options=topts, nfe=int(o["nfe"]),
-                      steps=sigmas.numel() - 1, afs=bool(o["afs"]), M=_M(o), grid=o["grid"],
+                      steps=sigmas.numel() - 1, afs=_afs(o), M=_M(o), grid=o["grid"],
                       grid_options=dict(o["grid_options"] or {}), scale_dir=float(o["scale_dir"]),
                       scale_time=float(o["scale_time"]), batch=int(o["batch"]), n_trajectories=int(o["n_trajectories"]),
                       lr=float(o["lr"]), seed=int(o["seed"]), n_val=int(o["n_val"]), val_every=int(o["val_every"]),
@@ -83,13 +88,15 @@ def check(options: dict, ctx: Context) -> list[str]:
         return [f"method.student={o['student']!r} is not an AMED student; choose amed (AMED-Solver) or one of "
                 f"{', '.join(s for s in STUDENTS if s != 'amed')} (AMED-Plugin)."]
     reg, opts = solver_config(o["student"])
+    if o["afs"] not in (True, False, "auto"):
+        return [f"method.afs={o['afs']!r}; choose auto (AFS exactly at odd NFEs), true or false."]
     try:
-        steps_for_nfe(reg, int(o["nfe"]), bool(o["afs"]), midpoints=True, **opts)
-    except ValueError:
-        parity = "odd (3, 5, 7, 9)" if o["afs"] else "even (2, 4, 6, 8)"
+        steps_for_nfe(reg, int(o["nfe"]), _afs(o), midpoints=True, **opts)
+    except (ValueError, TypeError):
+        parity = "odd (3, 5, 7, 9)" if _afs(o) else "even (2, 4, 6, 8)"
         errors.append(f"method.nfe={o['nfe']} is unreachable for student {o['student']} with afs={o['afs']}: AMED takes "
                       f"2 calls per interval and AFS saves one, so the NFE must be {parity}; set method.nfe to one of "
-                      f"those or flip method.afs.")
+                      f"those, flip method.afs or leave method.afs=auto.")
     for key in ("scale_dir", "scale_time"):
         v = float(o[key])
         if not 0 <= v < 1:
