@@ -9,6 +9,7 @@ noise between consistency steps comes from one generator per batch of 2000, seed
     python experiments/consistency_distillation/fid.py search --run <run dir> --n 2000 --select
     python experiments/consistency_distillation/fid.py final  --run <run dir> --n 10000 --export
     python experiments/consistency_distillation/fid.py teacher --n 10000
+    python experiments/consistency_distillation/fid.py compare --runs <artifact dir> ... --n 10000
     python experiments/consistency_distillation/fid.py ablation --runs <dir> ... --run <main> --baseline <snapshot>
 
 `search` picks the intermediate sigmas greedily, as the CM paper does (Sec. 3; it ternary-searches
@@ -290,9 +291,28 @@ def cmd_ablation(args):
         _save("ablation.json", out)
 
 
+def cmd_compare(args):
+    """Any artifacts (e.g. the progressive-distillation students) on the final FID's seeds, same protocol."""
+    from diffode.artifacts import load_sampler
+
+    fid = DigitsFID(bootstrap=200)
+    m = teacher_model()
+    x_T = noise(args.n, 0, m.sigma_max)
+    out = _load("compare.json", {})
+    for p in args.runs:
+        s = load_sampler(p)
+        s.check(m)
+        with torch.no_grad():
+            x = torch.cat([s.sample(m.denoiser, xb, generator=torch.Generator().manual_seed(b))
+                           for b, xb in enumerate(x_T.split(BATCH))])
+        out[s.label] = {"nfe": s.nfe, "n": args.n, "path": str(p), **fid(x)}
+        print(s.label, json.dumps(out[s.label]), flush=True)
+        _save("compare.json", out)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["curve", "search", "final", "teacher", "ablation"])
+    ap.add_argument("cmd", choices=["curve", "search", "final", "teacher", "ablation", "compare"])
     ap.add_argument("--run", help="a `diffode train experiment=cd_digits` run directory")
     ap.add_argument("--runs", nargs="*", default=[])
     ap.add_argument("--baseline", help="ablation: the main run's EMA snapshot at the ablation budget (with --run)")
@@ -305,7 +325,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     {"curve": cmd_curve, "search": cmd_search, "final": cmd_final, "teacher": cmd_teacher,
-     "ablation": cmd_ablation}[args.cmd](args)
+     "ablation": cmd_ablation, "compare": cmd_compare}[args.cmd](args)
 
 
 if __name__ == "__main__":
