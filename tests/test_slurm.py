@@ -89,6 +89,15 @@ LD3 = ["method=ld3", "source=gmm2d", "method.distance=l2", "method.n_pairs=8", "
        "method.rounds_joint=1", "method.solver=ipndm", "method.teacher.nfe=10", "threads=1"]
 
 
+METHODS = {  # the other learned methods, tiny, on the exact 2-D mixture (amed, gits, cd) or a trained MLP (pd)
+    "amed": ["method=amed", "source=gmm2d", "debug=fast", "threads=1"],
+    "gits": ["method=gits", "source=gmm2d", "debug=fast", "threads=1"],
+    "consistency_distillation": ["method=consistency_distillation", "source=gmm2d", *MLP, "debug=fast"],
+}
+PD = ["method=progressive_distillation", "source=checkpoint", "dataset=gmm2d", "threads=1", "debug=fast",
+      "method.n0=4", "method.updates_per_stage=4", "method.eval_samples=8"]
+
+
 def multirun(entry: str, sweep_dir: Path, *overrides: str, env: dict) -> subprocess.Popen:
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
     return start([DIFFODE, entry, "-m", *SLURM, f"hydra.sweep.dir={sweep_dir}", *overrides], env,
@@ -107,11 +116,15 @@ def array_tasks(sweep_dir: Path) -> dict[int, str]:
     return {int(d.split("_")[1]) if "_" in d else 0: d for d in dirs}
 
 
-def test_multiruns_of_train_eval_and_ld3_write_their_own_results(slurm, tmp_path):
+def test_multiruns_of_every_entry_and_method_write_their_own_results(slurm, tmp_path):
     runs = {"train": multirun("train", tmp_path / "train", *MLP, "debug=fast", "seed=0,1", env=slurm),
             "eval": multirun("eval", tmp_path / "eval", *GMM_EVAL, "sweep.solvers=euler,heun", "sweep.nfes=[10]",
                              env=slurm),
             "ld3": multirun("train", tmp_path / "ld3", *LD3, "method.nfe=4,5", env=slurm)}
+    runs |= {m: multirun("train", tmp_path / m, *o, "seed=0,1", env=slurm) for m, o in METHODS.items()}
+    succeed(runs["train"], tmp_path / "train")  # its MLP is the teacher of progressive distillation
+    teacher = tmp_path / "train" / "0" / "denoiser_ema.ckpt"
+    runs["pd"] = multirun("train", tmp_path / "pd", *PD, f"source.path={teacher}", "seed=0,1", env=slurm)
     for name, proc in runs.items():
         succeed(proc, tmp_path / name)
     for name in runs:  # each multirun is one job array of 2 tasks, all COMPLETED
@@ -127,6 +140,11 @@ def test_multiruns_of_train_eval_and_ld3_write_their_own_results(slurm, tmp_path
     for i, nfe in ((0, 4), (1, 5)):
         manifest = json.loads((tmp_path / "ld3" / str(i) / "artifacts" / "ld3" / "manifest.json").read_text())
         assert manifest["nfe"] == nfe and manifest["solver"] == "ipndm" and len(manifest["sigmas"]) == nfe + 1
+    for name in [*METHODS, "pd"]:  # each job its own results and artifacts
+        for i in (0, 1):
+            res = json.loads((tmp_path / name / str(i) / "results.json").read_text())
+            assert res["seed"] == i and res["exported"], (name, res)
+            assert list((tmp_path / name / str(i) / "artifacts").rglob("manifest.json")), name
 
 
 def read_csv(path: Path) -> list[dict]:

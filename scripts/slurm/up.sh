@@ -9,7 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
-NODE_CPUS="${DIFFODE_SLURM_CPUS:-4}"   # advertised CPUs (more than the machine has is allowed: tiny jobs)
+NODE_CPUS="${DIFFODE_SLURM_CPUS:-8}"   # advertised CPUs (more than the machine has is allowed: tiny jobs)
 
 cannot() { say "cannot start a local SLURM cluster: $*"; exit 2; }
 
