@@ -107,7 +107,7 @@ CASES = [
     ("eval", ["source=gmm2d", "n_samples=abc"], ["whole numbers"]),
     ("eval", ["solver=heun", "grid=edm", "nfe=4", "metric=gmm"], ["metric=gmm needs an exact mixture", "metric=fid"]),
     ("eval", ["solver=heun", "grid=edm", "nfe=4", "metric=nosuch"], ["metric=auto, fid or gmm"]),
-    ("eval", ["solver=heun", "grid=edm", "nfe=4", "fid.features=nosuch"], ["fid.features", "inception or digits"]),
+    ("eval", ["solver=heun", "grid=edm", "nfe=4", "fid.features=nosuch"], ["fid.features", "inception, digits or flatten"]),
     ("eval", ["solver=heun", "grid=edm", "nfe=4", "fid.reference=cifar10", "fid.features=digits",
              "fid.data_root=/nonexistent"],
      ["cifar-10-batches-py is missing", "fid.data_root="]),
@@ -153,7 +153,7 @@ CASES = [
     ("train", ["method=ld3", "source=gmm2d", "source.preset=nosuch"], ["unknown mixture preset 'nosuch'"]),
     ("train", ["method=ld3", "source.path=/nonexistent/model.ckpt"], ["not found", "source.path="]),
     # the other methods, where they exist
-    pytest.param("train", ["method=amed", "method.nfe=4"], ["method.nfe=4", "odd"], marks=needs("amed")),
+    pytest.param("train", ["method=amed", "method.nfe=4", "method.afs=true"], ["method.nfe=4", "odd"], marks=needs("amed")),
     pytest.param("train", ["method=amed", "method.scale_dir=2"], ["method.scale_dir=2"], marks=needs("amed")),
     pytest.param("train", ["method=amed", "method.lr=-1"], ["method.lr=-1 must be positive"], marks=needs("amed")),
     pytest.param("train", ["method=gits", "method.metric=nosuch"], ["method.metric='nosuch'"], marks=needs("gits")),

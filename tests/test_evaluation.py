@@ -215,7 +215,7 @@ def test_cli_composes_main_job_config():
     p = subprocess.run([sys.executable, "-m", "diffode.cli", "main", "--cfg", "job"], capture_output=True, text=True,
                        cwd="/", timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "pairing: usual" in p.stdout and "asset:artifacts/ld3/ipndm_nfe4" in p.stdout
+    assert "pairing: usual" in p.stdout and "asset:artifacts/ld3" in p.stdout and "asset:artifacts/cd" in p.stdout
 
 
 def test_learned_artifacts_add_one_cell_each_and_are_checked(tmp_path):
