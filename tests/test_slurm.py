@@ -273,8 +273,10 @@ def test_requeued_eval_sweep_keeps_its_cells_and_computes_the_rest(slurm, tmp_pa
     once, each equal to job 0's."""
     sweep = tmp_path / "eval_requeue"
     n = 24
-    cells = ["sweep.solvers=[euler,heun,dpmpp_2m,ipndm]", "sweep.nfes=[10,12,16,20,24,32]", "n_samples=4000",
-             "batch_size=4000"]
+    # cells of ~1 s each: job 1 cannot finish its 24 cells between its first row and the SIGSTOP below,
+    # even on an idle machine (with 10-32 NFE x 4000 samples it sometimes did)
+    cells = ["sweep.solvers=[euler,heun,dpmpp_2m,ipndm]", "sweep.nfes=[40,60,80,100,120,160]", "n_samples=16000",
+             "batch_size=16000"]
     proc = multirun("eval", sweep, *GMM_EVAL, *cells, "seed=0,0", env=slurm)
     csv1 = sweep / "1" / "results.csv"
     tasks = wait_until(lambda: len(array_tasks(sweep)) == 2 and array_tasks(sweep), 120, "the array of 2 jobs")
