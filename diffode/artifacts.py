@@ -19,7 +19,7 @@ NFE or schedule it was not made for (`check`). `save_artifact` is the one writer
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -118,7 +118,6 @@ class LearnedSampler:
     path: Path
     student: nn.Module | None = None
     hook: nn.Module | None = None
-    options: dict = field(default_factory=dict)
 
     kind = property(lambda self: self.manifest["kind"])
     solver = property(lambda self: self.manifest["solver"])
@@ -140,6 +139,13 @@ class LearnedSampler:
         n = self.manifest.get("net_sigmas")
         return None if n is None else torch.tensor(n, dtype=DTYPE)
 
+    def solver_options(self) -> dict:
+        """The manifest's complete solver options, with the hook (if any) under its option name."""
+        options = dict(self.manifest.get("solver_options") or {})
+        if self.hook is not None:
+            options[self.manifest["hook"].get("option", "midpoints")] = self.hook
+        return options
+
     def check(self, model: Model, nfe: int | None = None) -> None:
         """ValueError naming what differs when this artifact was made for another model, NFE or schedule."""
         m, where = self.manifest, str(self.path)
@@ -159,9 +165,7 @@ class LearnedSampler:
                              f"sigma_max={model.sigma_max:g}; set source.sigma_max={m['sigmas'][0]:g}.")
         from .core.sample import check_sampling_config
 
-        options = dict(m.get("solver_options") or {})
-        if self.hook is not None:
-            options[m["hook"].get("option", "midpoints")] = self.hook
+        options = self.solver_options()
         try:  # the plan sample() will follow: its solver makes exactly nfe calls on these sigmas
             check_sampling_config(self.registry_solver, self.nfe, self.sigmas, net_sigmas=self.net_sigmas,
                                   afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")), **options)
@@ -181,9 +185,7 @@ class LearnedSampler:
 
         m = self.manifest
         D = self.student if self.student is not None else denoiser
-        options = dict(m.get("solver_options") or {})
-        if self.hook is not None:
-            options[m["hook"].get("option", "midpoints")] = self.hook
+        options = self.solver_options()
         return sample(D, x_T, solver=self.registry_solver, nfe=self.nfe, grid=self.sigmas.to(x_T.device),
                       net_sigmas=None if self.net_sigmas is None else self.net_sigmas.to(x_T.device),
                       afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")), generator=generator,
