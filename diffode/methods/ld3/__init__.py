@@ -6,8 +6,6 @@ Not checkpointed: its state is 2N+2 numbers and the cached teacher pairs, re-mad
 """
 from __future__ import annotations
 
-import time
-
 from ..registry import Context, register_method
 from .module import DISTANCES, Checkpointed, LD3Config, LD3Module, steps_for_nfe  # noqa: F401
 
@@ -72,10 +70,8 @@ def check(options: dict, ctx: Context) -> list[str]:
 
 
 def export(module: LD3Module, ctx: Context) -> dict:
-    seconds = time.perf_counter() - module.fit_started if hasattr(module, "fit_started") else None
-    path = module.save(ctx.out_dir / "artifacts" / "ld3", train_seconds=seconds)
-    first = module.history and next((h["val"] for h in module.history if h.get("val") is not None), None)
-    print(f"LD3 {module.cfg.solver} NFE {module.cfg.nfe}: val {module.cfg.distance} {first:.5g} -> "
+    path = module.save(ctx.out_dir / "artifacts" / "ld3")
+    print(f"LD3 {module.cfg.solver} NFE {module.cfg.nfe}: val {module.cfg.distance} {module.val_first:.5g} -> "
           f"{module.best['val']:.5g}; artifact {path}")
     return {"artifact": str(path)}
 
@@ -97,6 +93,4 @@ def build(options: dict, ctx: Context) -> LD3Module:
     if cfg.init_grid not in ("uniform", "best"):
         init = make_grid(cfg.init_grid, steps_for_nfe(cfg), m.schedule, sigma_min=m.sigma_min, sigma_max=m.sigma_max,
                          **cfg.init_grid_options)
-    module = LD3Module(m.denoiser, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, cfg, init_sigmas=init)
-    module.fit_started = time.perf_counter()
-    return module
+    return LD3Module(m.denoiser, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, cfg, init_sigmas=init)

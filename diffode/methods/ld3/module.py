@@ -13,6 +13,7 @@ learning rates.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -21,7 +22,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffode.core.learned_grid import LearnedGrid, ball_radius, logits_for_grid, project_ball
-from diffode.core.schedules import DTYPE
 
 from diffode.config import cache_dir
 from diffode.models import schedule_spec
@@ -156,6 +156,7 @@ class LD3Module(L.LightningModule):
                 "schedule": schedule_spec(self.schedule)}
 
     def on_fit_start(self):
+        self.fit_started = time.perf_counter()  # the training time the artifact records includes the teacher pairs
         # Here (not in setup) the model is already on its device, so the teacher runs there.
         if hasattr(self, "z"):
             return
@@ -302,18 +303,23 @@ class LD3Module(L.LightningModule):
         self.restore_best()
 
     # -- artifact ----------------------------------------------------------------------
-    def save(self, out_dir, train_seconds: float | None = None):
+    @property
+    def val_first(self) -> float | None:
+        """The validation loss before the first update (of the initial grid)."""
+        return next((h["val"] for h in self.history if h.get("val") is not None), None)
+
+    def save(self, out_dir):
         """The learned grid as an artifact (diffode.artifacts), kind ld3."""
         from diffode.artifacts import save_artifact
 
         sigmas, net_sigmas = self.grid()
         c = self.cfg
-        first = next((h["val"] for h in self.history if h.get("val") is not None), None)
+        train_seconds = time.perf_counter() - self.fit_started if hasattr(self, "fit_started") else None
         return save_artifact(
             out_dir, kind="ld3", solver=c.solver, solver_options=self.solver_options, nfe=c.nfe, sigmas=sigmas,
             net_sigmas=net_sigmas if c.decoupled else None, schedule=self.schedule, model=self.model_id,
             training={**asdict(c), "pairs": {"count": c.n_pairs, "seed": c.seed, "n_val": int(self.z_val.shape[0])},
                       "init": getattr(self, "init_choice", {"chosen": c.init_grid})},
-            metrics={"val_distance": c.distance, "val_first": first, "val_best": self.best["val"],
+            metrics={"val_distance": c.distance, "val_first": self.val_first, "val_best": self.best["val"],
                      "best_step": self.best.get("step"), "train_seconds": train_seconds},
             history=self.history)
