@@ -1,6 +1,7 @@
 """Where the configs live and how code reads them: the package `diffode.conf` (the repository's conf/,
 shipped inside the wheel). Hydra entry points search `pkg://diffode.conf`; plain code (tests, sweeps,
-methods) reads one group file with `group_config`. Every option default lives in its YAML only.
+methods) reads one group file with `group_config`. A method's option defaults live in its
+conf/method/<name>.yaml only; a solver's in its function signature (conf/solver/ may only restate them).
 """
 from __future__ import annotations
 

@@ -111,13 +111,14 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
         model = load_model(cfg.source)
         unreachable = validate_cells(cells, model, cfg)
         check_metrics(model, cfg)
-        _device(cfg.get("device"))
+        device = _device(cfg.get("device"))  # refused here when it does not exist
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     n = int(cfg.n_samples)
     seeds = range(int(cfg.seed), int(cfg.seed) + n)
     seeds_label = f"{seeds.start}-{seeds.stop - 1}"
-    device = _device(cfg.get("device")) if model.gmm is None else torch.device("cpu")  # the mixture is tiny
+    if model.gmm is not None:
+        device = torch.device("cpu")  # the mixture is tiny
     model.denoiser = model.denoiser.to(device)
     x_T = initial_noise(model.shape, seeds, model.sigma_max).to(device)  # drawn on CPU: same noise on any device
     metrics = make_metrics(model, cfg, x_T)

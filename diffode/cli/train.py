@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -100,7 +99,7 @@ def _train(cfg: DictConfig) -> dict:
         callbacks.insert(0, ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last="link", save_top_k=1,
                                             every_n_epochs=cfg.get("checkpoint_every_n_epochs", 1),
                                             save_on_train_epoch_end=True, enable_version_counter=False))
-    tcfg = _plain(cfg.trainer)
+    tcfg = dict(ctx.trainer)  # a copy: the method may fix some settings
     if spec.trainer is not None:
         tcfg.update(spec.trainer(options))
     trainer = instantiate(tcfg, callbacks=callbacks, logger=build_loggers(cfg, out), default_root_dir=str(out),
