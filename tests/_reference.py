@@ -82,3 +82,14 @@ def empirical_order(steps, errors) -> float:
     le = torch.log(torch.as_tensor(errors, dtype=DTYPE))
     ls_c = ls - ls.mean()
     return float(-(ls_c * (le - le.mean())).sum() / (ls_c * ls_c).sum())
+
+
+class Recorder:
+    """Wraps a denoiser: records the sigma of every call (a count independent of sample()'s own)."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.sigmas = denoiser, []
+
+    def __call__(self, x, sigma):
+        self.sigmas.append(torch.as_tensor(sigma).detach().clone())
+        return self.denoiser(x, sigma)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _reference import empirical_order, gmm_case
+from _reference import Recorder, empirical_order, gmm_case
 from diffode.core.denoisers import ModelDenoiser, make_gmm
 from diffode.core.grids import make_grid
 from diffode.core.sample import prior_sample, reachable_nfes, sample
@@ -28,17 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _x_T(n=3, dim=2, seed=0):
     return prior_sample((n, dim), 80.0, generator=torch.Generator().manual_seed(seed))
-
-
-class Recorder:
-    """Counts calls and records the conditioning sigmas (independent of sample()'s own count)."""
-
-    def __init__(self, denoiser=GMM):
-        self.denoiser, self.sigmas = denoiser, []
-
-    def __call__(self, x, sigma):
-        self.sigmas.append(torch.as_tensor(sigma).detach().clone())
-        return self.denoiser(x, sigma)
 
 
 def _inserted(sigmas, r=0.5):
@@ -69,7 +58,7 @@ def test_exact_nfe_with_a_hook(name, afs):
     ok = reachable_nfes(name, 10, afs, midpoints=hook)
     assert ok == ([1, 3, 5, 7, 9] if afs else [2, 4, 6, 8, 10]), ok
     for k in range(1, 11):
-        rec = Recorder()
+        rec = Recorder(GMM)
         if k in ok:
             sample(rec, _x_T(), name, nfe=k, afs=afs, midpoints=hook)
             assert len(rec.sigmas) == k
@@ -146,7 +135,7 @@ def test_conditioning_scale_moves_only_the_network_time(name):
         hit = any(bool(torch.isclose(sigma, s_, rtol=1e-14, atol=0)) for s_ in stages)
         return GMM(x, a * sigma if hit else sigma)
 
-    rec = Recorder()
+    rec = Recorder(GMM)
     ours = sample(rec, x_T, name, nfe=None, grid=grid, midpoints=lambda i, cur, nxt, x: Stage(stage_of(i, cur, nxt, x), a=a))
     ref = sample(shifted, x_T, name, nfe=None, grid=grid, midpoints=lambda i, cur, nxt, x: stage_of(i, cur, nxt, x))
     torch.testing.assert_close(ours, ref, rtol=1e-13, atol=1e-13)

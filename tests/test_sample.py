@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import diffode
+from _reference import Recorder
 from diffode.core.denoisers import make_gmm
 from diffode.artifacts import save_artifact
 from diffode.core.grids import make_grid
@@ -26,17 +27,6 @@ def _x_T(n=3, dim=2, seed=0, sigma_max=80.0):
     return prior_sample((n, dim), sigma_max, generator=torch.Generator().manual_seed(seed))
 
 
-class Recorder:
-    """Counts calls and records the sigmas the network was conditioned on (independent of sample's own count)."""
-
-    def __init__(self, denoiser=GMM):
-        self.denoiser, self.sigmas = denoiser, []
-
-    def __call__(self, x, sigma):
-        self.sigmas.append(torch.as_tensor(sigma).detach().clone())
-        return self.denoiser(x, sigma)
-
-
 # -- NFE accounting ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", MINE)
@@ -48,7 +38,7 @@ def test_exact_number_of_calls(name, afs, dtz):
         ok = set(reachable_nfes(name, 12, afs, dtz, **opts))
         assert ok, name
         for k in range(1, 13):
-            rec = Recorder()
+            rec = Recorder(GMM)
             if k in ok:
                 x = sample(rec, _x_T(), name, nfe=k, afs=afs, denoise_to_zero=dtz, **opts)
                 assert len(rec.sigmas) == k, (name, opts, k)
@@ -83,7 +73,7 @@ def _euler_by_hand(x, sig, first_d=None):
 
 def test_afs_replaces_the_first_call_analytically():
     x_T = _x_T()
-    rec = Recorder()
+    rec = Recorder(GMM)
     x = sample(rec, x_T, "ddim", nfe=5, afs=True)
     sig = make_grid("logsnr", 6)
     ref = _euler_by_hand(x_T, sig, first_d=lambda x, s: x / torch.sqrt(1 + s * s))
@@ -102,7 +92,7 @@ def test_net_sigmas_condition_the_network_only():
     x_T = _x_T()
     sig = make_grid("logsnr", 4)
     net = sig * torch.tensor([1.0, 1.1, 0.9, 1.05, 1.0], dtype=F64)
-    rec = Recorder()
+    rec = Recorder(GMM)
     x = sample(rec, x_T, "ddim", nfe=4, net_sigmas=net)
     torch.testing.assert_close(torch.stack(rec.sigmas), net[:-1])
     xh = x_T
@@ -138,7 +128,7 @@ def test_grid_from_file_brings_its_net_sigmas(tmp_path):
     net = sig * 1.02
     p = tmp_path / "g"
     save_artifact(p, kind="ld3", sigmas=sig, solver="dpmpp_2m", nfe=5, schedule=EDM(), net_sigmas=net, model={"kind": "gmm"})
-    rec = Recorder()
+    rec = Recorder(GMM)
     sample(rec, _x_T(), "dpmpp_2m", nfe=5, grid="from_file", grid_options=dict(path=str(p)), schedule=EDM())
     torch.testing.assert_close(torch.stack(rec.sigmas), net[:-1])
     with pytest.raises(ValueError, match="nfe=5 but is used with nfe=6"):
@@ -146,7 +136,7 @@ def test_grid_from_file_brings_its_net_sigmas(tmp_path):
 
 
 def test_adaptive_solver_reports_its_nfe():
-    rec = Recorder()
+    rec = Recorder(GMM)
     x, info = sample(rec, _x_T(), "rk45", nfe=None, return_info=True)
     assert info["nfe"] == len(rec.sigmas) > 0 and bool(torch.isfinite(x).all())
 
