@@ -6,7 +6,6 @@ the very losses of an uninterrupted one; bad configs must fail in `check`, befor
 """
 from __future__ import annotations
 
-import copy
 
 import lightning as L
 import pytest

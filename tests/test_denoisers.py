@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from diffode.core.denoisers import (
-    FiniteSetDenoiser, GaussianMixture, ModelDenoiser, edm_scalings, eps_from_v, eps_from_x0, make_gmm,
+    FiniteSetDenoiser, GaussianMixture, ModelDenoiser, eps_from_v, eps_from_x0, make_gmm,
     v_from_x0_eps, x0_from_eps, x0_from_v,
 )
 from diffode.core.schedules import EDM, VE, DiscreteVP, VPCosine, VPLinear

@@ -1,6 +1,5 @@
 """Progressive distillation: the target identity, the nested-grid check, the weightings (core math),
 then the staged LightningModule (short distillation, exact resume, DDP) and the method protocol."""
-import math
 
 import pytest
 import torch
@@ -294,8 +293,6 @@ def test_kill_and_resume_mid_stage_gives_the_same_next_losses(teacher, tmp_path,
 
 
 def test_gradient_norm_is_clipped(teacher, tmp_path, one_thread):
-    import lightning as L
-
     norms = []
 
     module = pd_module(teacher, tmp_path, grad_clip=0.01)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .errors import ConfigError  # noqa: F401  (re-exported: the error every check raises)
 

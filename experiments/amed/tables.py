@@ -1,6 +1,6 @@
 """Merge the train_digits*.json of concurrent drivers into results/train_digits_all.json and print the
 training table of the README:  python experiments/amed/tables.py"""
-import json, glob
+import json
 rows = {}
 for f in ["experiments/amed/results/train_digits.json", "experiments/amed/results/train_digits_amed.json", "experiments/amed/results/train_digits_dpm2.json"]:
     try: rows.update(json.load(open(f)))

@@ -2,7 +2,7 @@
 
     python experiments/amed/teacher_probe.py gmm2d     # 500 held-out samples, RMSE vs a dopri5 solve
 """
-import sys, torch, json
+import sys, torch
 sys.path.insert(0, "experiments/amed")
 import gmm as G
 from diffode.models import initial_noise, load_model

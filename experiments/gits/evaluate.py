@@ -11,7 +11,6 @@ drawn per sample, as `diffode eval` draws them. Writes evaluate.md next to this 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 """N0 for the gmm2d eps-MLP teacher: DDIM at N steps against its own rk45 solve (rtol 1e-7) and against the exact ODE of the mixture (2000 noises). Output: results/gmm2d_n0.txt (columns grid, N, RMSE vs own solve, RMSE vs exact)."""
-import torch, json
+import torch
 torch.set_num_threads(1)
 from diffode.models import export_denoiser, load_model, initial_noise
 import diffode

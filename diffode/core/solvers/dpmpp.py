@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from ..stage import condition, directed, get_stage
-from ._common import coef, lam, net_sigma, net_sigma_between, report, weighted_sum
+from ._common import lam, net_sigma, net_sigma_between, report, weighted_sum
 from ._order import step_orders
 from .registry import register
 
