@@ -141,7 +141,11 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
     parts += [samples_note(rows), ""]
     if "reference" in summary:
         smallest = min((r["rmse"] for r in rows if _ok(r, "rmse")), default=None)
-        ratio = "" if not smallest else f", {smallest / max(summary['reference_self_rmse'], 1e-300):.3g}x below the smallest solver error in the table"
+        times = smallest / max(summary['reference_self_rmse'], 1e-300) if smallest else None
+        ratio = "" if times is None else f", {times:.3g}x below the smallest solver error in the table"
+        if times is not None and times < 100:
+            ratio += (" (less than 100x: the smallest errors are not resolved; raise reference.nfe and "
+                      "reference.check_nfe)")
         parts += [f"Solver error (RMSE) is measured against a reference solve of the same model from the same noise: "
                   f"{summary['reference']}; its self-consistency (RMSE against NFE {summary['reference_check_nfe']}) is "
                   f"{summary['reference_self_rmse']:.3g}{ratio}. For a distilled student it is the distance to the "
