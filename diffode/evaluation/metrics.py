@@ -204,7 +204,7 @@ def make_metrics(model: Model, cfg, x_T: Tensor):
         ref = None
         rcfg = cfg.get("reference")
         if rcfg is not None and rcfg.get("enabled", True):
-            ref = ReferenceSolve(model, x_T, cfg.seed, rcfg, int(cfg.batch_size))
+            ref = ReferenceSolve(model, x_T, cfg.seed, rcfg, int(cfg.batch_size), progress=bool(cfg.get("progress", False)))
         return FIDMetrics(model, cfg.fid, x_T.device, reference=ref)
     raise ValueError(f"unknown metric {kind!r}; choose auto, fid or gmm")
 
@@ -214,7 +214,7 @@ class ReferenceSolve:
     same solver at a lower NFE): the yardstick of every cell's solver error. Cached on disk per
     (model identity, seeds, sigma range, reference spec)."""
 
-    def __init__(self, model: Model, x_T: Tensor, seed: int, rcfg, batch_size: int):
+    def __init__(self, model: Model, x_T: Tensor, seed: int, rcfg, batch_size: int, progress: bool = False):
         from diffode.config import solver_config
 
         self.spec = {"solver": str(rcfg.solver), "grid": str(rcfg.grid), "nfe": int(rcfg.nfe),
@@ -228,7 +228,8 @@ class ReferenceSolve:
             self.x_ref, self.self_rmse = blob["x_ref"], float(blob["self_rmse"])
         else:
             name, opts = solver_config(self.spec["solver"])
-            solve = lambda nfe: _batched_sample(model, x_T, name, nfe, self.spec["grid"], opts, batch_size)  # noqa: E731
+            solve = lambda nfe: _batched_sample(model, x_T, name, nfe, self.spec["grid"], opts, batch_size,  # noqa: E731
+                                                f"reference NFE {nfe}" if progress else None)
             log.info("reference solve: %s/%s at NFE %d (and %d for its self-consistency), %d samples",
                      self.spec["solver"], self.spec["grid"], self.spec["nfe"], self.spec["check_nfe"], x_T.shape[0])
             self.x_ref = solve(self.spec["nfe"]).cpu()
@@ -251,10 +252,15 @@ def _rmse(a: Tensor, b: Tensor) -> float:
     return float(torch.sqrt(((a.double() - b.double()) ** 2).mean()))
 
 
-def _batched_sample(model: Model, x_T: Tensor, solver: str, nfe: int, grid: str, options: dict, batch_size: int):
+def _batched_sample(model: Model, x_T: Tensor, solver: str, nfe: int, grid: str, options: dict, batch_size: int,
+                    progress: str | None = None):
+    """The solve of x_T in batches; `progress` names a progress bar over the batches (None: no bar)."""
+    from tqdm import tqdm
+
     from diffode.core.sample import sample
 
+    batches = tqdm(x_T.split(batch_size), desc=progress, unit="batch", disable=progress is None)
     with torch.no_grad():
         return torch.cat([sample(model.denoiser, xb, solver=solver, nfe=nfe, grid=grid, schedule=model.schedule,
                                  sigma_min=model.sigma_min, sigma_max=model.sigma_max, **options)
-                          for xb in x_T.split(batch_size)])
+                          for xb in batches])
