@@ -48,6 +48,19 @@ class Model:
     def label(self) -> str:
         return self.identity.get("name") or self.dataset
 
+    def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, **options) -> Tensor:
+        """`diffode.sample` of x_T on this model's schedule and sigma range, batch by batch, without
+        gradients (memory only: a sample does not depend on its batch). `progress` names a bar over the
+        batches (None: no bar); options are sample()'s (solver, nfe, grid, ...)."""
+        from tqdm import tqdm
+
+        from .core.sample import sample
+
+        batches = tqdm(x_T.split(int(batch_size)), desc=progress, unit="batch", disable=progress is None)
+        with torch.no_grad():
+            return torch.cat([sample(self.denoiser, xb, schedule=self.schedule, sigma_min=self.sigma_min,
+                                     sigma_max=self.sigma_max, **options) for xb in batches])
+
 
 # -- identity ------------------------------------------------------------------------------
 

@@ -251,3 +251,28 @@ def test_one_cell_from_solver_and_grid_groups(tmp_path):
     cells = build_cells(cfg, {"solver": "dpmpp_3m_official", "grid": "edm"})
     assert [(c.solver, c.grid, c.nfe, c.solver_name) for c in cells] == [("dpmpp_3m_official", "edm", 6, "dpmpp_3m")]
     assert cells[0].solver_options["coefficients"] == "official" and cells[0].grid_options == {"rho": 7.0}
+
+
+def test_reference_solve_is_cached_per_spec_and_reused(tmp_path):
+    """The solver-error yardstick is solved once per (model, seeds, spec): a second run loads it without
+    one network call; another spec (NFE) or other seeds solve again."""
+    from omegaconf import OmegaConf
+
+    from diffode.evaluation.metrics import ReferenceSolve
+    from diffode.models import initial_noise, load_model
+
+    model = load_model({"kind": "gmm", "preset": "gmm2d"})
+    calls = []
+    exact = model.denoiser
+    model.denoiser = lambda x, s: calls.append(1) or exact(x, s)
+    x_T = initial_noise(model.shape, range(16), model.sigma_max)
+    spec = OmegaConf.create({"solver": "dpmpp_3m", "grid": "logsnr", "nfe": 20, "check_nfe": 10, "cache_dir": str(tmp_path)})
+    first = ReferenceSolve(model, x_T, 0, spec, 8)
+    n_first = len(calls)
+    assert n_first == 2 * (20 + 10) and not first.cached  # two batches of 8, NFE 20 + 10
+    second = ReferenceSolve(model, x_T, 0, spec, 16)
+    assert len(calls) == n_first and second.cached and torch.equal(second.x_ref, first.x_ref)
+    assert second.self_rmse == first.self_rmse > 0
+    ReferenceSolve(model, x_T, 0, OmegaConf.merge(spec, {"nfe": 24}), 16)
+    ReferenceSolve(model, x_T, 1, spec, 16)  # the seed is part of the key
+    assert len(calls) == n_first + (24 + 10) + (20 + 10) and len(list(tmp_path.glob("ref_*.pt"))) == 3

@@ -228,8 +228,8 @@ class ReferenceSolve:
             self.x_ref, self.self_rmse = blob["x_ref"], float(blob["self_rmse"])
         else:
             name, opts = solver_config(self.spec["solver"])
-            solve = lambda nfe: _batched_sample(model, x_T, name, nfe, self.spec["grid"], opts, batch_size,  # noqa: E731
-                                                f"reference NFE {nfe}" if progress else None)
+            solve = lambda nfe: model.sample(x_T, batch_size, f"reference NFE {nfe}" if progress else None,  # noqa: E731
+                                             solver=name, nfe=nfe, grid=self.spec["grid"], **opts)
             log.info("reference solve: %s/%s at NFE %d (and %d for its self-consistency), %d samples",
                      self.spec["solver"], self.spec["grid"], self.spec["nfe"], self.spec["check_nfe"], x_T.shape[0])
             self.x_ref = solve(self.spec["nfe"]).cpu()
@@ -251,16 +251,3 @@ class ReferenceSolve:
 def _rmse(a: Tensor, b: Tensor) -> float:
     return float(torch.sqrt(((a.double() - b.double()) ** 2).mean()))
 
-
-def _batched_sample(model: Model, x_T: Tensor, solver: str, nfe: int, grid: str, options: dict, batch_size: int,
-                    progress: str | None = None):
-    """The solve of x_T in batches; `progress` names a progress bar over the batches (None: no bar)."""
-    from tqdm import tqdm
-
-    from diffode.core.sample import sample
-
-    batches = tqdm(x_T.split(batch_size), desc=progress, unit="batch", disable=progress is None)
-    with torch.no_grad():
-        return torch.cat([sample(model.denoiser, xb, solver=solver, nfe=nfe, grid=grid, schedule=model.schedule,
-                                 sigma_min=model.sigma_min, sigma_max=model.sigma_max, **options)
-                          for xb in batches])

@@ -187,21 +187,16 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
 
 
 def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg) -> torch.Tensor:
-    from diffode.core.sample import sample
-
+    if cell.sampler is None:
+        return model.sample(x_T, int(cfg.batch_size), solver=cell.solver_name, nfe=cell.nfe, grid=cell.grid_name,
+                            grid_options=cell.grid_options, afs=bool(cfg.afs),
+                            denoise_to_zero=bool(cfg.denoise_to_zero), **cell.solver_options)
     out = []
-    if cell.sampler is not None:
-        cell.sampler.to(x_T.device)
+    cell.sampler.to(x_T.device)
     for k, xb in enumerate(x_T.split(int(cfg.batch_size))):
-        with torch.no_grad():
-            if cell.sampler is not None:  # stochastic samplers: one generator per batch, seeded by position
-                g = torch.Generator(device=x_T.device).manual_seed(int(cfg.seed) * 1_000_003 + k)
-                out.append(cell.sampler.sample(model.denoiser, xb, generator=g))
-                continue
-            out.append(sample(model.denoiser, xb, solver=cell.solver_name, nfe=cell.nfe, grid=cell.grid_name,
-                              schedule=model.schedule, grid_options=cell.grid_options, sigma_min=model.sigma_min,
-                              sigma_max=model.sigma_max, afs=bool(cfg.afs), denoise_to_zero=bool(cfg.denoise_to_zero),
-                              **cell.solver_options))
+        with torch.no_grad():  # stochastic samplers: one generator per batch, seeded by position
+            g = torch.Generator(device=x_T.device).manual_seed(int(cfg.seed) * 1_000_003 + k)
+            out.append(cell.sampler.sample(model.denoiser, xb, generator=g))
     return torch.cat(out)
 
 
