@@ -258,7 +258,7 @@ def test_artifact_round_trip_and_refusals(tmp_path):
         return GMM2.denoiser(x, sigma)
 
     with torch.no_grad():
-        torch.testing.assert_close(s.sample(counted, x_T), m.sample(x_T), rtol=0, atol=0)
+        torch.testing.assert_close(s.sample(counted, x_T), m.sample(x_T, m.exported()), rtol=0, atol=0)
     assert len(calls) == 5
     with pytest.raises(ValueError, match="nfe=5, not nfe=7"):
         s.check(GMM2, nfe=7)
@@ -283,3 +283,48 @@ def test_ddp_sim_ranks_end_with_identical_predictors(tmp_path):
     assert all(r["world_size"] == 2 for r in recs) and recs[0]["sha256"] == recs[1]["sha256"]
     assert all(r["global_step"] == 4 * 3 for r in recs)  # 4 batches x 3 intervals, one Adam step each
     assert (out / "artifacts" / "amed" / "manifest.json").is_file()
+
+
+# -- the r prior and the exported state -----------------------------------------------------------
+
+@pytest.mark.parametrize("student,grid,afs", [("ipndm", "edm", False), ("dpm_solver_2", "logsnr", False),
+                                              ("dpm_solver_2", "logsnr", True), ("euler", "edm", False)])
+def test_untrained_plugin_with_the_r_prior_is_its_base_solver(student, grid, afs):
+    """r_prior=grid, untrained: ipndm / euler with K intervals on edm are the base on the 2K-step edm
+    grid (its odd points are the prior's stages); dpm_solver_2 on logsnr is DPM-Solver-2 (r0 = 1/2)."""
+    model = _tiny_unet_model()
+    nfe = 5 if afs else 6
+    m = _module(model, student=student, nfe=nfe, afs=afs, grid=grid, r_prior="grid", scale_time=0.2)
+    assert m.predictor.needs_features
+    x_T = prior_sample((6, *m.shape), 80.0, generator=torch.Generator().manual_seed(5))
+    from diffode.core.grids import make_grid
+
+    K = m.sigmas.numel() - 1
+    base_grid = make_grid(grid, 2 * K if student != "dpm_solver_2" else K, EDM(), sigma_min=0.002, sigma_max=80.0)
+    with torch.no_grad():
+        got = m.sample(x_T)
+        want = sample(model.denoiser, x_T, student, nfe=nfe if student == "dpm_solver_2" else 2 * K, grid=base_grid,
+                      afs=afs)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_export_keeps_the_state_with_the_lowest_heldout_rmse():
+    """Validation with three hand-set states (r head's bias +2, 0, -2 around the prior): the export is
+    the state of the lowest held-out endpoint RMSE, here the middle one, not the last."""
+    m = _module(GMM2, student="ipndm", nfe=6, afs=False, val_every=1)
+    m.log = lambda *a, **k: None  # no trainer here
+    rmse = []
+    for slot, bias in enumerate((2.0, 0.0, -2.0)):
+        with torch.no_grad():
+            m.predictor.fc_r.bias.fill_(bias)
+        m.record_validation(slot)
+        rmse.append(float(m.val_rmse[slot]))
+    assert rmse[1] < min(rmse[0], rmse[2]), rmse
+    assert float(m.best_rmse) == rmse[1] and int(m.best_batch) == 1
+    assert m.exported() is m.best and float(m.best.fc_r.bias) == 0.0
+    x_T, teacher = m.heldout()
+    with torch.no_grad():
+        again = float((m.sample(x_T, m.exported()) - teacher[-1]).pow(2).mean().sqrt())
+    assert again == pytest.approx(rmse[1], rel=1e-12)
+    m.cfg.select = "last"
+    assert m.exported() is m.predictor

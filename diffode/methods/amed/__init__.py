@@ -11,10 +11,11 @@ import time
 
 from ..registry import Context, register_method
 from .module import MULTISTEP, STUDENTS, AMEDConfig, AMEDModule  # noqa: F401
-from .predictor import AMEDPredictor, predictor_spec  # noqa: F401
+from .predictor import PRIOR_GRIDS, AMEDPredictor, predictor_spec  # noqa: F401
 
 KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
-        "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor")
+        "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor",
+        "r_prior", "select")
 FEATURES = ("auto", "bottleneck", "times_only")
 REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
 
@@ -58,6 +59,19 @@ def grids(o: dict, model):
             make_grid(o["grid"], (_M(o) + 1) * steps, model.schedule, **kw))
 
 
+def prior(o: dict) -> dict | None:
+    """r_prior: grid puts the untrained stage at the 2N-step grid's point (predictor.py); auto: grid for
+    the plugins (an untrained plugin is then its base solver), none for the AMED-Solver."""
+    want = o["r_prior"]
+    if want == "auto":
+        want = "none" if o["student"] == "amed" else "grid"
+    if want == "none":
+        return None
+    if o["grid"] == "logsnr":
+        return {"grid": "logsnr"}
+    return {"grid": "edm", "rho": float((o["grid_options"] or {}).get("rho", 7.0))}
+
+
 def resolve(o: dict, model) -> AMEDConfig:
     from diffode.config import solver_config
 
@@ -69,7 +83,7 @@ def resolve(o: dict, model) -> AMEDConfig:
                       grid_options=dict(o["grid_options"] or {}), scale_dir=float(o["scale_dir"]),
                       scale_time=float(o["scale_time"]), batch=int(o["batch"]), n_trajectories=int(o["n_trajectories"]),
                       lr=float(o["lr"]), seed=int(o["seed"]), n_val=int(o["n_val"]), val_every=int(o["val_every"]),
-                      predictor=dict(o["predictor"]))
+                      predictor=dict(o["predictor"]), prior=prior(o), select=o["select"])
 
 
 def check(options: dict, ctx: Context) -> list[str]:
@@ -114,6 +128,14 @@ def check(options: dict, ctx: Context) -> list[str]:
     if o["grid"] not in REFINABLE:
         errors.append(f"method.grid={o['grid']!r}: the teacher grid must contain the student's, so use a grid uniform "
                       f"in some variable: {', '.join(REFINABLE)}.")
+    if o["r_prior"] not in ("auto", "grid", "none"):
+        errors.append(f"method.r_prior={o['r_prior']!r}; choose auto, grid or none.")
+    elif o["r_prior"] == "grid" or (o["r_prior"] == "auto" and o["student"] != "amed"):
+        if o["grid"] not in PRIOR_GRIDS:
+            errors.append(f"method.r_prior puts the stage at the grid's own 2N-step point, known for "
+                          f"{' and '.join(PRIOR_GRIDS)} grids only; with method.grid={o['grid']} set method.r_prior=none.")
+    if o["select"] not in ("best", "last"):
+        errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE) or last.")
     if o["predictor"].get("features") not in FEATURES:
         errors.append(f"method.predictor.features={o['predictor'].get('features')!r}; choose one of {', '.join(FEATURES)}.")
     elif o["predictor"]["features"] == "bottleneck" and ctx.teacher is not None and \
@@ -149,7 +171,7 @@ def export(module: AMEDModule, ctx: Context) -> dict:
     from diffode.artifacts import save_artifact
 
     c, m = module.cfg, ctx.teacher
-    p = module.predictor
+    p = module.exported()
     seconds = time.perf_counter() - module.fit_started if hasattr(module, "fit_started") else None
     hist = module.history()
     vals = hist["val"]
@@ -158,17 +180,21 @@ def export(module: AMEDModule, ctx: Context) -> dict:
                "predictor": p.kind}
     if vals:
         metrics.update(val_loss_start=vals[0]["loss"], val_loss_end=vals[-1]["loss"],
-                       val_rmse_start=vals[0]["endpoint_rmse"], val_rmse_end=vals[-1]["endpoint_rmse"])
+                       val_rmse_start=vals[0]["endpoint_rmse"], val_rmse_end=vals[-1]["endpoint_rmse"],
+                       select=c.select, selected_batch=int(module.best_batch) if p is module.best else module.n_batches,
+                       val_rmse_selected=float(module.best_rmse) if p is module.best else vals[-1]["endpoint_rmse"])
     label = f"{module.student_name}/amed" + ("" if p.needs_features else "_times")
     path = save_artifact(ctx.out_dir / "artifacts" / "amed", kind="amed", solver=module.student_name, nfe=c.nfe,
                          sigmas=module.sigmas, model=m.identity, schedule=m.schedule, solver_options=c.student_options,
                          afs=c.afs, label=label, training={**module.options, "teacher": c.teacher, "M": c.M},
                          metrics=metrics, history=[hist], hook=p,
                          hook_spec=predictor_spec(p.feature_shape, c.scale_dir, c.scale_time, c.predictor["hidden"],
-                                                  c.predictor["time_channels"], c.predictor["feature_channels"]))
+                                                  c.predictor["time_channels"], c.predictor["feature_channels"],
+                                                  c.prior))
     if vals:
         print(f"AMED {label} NFE {c.nfe}: held-out loss {vals[0]['loss']:.5g} -> {vals[-1]['loss']:.5g}, endpoint RMSE "
-              f"{vals[0]['endpoint_rmse']:.4g} -> {vals[-1]['endpoint_rmse']:.4g}; artifact {path}")
+              f"{vals[0]['endpoint_rmse']:.4g} -> {vals[-1]['endpoint_rmse']:.4g} (exported: {metrics['val_rmse_selected']:.4g}, "
+              f"batch {metrics['selected_batch']}); artifact {path}")
     return {"artifact": str(path)}
 
 

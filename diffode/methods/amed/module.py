@@ -25,6 +25,7 @@ buffers of fixed shape (they come back from ddp_spawn's workers with the weights
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,8 @@ class AMEDConfig:
     n_val: int
     val_every: int
     predictor: dict  # features (bottleneck | times_only), hidden, time_channels, feature_channels
+    prior: dict | None = None  # the r prior (predictor.py), resolved from r_prior and the grid
+    select: str = "best"  # best: export the state of the lowest held-out endpoint RMSE | last
 
 
 class _Reached(Exception):
@@ -113,7 +116,12 @@ class AMEDModule(L.LightningModule):
         self.denoiser = denoiser.eval()
         pc = cfg.predictor
         self.predictor = AMEDPredictor(feature_shape, cfg.scale_dir, cfg.scale_time, pc["hidden"],
-                                       pc["time_channels"], pc["feature_channels"])
+                                       pc["time_channels"], pc["feature_channels"], cfg.prior)
+        # the state with the lowest held-out endpoint RMSE so far (the start included), a frozen copy
+        # that travels with the weights (ddp_spawn, resume); exported when cfg.select == "best"
+        self.best = copy.deepcopy(self.predictor).requires_grad_(False)
+        self.register_buffer("best_rmse", torch.tensor(math.inf, dtype=torch.float64))
+        self.register_buffer("best_batch", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("sigmas", sigmas.to(torch.float64), persistent=False)
         self.register_buffer("teacher_sigmas", teacher_sigmas.to(torch.float64), persistent=False)
         self.n_batches = math.ceil(cfg.n_trajectories / cfg.batch)
@@ -212,21 +220,30 @@ class AMEDModule(L.LightningModule):
         rmse = float((x0 - teacher[-1]).pow(2).mean().sqrt())
         return loss, rmse
 
-    def sample(self, x_T: Tensor) -> Tensor:
-        """The trained sampler: the student with the predictor, NFE exactly cfg.nfe."""
+    def sample(self, x_T: Tensor, predictor: AMEDPredictor | None = None) -> Tensor:
+        """The trained sampler: the student with the predictor (default: the one being trained), NFE cfg.nfe."""
         c = self.cfg
-        return sample(self.denoiser, x_T, c.student, nfe=c.nfe, grid=self.sigmas, afs=c.afs, midpoints=self.predictor,
+        return sample(self.denoiser, x_T, c.student, nfe=c.nfe, grid=self.sigmas, afs=c.afs,
+                      midpoints=self.predictor if predictor is None else predictor,
                       **c.student_options)
 
     def record_validation(self, slot: int):
         loss, rmse = self.val_metrics()
         self.val_loss[slot], self.val_rmse[slot] = loss, rmse
+        if rmse < float(self.best_rmse):  # strictly lower: ties keep the earlier state
+            self.best.load_state_dict(self.predictor.state_dict())
+            self.best_rmse.fill_(rmse)
+            self.best_batch.fill_(min(slot * self.cfg.val_every, self.n_batches))
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/endpoint_rmse", rmse, sync_dist=False)
 
     def on_train_start(self):
         if math.isnan(float(self.val_loss[0])):  # not on resume
             self.record_validation(0)
+
+    def exported(self) -> AMEDPredictor:
+        """The predictor the artifact gets: the best held-out state (select=best) or the last one."""
+        return self.best if self.cfg.select == "best" and int(self.best_batch) >= 0 else self.predictor
 
     def history(self) -> dict:
         v = [(i * self.cfg.val_every, float(a), float(b)) for i, (a, b) in enumerate(zip(self.val_loss, self.val_rmse))
