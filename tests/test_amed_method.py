@@ -233,6 +233,11 @@ def test_runner_builds_the_configured_student(tmp_path):
     assert s.numel() == 5 and t.numel() == 13
     assert resolve(dict(options, student="amed", nfe=5), ctx.teacher).teacher == "heun"
     assert [resolve(dict(options, nfe=k), ctx.teacher).afs for k in (3, 4, 5, 6)] == [True, False, True, False]
+    # grid auto: the student's usual grid; r_prior auto: the grid's own point for the plugins only
+    got = {st: resolve(dict(options, student=st, nfe=6), ctx.teacher) for st in ("amed", "ipndm", "dpm_solver_2")}
+    assert {st: (c.grid, c.prior) for st, c in got.items()} == {
+        "amed": ("edm", None), "ipndm": ("edm", {"grid": "edm", "rho": 7.0}),
+        "dpm_solver_2": ("logsnr", {"grid": "logsnr"})}
 
 
 # -- the artifact ---------------------------------------------------------------------------------

@@ -34,11 +34,11 @@ AMED = ["amed", "ipndm", "dpm_solver_2"]
 LD3 = ["dpmpp_3m", "ipndm", "unipc_bh1"]
 
 
-def rows_for(nfe: int) -> dict:
+def rows_for(nfe: int, artifacts: Path = HERE / "artifacts") -> dict:
     """name -> (kind, spec) of every row at this NFE whose sampler exists."""
     rows = {}
     for student in AMED:
-        art = HERE / "artifacts" / f"{student}_nfe{nfe}"
+        art = artifacts / f"{student}_nfe{nfe}"
         if (art / "manifest.json").is_file():
             rows[f"{student}/amed"] = ("artifact", art)
     rows["amed/fixed"] = ("fixed", None)
@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=None, help="row names to (re)score")
+    ap.add_argument("--artifacts", default=str(HERE / "artifacts"), help="the AMED artifacts to score")
+    ap.add_argument("--results", default=str(HERE / "results" / "digits_fid.json"),
+                    help="results file (resumable); the table goes next to it as .md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from omegaconf import OmegaConf
@@ -79,7 +82,7 @@ def main():
     print(f"reference solve ready ({time.time() - t0:.0f} s)", flush=True)
     fid = FIDMetrics(model, OmegaConf.create({"reference": "digits", "features": "digits", "batch_size": 2000,
                                               "bootstrap": 0, "data_root": None, "cache_dir": None}), reference=ref)
-    res_path = HERE / "results" / "digits_fid.json"
+    res_path = Path(args.results)
     res_path.parent.mkdir(exist_ok=True)
     res = json.loads(res_path.read_text()) if res_path.exists() else {}
     key_n = f"n{args.n}"
@@ -90,7 +93,7 @@ def main():
             return torch.cat([fn(x_T[i:i + args.batch]) for i in range(0, args.n, args.batch)])
 
     for nfe in args.nfes:
-        for label, (kind, spec) in rows_for(nfe).items():
+        for label, (kind, spec) in rows_for(nfe, Path(args.artifacts)).items():
             if args.only and label not in args.only:
                 continue
             if not args.only and str(nfe) in table.get(label, {}):
@@ -119,10 +122,10 @@ def main():
                                                      "seconds": round(time.time() - t, 1)}
             print(nfe, label, json.dumps(table[label][str(nfe)]), flush=True)
             res_path.write_text(json.dumps(res, indent=1, sort_keys=True))
-    write_table(res, key_n, args.n)
+    write_table(res, key_n, args.n, res_path.with_suffix(".md"))
 
 
-def write_table(res: dict, key_n: str, n: int):
+def write_table(res: dict, key_n: str, n: int, md_path: Path):
     table = res[key_n]
     nfes = sorted({int(k) for row in table.values() for k in row})
     order = [f"{s}/amed" for s in AMED] + ["amed/fixed"] + [f"{a}/{g}" for a, g, _ in ZOO] + [f"{s}/ld3" for s in LD3]
@@ -137,7 +140,7 @@ def write_table(res: dict, key_n: str, n: int):
             v = table[label].get(str(k))
             cells.append("" if v is None else f"{v['fid']:.1f} / {v['rmse']:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    (HERE / "results" / "digits_fid.md").write_text("\n".join(lines) + "\n")
+    md_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. method.n_trajectories=1024")
     ap.add_argument("--runs", default=str(HERE / "runs"))
     ap.add_argument("--skip_done", action="store_true")
+    ap.add_argument("--artifacts", default=str(HERE / "artifacts"), help="where the exported artifacts go")
     ap.add_argument("--results", default=str(HERE / "results" / "train_digits.json"),
                     help="one file per concurrent driver (merge them afterwards)")
     args = ap.parse_args()
@@ -46,7 +47,7 @@ def main():
     for student in args.students:
         for nfe in args.nfes:
             key = f"{student}_nfe{nfe}"
-            art = HERE / "artifacts" / key
+            art = Path(args.artifacts) / key
             if args.skip_done and (art / "manifest.json").is_file():
                 continue
             out = Path(args.runs) / key

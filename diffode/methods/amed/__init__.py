@@ -35,6 +35,16 @@ def _afs(o: dict) -> bool:
     return int(o["nfe"]) % 2 == 1 if o["afs"] == "auto" else bool(o["afs"])
 
 
+LOGSNR_STUDENTS = ("dpm_solver_2", "dpmpp_2m")  # DPM-Solver's own grid (conf/eval.yaml usual_grid)
+
+
+def _grid(o: dict) -> str:
+    """grid: auto is the student's usual grid: logsnr for the DPM-Solver students, edm otherwise."""
+    if o["grid"] != "auto":
+        return o["grid"]
+    return "logsnr" if o["student"] in LOGSNR_STUDENTS else "edm"
+
+
 def _M(o: dict) -> int:
     return int(o["M"]) if o["M"] is not None else (1 if o["student"] == "amed" else 2)
 
@@ -55,8 +65,8 @@ def grids(o: dict, model):
     reg, opts = solver_config(o["student"])
     steps = steps_for_nfe(reg, int(o["nfe"]), _afs(o), midpoints=True, **opts)
     kw = dict(sigma_min=model.sigma_min, sigma_max=model.sigma_max, **(o["grid_options"] or {}))
-    return (make_grid(o["grid"], steps, model.schedule, **kw),
-            make_grid(o["grid"], (_M(o) + 1) * steps, model.schedule, **kw))
+    return (make_grid(_grid(o), steps, model.schedule, **kw),
+            make_grid(_grid(o), (_M(o) + 1) * steps, model.schedule, **kw))
 
 
 def prior(o: dict) -> dict | None:
@@ -67,7 +77,7 @@ def prior(o: dict) -> dict | None:
         want = "none" if o["student"] == "amed" else "grid"
     if want == "none":
         return None
-    if o["grid"] == "logsnr":
+    if _grid(o) == "logsnr":
         return {"grid": "logsnr"}
     return {"grid": "edm", "rho": float((o["grid_options"] or {}).get("rho", 7.0))}
 
@@ -79,7 +89,7 @@ def resolve(o: dict, model) -> AMEDConfig:
     treg, topts = solver_config(_teacher_name(o))
     sigmas, _ = grids(o, model)
     return AMEDConfig(student=reg, student_options=opts, teacher=treg, teacher_options=topts, nfe=int(o["nfe"]),
-                      steps=sigmas.numel() - 1, afs=_afs(o), M=_M(o), grid=o["grid"],
+                      steps=sigmas.numel() - 1, afs=_afs(o), M=_M(o), grid=_grid(o),
                       grid_options=dict(o["grid_options"] or {}), scale_dir=float(o["scale_dir"]),
                       scale_time=float(o["scale_time"]), batch=int(o["batch"]), n_trajectories=int(o["n_trajectories"]),
                       lr=float(o["lr"]), seed=int(o["seed"]), n_val=int(o["n_val"]), val_every=int(o["val_every"]),
@@ -125,13 +135,13 @@ def check(options: dict, ctx: Context) -> list[str]:
         errors.append(f"method.teacher_solver: {e}")
     if o["M"] is not None and (int(o["M"]) != o["M"] or int(o["M"]) < 1):
         errors.append(f"method.M={o['M']} must be an integer >= 1 (teacher steps inserted per interval) or null.")
-    if o["grid"] not in REFINABLE:
+    if o["grid"] != "auto" and o["grid"] not in REFINABLE:
         errors.append(f"method.grid={o['grid']!r}: the teacher grid must contain the student's, so use a grid uniform "
-                      f"in some variable: {', '.join(REFINABLE)}.")
+                      f"in some variable: auto, {', '.join(REFINABLE)}.")
     if o["r_prior"] not in ("auto", "grid", "none"):
         errors.append(f"method.r_prior={o['r_prior']!r}; choose auto, grid or none.")
     elif o["r_prior"] == "grid" or (o["r_prior"] == "auto" and o["student"] != "amed"):
-        if o["grid"] not in PRIOR_GRIDS:
+        if o["grid"] not in PRIOR_GRIDS + ("auto",):
             errors.append(f"method.r_prior puts the stage at the grid's own 2N-step point, known for "
                           f"{' and '.join(PRIOR_GRIDS)} grids only; with method.grid={o['grid']} set method.r_prior=none.")
     if o["select"] not in ("best", "last"):
@@ -160,7 +170,7 @@ def check(options: dict, ctx: Context) -> list[str]:
         cfg = resolve(o, ctx.teacher)
         check_sampling_config(cfg.teacher, None, grid=teacher_sigmas, **cfg.teacher_options)
         if (teacher_sigmas[::cfg.M + 1] - sigmas).abs().max() > 1e-9 * float(sigmas[0]):
-            errors.append(f"method.grid={o['grid']} with these grid_options is not refinable: the {cfg.M + 1}-fold finer "
+            errors.append(f"method.grid={_grid(o)} with these grid_options is not refinable: the {cfg.M + 1}-fold finer "
                           "grid does not contain the student's points; use edm, logsnr or time_uniform.")
     except ValueError as e:
         errors.append(f"method=amed: {e}")
