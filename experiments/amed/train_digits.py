@@ -75,6 +75,7 @@ def main():
                         "parameters": m["parameters"], "predictor": m["predictor"],
                         "val_loss": [m.get("val_loss_start"), m.get("val_loss_end")],
                         "val_endpoint_rmse": [m.get("val_rmse_start"), m.get("val_rmse_end")],
+                        "selected": [m.get("val_rmse_selected"), m.get("selected_batch")],
                         "command": "diffode train " + " ".join(cmd[3:])}
             print(key, json.dumps(res[key]), flush=True)
             res_path.write_text(json.dumps(res, indent=1, sort_keys=True))

@@ -1,0 +1,36 @@
+"""Each AMED row against its base cell, from results/digits_fid.json (digits_fid.py):
+ipndm/amed vs ipndm/edm, dpm_solver_2/amed vs dpm_solver_2/logsnr (AFS at odd NFEs, as the plugin),
+amed/amed vs dpm_solver_2/logsnr and heun/edm. Prints FID and RMSE pairs with the winner per cell.
+
+    python experiments/amed/compare.py --n 2000 [--results experiments/amed/results/digits_fid.json]
+"""
+import argparse
+import json
+from pathlib import Path
+
+PAIRS = [("ipndm/amed", "ipndm/edm"), ("dpm_solver_2/amed", "dpm_solver_2/logsnr"),
+         ("amed/amed", "dpm_solver_2/logsnr"), ("amed/amed", "heun/edm")]
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--n", type=int, default=2000)
+ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "digits_fid.json"))
+args = ap.parse_args()
+t = json.loads(Path(args.results).read_text())[f"n{args.n}"]
+nfes = sorted({int(k) for row in t.values() for k in row})
+print(f"{args.n} samples per cell; each cell: AMED vs base, FID and RMSE; W = AMED lower, L = AMED higher")
+print()
+print("| AMED row vs base | " + " | ".join(f"NFE {k}" for k in nfes) + " | wins FID / RMSE |")
+print("|---|" + "---|" * (len(nfes) + 1))
+for a, b in PAIRS:
+    cells, wf, wr, m = [], 0, 0, 0
+    for k in nfes:
+        x, y = t.get(a, {}).get(str(k)), t.get(b, {}).get(str(k))
+        if not x or not y:
+            cells.append("")
+            continue
+        f, r = x["fid"] < y["fid"], x["rmse"] < y["rmse"]
+        wf, wr, m = wf + f, wr + r, m + 1
+        cells.append(f"{x['fid']:.1f} vs {y['fid']:.1f} {'W' if f else 'L'}; {x['rmse']:.3f} vs {y['rmse']:.3f} "
+                     f"{'W' if r else 'L'}")
+    if m:
+        print(f"| {a} vs {b} | " + " | ".join(cells) + f" | {wf}/{m} / {wr}/{m} |")
