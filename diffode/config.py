@@ -37,6 +37,13 @@ def group_config(group: str, name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.create(f.read_text())) or {}
 
 
+def usual_grid(solver: str, default: str = "edm") -> str:
+    """The grid a solver is usually run on: conf/eval.yaml's sweep.usual_grid (diff-sampler's settings),
+    `default` for a solver it does not list."""
+    sweep = OmegaConf.create(conf_root().joinpath("eval.yaml").read_text()).sweep
+    return str(sweep.usual_grid.get(solver, default))
+
+
 def method_defaults(name: str) -> dict:
     """The options of conf/method/<name>.yaml (its only defaults), without the `name` key."""
     c = group_config("method", name)

@@ -35,14 +35,12 @@ def _afs(o: dict) -> bool:
     return int(o["nfe"]) % 2 == 1 if o["afs"] == "auto" else bool(o["afs"])
 
 
-LOGSNR_STUDENTS = ("dpm_solver_2", "dpmpp_2m")  # DPM-Solver's own grid (conf/eval.yaml usual_grid)
-
-
 def _grid(o: dict) -> str:
-    """grid: auto is the student's usual grid: logsnr for the DPM-Solver students, edm otherwise."""
-    if o["grid"] != "auto":
-        return o["grid"]
-    return "logsnr" if o["student"] in LOGSNR_STUDENTS else "edm"
+    """grid: auto is the student's usual grid (conf/eval.yaml sweep.usual_grid: logsnr for the DPM-Solver
+    students, edm otherwise, and for the AMED-Solver)."""
+    from diffode.config import usual_grid
+
+    return usual_grid(o["student"]) if o["grid"] == "auto" else o["grid"]
 
 
 def _M(o: dict) -> int:
@@ -69,13 +67,14 @@ def grids(o: dict, model):
             make_grid(_grid(o), (_M(o) + 1) * steps, model.schedule, **kw))
 
 
+def _wants_prior(o: dict) -> bool:
+    return o["r_prior"] == "grid" or (o["r_prior"] == "auto" and o["student"] != "amed")
+
+
 def prior(o: dict) -> dict | None:
     """r_prior: grid puts the untrained stage at the 2N-step grid's point (predictor.py); auto: grid for
     the plugins (an untrained plugin is then its base solver), none for the AMED-Solver."""
-    want = o["r_prior"]
-    if want == "auto":
-        want = "none" if o["student"] == "amed" else "grid"
-    if want == "none":
+    if not _wants_prior(o):
         return None
     if _grid(o) == "logsnr":
         return {"grid": "logsnr"}
@@ -140,10 +139,9 @@ def check(options: dict, ctx: Context) -> list[str]:
                       f"in some variable: auto, {', '.join(REFINABLE)}.")
     if o["r_prior"] not in ("auto", "grid", "none"):
         errors.append(f"method.r_prior={o['r_prior']!r}; choose auto, grid or none.")
-    elif o["r_prior"] == "grid" or (o["r_prior"] == "auto" and o["student"] != "amed"):
-        if o["grid"] not in PRIOR_GRIDS + ("auto",):
-            errors.append(f"method.r_prior puts the stage at the grid's own 2N-step point, known for "
-                          f"{' and '.join(PRIOR_GRIDS)} grids only; with method.grid={o['grid']} set method.r_prior=none.")
+    elif _wants_prior(o) and _grid(o) not in PRIOR_GRIDS:
+        errors.append(f"method.r_prior puts the stage at the grid's own 2N-step point, known for "
+                      f"{' and '.join(PRIOR_GRIDS)} grids only; with method.grid={o['grid']} set method.r_prior=none.")
     if o["select"] not in ("best", "last"):
         errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE) or last.")
     if o["predictor"].get("features") not in FEATURES:
