@@ -190,6 +190,36 @@ def test_short_training_lowers_the_heldout_loss(student):
     assert h[-1]["endpoint_rmse"] < h[0]["endpoint_rmse"], h
 
 
+def test_endpoint_objective_trains_on_the_whole_solve():
+    """objective=endpoint: one loss and one Adam step per batch, the distance of the student's endpoint to
+    the teacher's; a short training lowers it on held-out noise."""
+    m = _module(GMM2, student="ipndm", nfe=6, afs=False, objective="endpoint", n_trajectories=512, batch=32, n_val=32,
+                val_every=8, lr=2e-2)
+    assert m.train_loss.shape == (16, 1)
+    _fit(m)
+    h = m.history()["val"]
+    assert m.trainer.global_step == 16 and not torch.isnan(m.train_loss).any()
+    assert h[-1]["loss"] < 0.7 * h[0]["loss"], h
+    x_T, teacher = m.heldout()
+    with torch.no_grad():  # the held-out loss is the endpoint objective itself
+        want = (m.sample(x_T) - teacher[-1]).flatten(1).pow(2).sum(1).mean()
+    assert abs(float(want) - h[-1]["loss"]) < 1e-12 * max(1.0, float(want))
+
+
+def test_val_refine_makes_the_heldout_target_closer_to_the_ode_solution():
+    """val_refine = 4: the held-out teacher (iPNDM, order 2 on these grids) runs on a 4x finer grid that
+    contains the student's sigmas, so its endpoint is >= 8x closer to a fine Heun solve than the training
+    teacher's; the training teacher is unchanged."""
+    m1 = _module(GMM2, student="ipndm", nfe=6, afs=False)
+    m4 = _module(GMM2, student="ipndm", nfe=6, afs=False, val_refine=4)
+    assert m4.val_sigmas.numel() - 1 == 4 * (m1.teacher_sigmas.numel() - 1)
+    torch.testing.assert_close(m4.teacher_sigmas, m1.teacher_sigmas, rtol=0, atol=0)
+    (x_T, t1), (_, t4) = m1.heldout(), m4.heldout()
+    exact = sample(GMM2.denoiser, x_T, "heun", nfe=800, grid="edm", schedule=EDM(), sigma_min=0.002, sigma_max=80.0)
+    e1, e4 = (float((t[-1] - exact).pow(2).mean().sqrt()) for t in (t1, t4))
+    assert e4 < e1 / 8, (e1, e4)
+
+
 # -- the runner's checks --------------------------------------------------------------------------
 
 def _cfg(tmp_path, *ov):
@@ -227,10 +257,17 @@ def test_runner_builds_the_configured_student(tmp_path):
     spec, options, ctx = prepare(_cfg(tmp_path, "method.student=ipndm", "method.nfe=7"))
     m = spec.build(options, ctx)
     assert (m.cfg.student, m.cfg.teacher, m.cfg.M, m.cfg.steps) == ("ipndm", "ipndm", 2, 4)
-    assert torch.allclose(m.teacher_sigmas[::3], m.sigmas, rtol=1e-12)
+    # afs_grid auto -> base at odd NFE: the intervals end at the odd nodes of iPNDM's 7-step edm grid u,
+    # the teacher runs on u refined 2-fold (14 >= (M + 1) N = 12 steps)
+    from diffode.core.grids import make_grid
+
+    u = make_grid("edm", 7, EDM(), sigma_min=GMM2.sigma_min, sigma_max=GMM2.sigma_max)
+    torch.testing.assert_close(m.sigmas, torch.cat([u[:1], u[1::2]]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(m.teacher_sigmas[::2], u, rtol=1e-12, atol=0)
+    assert m.cfg.first_at_start and m.teacher_at == [2, 6, 10, 14]
     assert not m.predictor.needs_features  # the mixture has no bottleneck: times-only predictor
-    s, t = grids(options, ctx.teacher)
-    assert s.numel() == 5 and t.numel() == 13
+    s, t = grids(dict(options, afs_grid="paper"), ctx.teacher)  # the paper's: the 4-step grid, 3-fold refined
+    assert s.numel() == 5 and t.numel() == 13 and torch.allclose(t[::3], s, rtol=1e-12)
     assert resolve(dict(options, student="amed", nfe=5), ctx.teacher).teacher == "heun"
     assert [resolve(dict(options, nfe=k), ctx.teacher).afs for k in (3, 4, 5, 6)] == [True, False, True, False]
     # grid auto: the student's usual grid; r_prior auto: the grid's own point for the plugins only
@@ -291,6 +328,27 @@ def test_ddp_sim_ranks_end_with_identical_predictors(tmp_path):
 
 
 # -- the r prior and the exported state -----------------------------------------------------------
+
+def test_untrained_ipndm_plugin_at_odd_nfe_is_ipndm_at_that_nfe():
+    """afs_grid auto (base) at NFE 5: AFS moves x by nothing, its slope leaves the history, the stages sit
+    at the even nodes of the 5-step edm grid: exactly iPNDM on that grid without AFS, 5 calls."""
+    model = _tiny_unet_model()
+    m = _module(model, student="ipndm", nfe=5, scale_time=0.2)
+    assert m.cfg.afs and m.cfg.first_at_start and m.sigmas.numel() == 4
+    x_T = prior_sample((6, *m.shape), 80.0, generator=torch.Generator().manual_seed(5))
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(1)
+        return model.denoiser(x, sigma)
+
+    with torch.no_grad():
+        got = sample(counted, x_T, "ipndm", nfe=5, grid=m.sigmas, afs=True, midpoints=m.predictor)
+        want = sample(model.denoiser, x_T, "ipndm", nfe=5, grid="edm", schedule=EDM(), sigma_min=0.002,
+                      sigma_max=80.0)
+    assert len(calls) == 5
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
 
 @pytest.mark.parametrize("student,grid,afs", [("ipndm", "edm", False), ("dpm_solver_2", "logsnr", False),
                                               ("dpm_solver_2", "logsnr", True), ("euler", "edm", False)])

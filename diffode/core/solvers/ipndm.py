@@ -48,7 +48,10 @@ def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None
           midpoints=None) -> Tensor:
     """AMED-Plugin (`midpoints` hook, diffode/core/stage.py): each step is two AB steps sigma_cur -> s ->
     sigma_next; the stage's slope (x_s - D(x_s, a s))/s enters the history like any other, and c scales
-    the second one. With c = a = 1 this is iPNDM on the grid with s inserted."""
+    the second one. With c = a = 1 this is iPNDM on the grid with s inserted. A stage exactly at sigma_cur
+    (r = 0) re-evaluates the step's start: its slope replaces the first one in the history, so after an
+    analytic first step (AFS) the closed-form slope moves x by nothing and never enters the AB history
+    (AMED's `afs_grid: base`, diffode/methods/amed)."""
     max_order = _check_order(max_order)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     d_history: list[Tensor] = []  # most recent first
@@ -61,6 +64,8 @@ def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None
             st = get_stage(midpoints, None, i, sigmas[i], sigmas[i + 1], x)
             x_s = _ab_step(x, d_history, max_order, sigmas[i], st.sigma)
             denoised = denoiser(x_s, condition(st, net_sigma_between(sigmas, net_sigmas, i, st.sigma)))
+            if bool((st.sigma == sigmas[i]).all()):  # a stage at sigma_cur: its slope replaces the first one's
+                d_history.pop(0)
             d_history.insert(0, (x_s - denoised) / coef(st.sigma, x_s))
             x = directed(st, x_s, _ab_step(x_s, d_history, max_order, st.sigma, sigmas[i + 1]))
         report(callback, i, x, sigmas, denoised)

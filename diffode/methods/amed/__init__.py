@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ..registry import Context, register_method
-from .module import MULTISTEP, STUDENTS, AMEDConfig, AMEDModule  # noqa: F401
+from .module import MULTISTEP, STUDENTS, AMEDConfig, AMEDModule, teacher_indices  # noqa: F401
 from .predictor import PRIOR_GRIDS, AMEDPredictor, predictor_spec  # noqa: F401
 
 KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
         "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor",
-        "r_prior", "select")
+        "r_prior", "select", "afs_grid", "val_refine", "objective")
 FEATURES = ("auto", "bottleneck", "times_only")
 REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
 
@@ -53,8 +55,23 @@ def _feature_shape(o: dict, model):
     return None if want == "times_only" else have
 
 
-def grids(o: dict, model):
-    """(student sigmas, teacher sigmas) for the model's schedule and range."""
+def _base_start(o: dict) -> bool:
+    """afs_grid: base (auto: for iPNDM with the r prior, at odd NFEs): the intervals end at the odd nodes
+    of the base solver's own (2N-1)-step grid u and step 0's stage sits at sigma_max, so the analytic first
+    step has length zero, its slope leaves iPNDM's history (solvers/ipndm.py), and the r prior puts every
+    later stage at u's even node: the untrained plugin is iPNDM on u, the base solver at the same NFE.
+    paper: AFS on the N-step grid, its first stage predicted like the others."""
+    if not _afs(o):
+        return False
+    if o["afs_grid"] == "auto":
+        return o["student"] == "ipndm" and _wants_prior(o)
+    return o["afs_grid"] == "base"
+
+
+def grids(o: dict, model, refine: int = 1):
+    """(student sigmas, teacher sigmas) for the model's schedule and range; the teacher's grid is the same
+    family's, refined so that it contains every student sigma, and `refine` times finer still (the held-out
+    target's grid: val_refine)."""
     from diffode.core.grids import make_grid
     from diffode.core.sample import steps_for_nfe
 
@@ -63,8 +80,13 @@ def grids(o: dict, model):
     reg, opts = solver_config(o["student"])
     steps = steps_for_nfe(reg, int(o["nfe"]), _afs(o), midpoints=True, **opts)
     kw = dict(sigma_min=model.sigma_min, sigma_max=model.sigma_max, **(o["grid_options"] or {}))
-    return (make_grid(_grid(o), steps, model.schedule, **kw),
-            make_grid(_grid(o), (_M(o) + 1) * steps, model.schedule, **kw))
+    if not _base_start(o):
+        return (make_grid(_grid(o), steps, model.schedule, **kw),
+                make_grid(_grid(o), refine * (_M(o) + 1) * steps, model.schedule, **kw))
+    u_steps = 2 * steps - 1  # u: the base solver's grid at NFE 2N - 1; the student's sigmas are u_0, u_1, u_3, ...
+    u = make_grid(_grid(o), u_steps, model.schedule, **kw)
+    k = -(-(_M(o) + 1) * steps // u_steps)  # the teacher refines u k-fold: at least (M + 1) N steps, as otherwise
+    return torch.cat([u[:1], u[1::2]]), make_grid(_grid(o), refine * k * u_steps, model.schedule, **kw)
 
 
 def _wants_prior(o: dict) -> bool:
@@ -92,7 +114,8 @@ def resolve(o: dict, model) -> AMEDConfig:
                       grid_options=dict(o["grid_options"] or {}), scale_dir=float(o["scale_dir"]),
                       scale_time=float(o["scale_time"]), batch=int(o["batch"]), n_trajectories=int(o["n_trajectories"]),
                       lr=float(o["lr"]), seed=int(o["seed"]), n_val=int(o["n_val"]), val_every=int(o["val_every"]),
-                      predictor=dict(o["predictor"]), prior=prior(o), select=o["select"])
+                      predictor=dict(o["predictor"]), prior=prior(o), select=o["select"],
+                      first_at_start=_base_start(o), objective=o["objective"])
 
 
 def check(options: dict, ctx: Context) -> list[str]:
@@ -142,6 +165,14 @@ def check(options: dict, ctx: Context) -> list[str]:
     elif _wants_prior(o) and _grid(o) not in PRIOR_GRIDS:
         errors.append(f"method.r_prior puts the stage at the grid's own 2N-step point, known for "
                       f"{' and '.join(PRIOR_GRIDS)} grids only; with method.grid={o['grid']} set method.r_prior=none.")
+    if o["afs_grid"] not in ("auto", "paper", "base"):
+        errors.append(f"method.afs_grid={o['afs_grid']!r}; choose auto, paper or base.")
+    elif o["afs_grid"] == "base" and _afs(o) and (o["student"] != "ipndm" or not _wants_prior(o)):
+        errors.append(f"method.afs_grid=base starts from the base solver's own grid, which only the iPNDM plugin with "
+                      f"the r prior reproduces; with method.student={o['student']} (r_prior={o['r_prior']}) set "
+                      "method.afs_grid=auto or paper.")
+    if o["objective"] not in ("interval", "endpoint"):
+        errors.append(f"method.objective={o['objective']!r}; choose interval (the paper's) or endpoint.")
     if o["select"] not in ("best", "last"):
         errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE) or last.")
     if o["predictor"].get("features") not in FEATURES:
@@ -150,7 +181,7 @@ def check(options: dict, ctx: Context) -> list[str]:
             getattr(ctx.teacher.denoiser, "feature_shape", None) is None:
         errors.append("method.predictor.features=bottleneck but this model's network has no bottleneck feature map "
                       "(the GMM denoiser, the MLP); use method.predictor.features=auto or times_only.")
-    for key in ("batch", "n_trajectories", "n_val", "val_every"):
+    for key in ("batch", "n_trajectories", "n_val", "val_every", "val_refine"):
         if int(o[key]) < 1:
             errors.append(f"method.{key}={o[key]} must be >= 1.")
     world = _world(ctx)
@@ -167,7 +198,7 @@ def check(options: dict, ctx: Context) -> list[str]:
         sigmas, teacher_sigmas = grids(o, ctx.teacher)
         cfg = resolve(o, ctx.teacher)
         check_sampling_config(cfg.teacher, None, grid=teacher_sigmas, **cfg.teacher_options)
-        if (teacher_sigmas[::cfg.M + 1] - sigmas).abs().max() > 1e-9 * float(sigmas[0]):
+        if teacher_indices(sigmas, teacher_sigmas) is None:
             errors.append(f"method.grid={_grid(o)} with these grid_options is not refinable: the {cfg.M + 1}-fold finer "
                           "grid does not contain the student's points; use edm, logsnr or time_uniform.")
     except ValueError as e:
@@ -184,7 +215,7 @@ def export(module: AMEDModule, ctx: Context) -> dict:
     hist = module.history()
     vals = hist["val"]
     metrics = {"train_seconds": seconds, "trajectories": module.n_batches * c.batch,
-               "updates": module.n_batches * c.steps, "parameters": sum(q.numel() for q in p.parameters()),
+               "updates": module.n_batches * module.n_losses, "parameters": sum(q.numel() for q in p.parameters()),
                "predictor": p.kind}
     if vals:
         metrics.update(val_loss_start=vals[0]["loss"], val_loss_end=vals[-1]["loss"],
@@ -198,7 +229,7 @@ def export(module: AMEDModule, ctx: Context) -> dict:
                          metrics=metrics, history=[hist], hook=p,
                          hook_spec=predictor_spec(p.feature_shape, c.scale_dir, c.scale_time, c.predictor["hidden"],
                                                   c.predictor["time_channels"], c.predictor["feature_channels"],
-                                                  c.prior))
+                                                  c.prior, c.first_at_start))
     if vals:
         print(f"AMED {label} NFE {c.nfe}: held-out loss {vals[0]['loss']:.5g} -> {vals[-1]['loss']:.5g}, endpoint RMSE "
               f"{vals[0]['endpoint_rmse']:.4g} -> {vals[-1]['endpoint_rmse']:.4g} (exported: {metrics['val_rmse_selected']:.4g}, "
@@ -218,7 +249,8 @@ def build(options: dict, ctx: Context) -> AMEDModule:
     m = ctx.teacher
     cfg = resolve(options, m)
     sigmas, teacher_sigmas = grids(options, m)
-    module = AMEDModule(m.denoiser, m.shape, sigmas, teacher_sigmas, cfg, _feature_shape(options, m))
+    _, val_sigmas = grids(options, m, int(options["val_refine"]))
+    module = AMEDModule(m.denoiser, m.shape, sigmas, teacher_sigmas, cfg, _feature_shape(options, m), val_sigmas)
     module.student_name, module.options = options["student"], dict(options)
     module.fit_started = time.perf_counter()
     return module

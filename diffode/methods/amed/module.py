@@ -68,6 +68,19 @@ class AMEDConfig:
     predictor: dict  # features (bottleneck | times_only), hidden, time_channels, feature_channels
     prior: dict | None = None  # the r prior (predictor.py), resolved from r_prior and the grid
     select: str = "best"  # best: export the state of the lowest held-out endpoint RMSE | last
+    first_at_start: bool = False  # afs_grid: base: step 0's stage at sigma_max (predictor.py)
+    objective: str = "interval"  # interval: the paper's, one Adam step per interval | endpoint: one per batch
+
+
+def teacher_indices(sigmas: Tensor, teacher_sigmas: Tensor) -> list[int] | None:
+    """Where each student sigma (after the first) sits in the teacher's grid, or None if one is missing."""
+    out = []
+    for s in sigmas[1:]:
+        j = int((teacher_sigmas - s).abs().argmin())
+        if abs(float(teacher_sigmas[j] - s)) > 1e-9 * float(sigmas[0]):
+            return None
+        out.append(j)
+    return out
 
 
 class _Reached(Exception):
@@ -107,7 +120,7 @@ def _stop_after(n: int):
 
 class AMEDModule(L.LightningModule):
     def __init__(self, denoiser: nn.Module, shape, sigmas: Tensor, teacher_sigmas: Tensor, cfg: AMEDConfig,
-                 feature_shape=None):
+                 feature_shape=None, val_sigmas: Tensor | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.shape = cfg, tuple(shape)
@@ -116,7 +129,7 @@ class AMEDModule(L.LightningModule):
         self.denoiser = denoiser.eval()
         pc = cfg.predictor
         self.predictor = AMEDPredictor(feature_shape, cfg.scale_dir, cfg.scale_time, pc["hidden"],
-                                       pc["time_channels"], pc["feature_channels"], cfg.prior)
+                                       pc["time_channels"], pc["feature_channels"], cfg.prior, cfg.first_at_start)
         # the state with the lowest held-out endpoint RMSE so far (the start included), a frozen copy
         # that travels with the weights (ddp_spawn, resume); exported when cfg.select == "best"
         self.best = copy.deepcopy(self.predictor).requires_grad_(False)
@@ -124,11 +137,19 @@ class AMEDModule(L.LightningModule):
         self.register_buffer("best_batch", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("sigmas", sigmas.to(torch.float64), persistent=False)
         self.register_buffer("teacher_sigmas", teacher_sigmas.to(torch.float64), persistent=False)
+        # the held-out target: the teacher on a finer grid (val_refine), so that the exported state can be
+        # chosen by its distance to (nearly) the exact ODE solution rather than to the training teacher's
+        self.register_buffer("val_sigmas", (teacher_sigmas if val_sigmas is None else val_sigmas).to(torch.float64),
+                             persistent=False)
+        self.teacher_at = teacher_indices(self.sigmas, self.teacher_sigmas)
+        self.val_at = teacher_indices(self.sigmas, self.val_sigmas)
+        if self.teacher_at is None or self.val_at is None:
+            raise ValueError("the teacher grid does not contain every student sigma")
         self.n_batches = math.ceil(cfg.n_trajectories / cfg.batch)
         n_evals = 1 + math.ceil(self.n_batches / cfg.val_every)
         # history: per batch and interval the training loss; held-out loss and endpoint RMSE before
         # training and every val_every batches (NaN where not reached)
-        self.register_buffer("train_loss", torch.full((self.n_batches, cfg.steps), math.nan, dtype=torch.float64))
+        self.register_buffer("train_loss", torch.full((self.n_batches, self.n_losses), math.nan, dtype=torch.float64))
         self.register_buffer("val_loss", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self.register_buffer("val_rmse", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self._val = None
@@ -147,12 +168,13 @@ class AMEDModule(L.LightningModule):
 
     # -- teacher and student ------------------------------------------------------------------
     @torch.no_grad()
-    def teacher_points(self, x_T: Tensor) -> list[Tensor]:
-        """x*_n at the student's sigmas[n], n = 0..N (x*_0 = x_T)."""
-        _, traj = sample(self.denoiser, x_T, self.cfg.teacher, nfe=None, grid=self.teacher_sigmas,
-                         return_trajectory=True, **self.cfg.teacher_options)
-        k = self.cfg.M + 1
-        return [x_T] + [traj[k * (n + 1) - 1] for n in range(self.cfg.steps)]
+    def teacher_points(self, x_T: Tensor, held_out: bool = False) -> list[Tensor]:
+        """x*_n at the student's sigmas[n], n = 0..N (x*_0 = x_T), on the training teacher's grid or the
+        held-out target's finer one."""
+        grid, at = (self.val_sigmas, self.val_at) if held_out else (self.teacher_sigmas, self.teacher_at)
+        _, traj = sample(self.denoiser, x_T, self.cfg.teacher, nfe=None, grid=grid, return_trajectory=True,
+                         **self.cfg.teacher_options)
+        return [x_T] + [traj[j - 1] for j in at]  # traj[i]: the state at grid[i + 1]
 
     def student_interval(self, n: int, x_start: Tensor, x_T: Tensor, recorded: list) -> Tensor:
         """The student's state at sigmas[n + 1] after interval n (graph through the predictor at n)."""
@@ -167,21 +189,36 @@ class AMEDModule(L.LightningModule):
             return stop.x
         raise RuntimeError(f"the {c.student} student never reached interval {n}")
 
+    @property
+    def n_losses(self) -> int:
+        """Losses (and Adam steps) per batch: one per interval, or one for the endpoint objective."""
+        return 1 if self.cfg.objective == "endpoint" else self.cfg.steps
+
+    def _update(self, loss: Tensor):
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        for p in self.predictor.parameters():
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        opt.step()
+
     def interval_losses(self, x_T: Tensor, teacher: list[Tensor], update: bool) -> list[Tensor]:
-        """Per-interval losses on one batch; with update, one optimizer step after each."""
+        """The losses on one batch (n_losses of them); with update, one optimizer step after each.
+        objective interval: per interval n, |x_student(sigma_{n+1}) - x*_{n+1}|^2 (module docstring);
+        endpoint: |x_student(sigma_N) - x*_N|^2 of the whole student solve, the gradient through every step."""
+        sq = lambda a, b: (a - b).flatten(1).pow(2).sum(1).mean()  # noqa: E731
+        if self.cfg.objective == "endpoint":
+            loss = sq(self.sample(x_T), teacher[-1])
+            if update:
+                self._update(loss)
+            return [loss.detach()]
         recorded: list[Stage] = []
         losses = []
         for n in range(self.cfg.steps):
-            x_next = self.student_interval(n, teacher[n], x_T, recorded)
-            loss = (x_next - teacher[n + 1]).flatten(1).pow(2).sum(1).mean()
+            loss = sq(self.student_interval(n, teacher[n], x_T, recorded), teacher[n + 1])
             if update:
-                opt = self.optimizers()
-                opt.zero_grad()
-                self.manual_backward(loss)
-                for p in self.predictor.parameters():
-                    if p.grad is not None:
-                        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-                opt.step()
+                self._update(loss)
             losses.append(loss.detach())
         return losses
 
@@ -207,7 +244,7 @@ class AMEDModule(L.LightningModule):
         if self._val is None:
             x_T = prior_sample((self.cfg.n_val, *self.shape), float(self.sigmas[0]),
                                generator=torch.Generator().manual_seed(VAL_SEED)).to(self.sigmas.device)
-            self._val = (x_T, self.teacher_points(x_T))
+            self._val = (x_T, self.teacher_points(x_T, held_out=True))
         return self._val
 
     def val_metrics(self) -> tuple[float, float]:

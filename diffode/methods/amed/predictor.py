@@ -16,6 +16,10 @@ for logsnr, i.e. r0 = 1/2): r = sigmoid(logit(r0) + .), and the three output lay
 the untrained predictor gives s = that point and c = a = 1: an untrained plugin is its base solver on
 the 2N-step grid (exactly so without AFS; tests/test_amed_method.py).
 
+`first_at_start`: step 0's stage is sigma_cur itself (r = 0), whatever the heads say (c and a still
+apply). With AFS this makes the analytic first step a step of length zero whose slope iPNDM drops
+from its history (solvers/ipndm.py): AMED's `afs_grid: base` (methods/amed/__init__.py).
+
 One network for all steps (conditioned on the two times). Models without a bottleneck (the exact
 GMM denoiser, the MLP) get the times-only predictor (feature_shape None): one stage per step for the
 whole batch, a learned time-step refinement rather than a per-sample one; results name it
@@ -48,9 +52,11 @@ def prior_ratio(prior: dict, sigma_cur: Tensor, sigma_next: Tensor) -> Tensor:
 
 class AMEDPredictor(nn.Module):
     def __init__(self, feature_shape=None, scale_dir: float = 0.0, scale_time: float = 0.0, hidden: int = 128,
-                 time_channels: int = 8, feature_channels: int = 4, prior: dict | None = None):
+                 time_channels: int = 8, feature_channels: int = 4, prior: dict | None = None,
+                 first_at_start: bool = False):
         super().__init__()
         self.prior = None if prior is None else dict(prior)
+        self.first_at_start = bool(first_at_start)
         self.feature_shape = None if feature_shape is None else tuple(int(v) for v in feature_shape)
         self.scale_dir, self.scale_time = float(scale_dir), float(scale_time)
         self.emb = PositionalEmbedding(time_channels)
@@ -107,6 +113,8 @@ class AMEDPredictor(nn.Module):
             logit = logit + torch.log(r0 / (1 - r0))
         r = squeeze(torch.sigmoid(logit)).to(sigma_cur.dtype).clamp(R_MIN, 1 - R_MIN)
         s = sigma_next ** r * sigma_cur ** (1 - r)
+        if self.first_at_start and i == 0:  # afs_grid: base (methods/amed): step 0's stage is its start, r = 0
+            s = sigma_cur
         c = None if self.fc_dir is None else squeeze(1 + self.scale_dir * (2 * torch.sigmoid(self.fc_dir(z)) - 1))
         a = None if self.fc_time is None else squeeze(1 + self.scale_time * (2 * torch.sigmoid(self.fc_time(z)) - 1))
         return Stage(s, None if c is None else c.to(sigma_cur.dtype), None if a is None else a.to(sigma_cur.dtype))
@@ -117,9 +125,10 @@ class AMEDPredictor(nn.Module):
 
 
 def predictor_spec(feature_shape, scale_dir: float, scale_time: float, hidden: int, time_channels: int,
-                   feature_channels: int, prior: dict | None = None) -> dict:
+                   feature_channels: int, prior: dict | None = None, first_at_start: bool = False) -> dict:
     """The build spec (diffode.spec.build) an artifact stores to rebuild the predictor."""
     return {"_target_": f"{AMEDPredictor.__module__}.AMEDPredictor",
             "feature_shape": None if feature_shape is None else list(feature_shape), "scale_dir": float(scale_dir),
             "scale_time": float(scale_time), "hidden": int(hidden), "time_channels": int(time_channels),
-            "feature_channels": int(feature_channels), "prior": None if prior is None else dict(prior)}
+            "feature_channels": int(feature_channels), "prior": None if prior is None else dict(prior),
+            "first_at_start": bool(first_at_start)}
