@@ -44,6 +44,11 @@ def usual_grid(solver: str, default: str = "edm") -> str:
     return str(sweep.usual_grid.get(solver, default))
 
 
+def eval_fid_config():
+    """conf/eval.yaml's `fid` section (FID features, reference data, batch size, bootstrap), as a DictConfig."""
+    return OmegaConf.create(conf_root().joinpath("eval.yaml").read_text()).fid
+
+
 def method_defaults(name: str) -> dict:
     """The options of conf/method/<name>.yaml (its only defaults), without the `name` key."""
     c = group_config("method", name)

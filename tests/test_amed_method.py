@@ -239,6 +239,7 @@ def _cfg(tmp_path, *ov):
     (["method.predictor.features=bottleneck"], "no bottleneck"),
     (["method.batch=7", "trainer=ddp_sim"], "divisible by the 2 training processes"),
     (["method.teacher_solver=nope"], "unknown solver 'nope'"),
+    (["method.select=fid"], "select=fid scores images"),
 ])
 def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, match, monkeypatch):
     from diffode.cli.errors import ConfigError
@@ -371,6 +372,35 @@ def test_untrained_plugin_with_the_r_prior_is_its_base_solver(student, grid, afs
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
+def test_select_fid_exports_the_state_of_the_lowest_heldout_fid():
+    """select=fid on the shipped digits UNet: three hand-set states (r head's bias +3, 0, -3 around the
+    prior); every validation records the FID of the same held-out samples (seeds 2.1e9..), the export is
+    the state of the lowest one, and that FID is what the digits FID of `diffode eval` gives those samples."""
+    from diffode.config import eval_fid_config
+    from diffode.evaluation.metrics import FIDMetrics
+    from diffode.models import initial_noise
+
+    digits = load_model({"kind": "checkpoint", "path": None})
+    m = _module(digits, student="ipndm", nfe=4, select="fid", val_fid_n=300, n_val=8, val_every=1)
+    m.log = lambda *a, **k: None  # no trainer here
+    fids = []
+    for slot, bias in enumerate((3.0, 0.0, -3.0)):
+        with torch.no_grad():
+            m.predictor.fc_r.bias.fill_(bias)
+        m.record_validation(slot)
+        fids.append(float(m.val_fid[slot]))
+    best = min(range(3), key=fids.__getitem__)
+    assert len(set(fids)) == 3 and float(m.best_score) == fids[best] and int(m.best_batch) == best
+    assert m.exported() is m.best and float(m.best.fc_r.bias) == (3.0, 0.0, -3.0)[best]
+    assert [v["fid"] for v in m.history()["val"]] == fids
+    fcfg = eval_fid_config()
+    fcfg.bootstrap = 0
+    x_T = initial_noise(digits.shape, range(2_100_000_000, 2_100_000_300), digits.sigma_max)
+    with torch.no_grad():
+        again = FIDMetrics(digits, fcfg)(m.sample(x_T, m.exported()).float(), x_T)["fid"]
+    assert again == pytest.approx(fids[best], rel=1e-6)
+
+
 def test_export_keeps_the_state_with_the_lowest_heldout_rmse():
     """Validation with three hand-set states (r head's bias +2, 0, -2 around the prior): the export is
     the state of the lowest held-out endpoint RMSE, here the middle one, not the last."""
@@ -383,7 +413,7 @@ def test_export_keeps_the_state_with_the_lowest_heldout_rmse():
         m.record_validation(slot)
         rmse.append(float(m.val_rmse[slot]))
     assert rmse[1] < min(rmse[0], rmse[2]), rmse
-    assert float(m.best_rmse) == rmse[1] and int(m.best_batch) == 1
+    assert float(m.best_score) == rmse[1] and int(m.best_batch) == 1
     assert m.exported() is m.best and float(m.best.fc_r.bias) == 0.0
     x_T, teacher = m.heldout()
     with torch.no_grad():

@@ -17,7 +17,7 @@ from .predictor import PRIOR_GRIDS, AMEDPredictor, predictor_spec  # noqa: F401
 
 KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
         "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor",
-        "r_prior", "select", "afs_grid", "val_refine", "objective")
+        "r_prior", "select", "afs_grid", "val_refine", "objective", "val_fid_n")
 FEATURES = ("auto", "bottleneck", "times_only")
 REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
 
@@ -115,7 +115,7 @@ def resolve(o: dict, model) -> AMEDConfig:
                       scale_time=float(o["scale_time"]), batch=int(o["batch"]), n_trajectories=int(o["n_trajectories"]),
                       lr=float(o["lr"]), seed=int(o["seed"]), n_val=int(o["n_val"]), val_every=int(o["val_every"]),
                       predictor=dict(o["predictor"]), prior=prior(o), select=o["select"],
-                      first_at_start=_base_start(o), objective=o["objective"])
+                      first_at_start=_base_start(o), objective=o["objective"], val_fid_n=int(o["val_fid_n"]))
 
 
 def check(options: dict, ctx: Context) -> list[str]:
@@ -173,15 +173,19 @@ def check(options: dict, ctx: Context) -> list[str]:
                       "method.afs_grid=auto or paper.")
     if o["objective"] not in ("interval", "endpoint"):
         errors.append(f"method.objective={o['objective']!r}; choose interval (the paper's) or endpoint.")
-    if o["select"] not in ("best", "last"):
-        errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE) or last.")
+    if o["select"] not in ("best", "fid", "last"):
+        errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE), fid (lowest "
+                      "held-out FID) or last.")
+    elif o["select"] == "fid" and ctx.teacher is not None and len(ctx.teacher.shape) != 3:
+        errors.append(f"method.select=fid scores images with FID, but this model makes {tuple(ctx.teacher.shape)}-shaped "
+                      "samples (a mixture); use method.select=best (held-out endpoint RMSE).")
     if o["predictor"].get("features") not in FEATURES:
         errors.append(f"method.predictor.features={o['predictor'].get('features')!r}; choose one of {', '.join(FEATURES)}.")
     elif o["predictor"]["features"] == "bottleneck" and ctx.teacher is not None and \
             getattr(ctx.teacher.denoiser, "feature_shape", None) is None:
         errors.append("method.predictor.features=bottleneck but this model's network has no bottleneck feature map "
                       "(the GMM denoiser, the MLP); use method.predictor.features=auto or times_only.")
-    for key in ("batch", "n_trajectories", "n_val", "val_every", "val_refine"):
+    for key in ("batch", "n_trajectories", "n_val", "val_every", "val_refine", "val_fid_n"):
         if int(o[key]) < 1:
             errors.append(f"method.{key}={o[key]} must be >= 1.")
     world = _world(ctx)
@@ -220,8 +224,11 @@ def export(module: AMEDModule, ctx: Context) -> dict:
     if vals:
         metrics.update(val_loss_start=vals[0]["loss"], val_loss_end=vals[-1]["loss"],
                        val_rmse_start=vals[0]["endpoint_rmse"], val_rmse_end=vals[-1]["endpoint_rmse"],
-                       select=c.select, selected_batch=int(module.best_batch) if p is module.best else module.n_batches,
-                       val_rmse_selected=float(module.best_rmse) if p is module.best else vals[-1]["endpoint_rmse"])
+                       select=c.select, selected_batch=int(module.best_batch) if p is module.best else module.n_batches)
+        chosen = next((v for v in vals if v["batch"] == metrics["selected_batch"]), vals[-1])
+        metrics["val_rmse_selected"] = chosen["endpoint_rmse"]
+        if "fid" in chosen:
+            metrics.update(val_fid_start=vals[0]["fid"], val_fid_selected=chosen["fid"])
     label = f"{module.student_name}/amed" + ("" if p.needs_features else "_times")
     path = save_artifact(ctx.out_dir / "artifacts" / "amed", kind="amed", solver=module.student_name, nfe=c.nfe,
                          sigmas=module.sigmas, model=m.identity, schedule=m.schedule, solver_options=c.student_options,
@@ -252,5 +259,13 @@ def build(options: dict, ctx: Context) -> AMEDModule:
     _, val_sigmas = grids(options, m, int(options["val_refine"]))
     module = AMEDModule(m.denoiser, m.shape, sigmas, teacher_sigmas, cfg, _feature_shape(options, m), val_sigmas)
     module.student_name, module.options = options["student"], dict(options)
+    if cfg.select == "fid":  # the model's FID (conf/eval.yaml fid: features and reference data), no bootstrap
+        from diffode.config import eval_fid_config
+        from diffode.evaluation.metrics import FIDMetrics
+
+        fcfg = eval_fid_config()
+        fcfg.bootstrap = 0
+        scorer = FIDMetrics(m, fcfg)
+        module.fid = lambda x0: scorer(x0, None)["fid"]
     module.fit_started = time.perf_counter()
     return module

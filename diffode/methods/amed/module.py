@@ -42,6 +42,7 @@ SINGLE_STEP = ("amed", "euler", "ddim", "dpm_solver_2")
 MULTISTEP = ("ipndm", "dpmpp_2m")
 STUDENTS = SINGLE_STEP + MULTISTEP
 VAL_SEED = 2_000_000_000  # held-out latents: far from the training seeds and from the seeds 0.. of diffode eval
+VAL_FID_SEED = 2_100_000_000  # select=fid: the held-out FID's latents, seeded one per sample from here
 
 
 @dataclass
@@ -67,7 +68,8 @@ class AMEDConfig:
     val_every: int
     predictor: dict  # features (bottleneck | times_only), hidden, time_channels, feature_channels
     prior: dict | None = None  # the r prior (predictor.py), resolved from r_prior and the grid
-    select: str = "best"  # best: export the state of the lowest held-out endpoint RMSE | last
+    select: str = "best"  # best: the state of the lowest held-out endpoint RMSE | fid: of the lowest held-out FID | last
+    val_fid_n: int = 2000  # select=fid: held-out latents of the FID
     first_at_start: bool = False  # afs_grid: base: step 0's stage at sigma_max (predictor.py)
     objective: str = "interval"  # interval: the paper's, one Adam step per interval | endpoint: one per batch
 
@@ -133,7 +135,7 @@ class AMEDModule(L.LightningModule):
         # the state with the lowest held-out endpoint RMSE so far (the start included), a frozen copy
         # that travels with the weights (ddp_spawn, resume); exported when cfg.select == "best"
         self.best = copy.deepcopy(self.predictor).requires_grad_(False)
-        self.register_buffer("best_rmse", torch.tensor(math.inf, dtype=torch.float64))
+        self.register_buffer("best_score", torch.tensor(math.inf, dtype=torch.float64))  # RMSE, or FID (select=fid)
         self.register_buffer("best_batch", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("sigmas", sigmas.to(torch.float64), persistent=False)
         self.register_buffer("teacher_sigmas", teacher_sigmas.to(torch.float64), persistent=False)
@@ -152,7 +154,9 @@ class AMEDModule(L.LightningModule):
         self.register_buffer("train_loss", torch.full((self.n_batches, self.n_losses), math.nan, dtype=torch.float64))
         self.register_buffer("val_loss", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self.register_buffer("val_rmse", torch.full((n_evals,), math.nan, dtype=torch.float64))
+        self.register_buffer("val_fid", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self._val = None
+        self.fid = None  # select=fid: samples -> FID (the builder sets it from the model's FID features)
 
     # -- data ---------------------------------------------------------------------------------
     def train_dataloader(self):
@@ -264,12 +268,27 @@ class AMEDModule(L.LightningModule):
                       midpoints=self.predictor if predictor is None else predictor,
                       **c.student_options)
 
+    def heldout_fid(self) -> float:
+        """select=fid: the FID of the student's samples from val_fid_n held-out latents (seeds VAL_FID_SEED..,
+        one per sample as `diffode eval` draws them, never a table's seeds), in batches of cfg.batch."""
+        from diffode.models import initial_noise
+
+        x_T = initial_noise(self.shape, range(VAL_FID_SEED, VAL_FID_SEED + self.cfg.val_fid_n), float(self.sigmas[0]))
+        with torch.no_grad():
+            x0 = torch.cat([self.sample(xb.to(self.sigmas.device)).cpu() for xb in x_T.split(self.cfg.batch)])
+        return float(self.fid(x0.float()))
+
     def record_validation(self, slot: int):
         loss, rmse = self.val_metrics()
         self.val_loss[slot], self.val_rmse[slot] = loss, rmse
-        if rmse < float(self.best_rmse):  # strictly lower: ties keep the earlier state
+        score = rmse
+        if self.cfg.select == "fid":
+            score = self.heldout_fid()
+            self.val_fid[slot] = score
+            self.log("val/fid", score, sync_dist=False)
+        if score < float(self.best_score):  # strictly lower: ties keep the earlier state
             self.best.load_state_dict(self.predictor.state_dict())
-            self.best_rmse.fill_(rmse)
+            self.best_score.fill_(score)
             self.best_batch.fill_(min(slot * self.cfg.val_every, self.n_batches))
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/endpoint_rmse", rmse, sync_dist=False)
@@ -279,12 +298,14 @@ class AMEDModule(L.LightningModule):
             self.record_validation(0)
 
     def exported(self) -> AMEDPredictor:
-        """The predictor the artifact gets: the best held-out state (select=best) or the last one."""
-        return self.best if self.cfg.select == "best" and int(self.best_batch) >= 0 else self.predictor
+        """The predictor the artifact gets: the best held-out state (select=best or fid) or the last one."""
+        return self.best if self.cfg.select != "last" and int(self.best_batch) >= 0 else self.predictor
 
     def history(self) -> dict:
-        v = [(i * self.cfg.val_every, float(a), float(b)) for i, (a, b) in enumerate(zip(self.val_loss, self.val_rmse))
-             if not math.isnan(float(a))]
+        val = []
+        for i, (a, b, f) in enumerate(zip(self.val_loss, self.val_rmse, self.val_fid)):
+            if not math.isnan(float(a)):
+                val.append({"batch": min(i * self.cfg.val_every, self.n_batches), "loss": float(a),
+                            "endpoint_rmse": float(b), **({} if math.isnan(float(f)) else {"fid": float(f)})})
         rows = [[float(x) for x in row] for row in self.train_loss if not math.isnan(float(row[0]))]
-        return {"train_loss": rows, "val": [{"batch": min(b, self.n_batches), "loss": a, "endpoint_rmse": r}
-                                            for b, a, r in v]}
+        return {"train_loss": rows, "val": val}
