@@ -372,6 +372,19 @@ def test_untrained_plugin_with_the_r_prior_is_its_base_solver(student, grid, afs
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
+def _validate_states(m: AMEDModule, biases, record) -> list[float]:
+    """Validate m (no trainer) once per hand-set state, the r head's bias at each value; returns what each
+    validation wrote into `record` (m.val_rmse or m.val_fid)."""
+    m.log = lambda *a, **k: None
+    out = []
+    for slot, bias in enumerate(biases):
+        with torch.no_grad():
+            m.predictor.fc_r.bias.fill_(bias)
+        m.record_validation(slot)
+        out.append(float(record[slot]))
+    return out
+
+
 def test_select_fid_exports_the_state_of_the_lowest_heldout_fid():
     """select=fid on the shipped digits UNet: three hand-set states (r head's bias +3, 0, -3 around the
     prior); every validation records the FID of the same held-out samples (seeds 2.1e9..), the export is
@@ -382,13 +395,7 @@ def test_select_fid_exports_the_state_of_the_lowest_heldout_fid():
 
     digits = load_model({"kind": "checkpoint", "path": None})
     m = _module(digits, student="ipndm", nfe=4, select="fid", val_fid_n=300, n_val=8, val_every=1)
-    m.log = lambda *a, **k: None  # no trainer here
-    fids = []
-    for slot, bias in enumerate((3.0, 0.0, -3.0)):
-        with torch.no_grad():
-            m.predictor.fc_r.bias.fill_(bias)
-        m.record_validation(slot)
-        fids.append(float(m.val_fid[slot]))
+    fids = _validate_states(m, (3.0, 0.0, -3.0), m.val_fid)
     best = min(range(3), key=fids.__getitem__)
     assert len(set(fids)) == 3 and float(m.best_score) == fids[best] and int(m.best_batch) == best
     assert m.exported() is m.best and float(m.best.fc_r.bias) == (3.0, 0.0, -3.0)[best]
@@ -405,13 +412,7 @@ def test_export_keeps_the_state_with_the_lowest_heldout_rmse():
     """Validation with three hand-set states (r head's bias +2, 0, -2 around the prior): the export is
     the state of the lowest held-out endpoint RMSE, here the middle one, not the last."""
     m = _module(GMM2, student="ipndm", nfe=6, afs=False, val_every=1)
-    m.log = lambda *a, **k: None  # no trainer here
-    rmse = []
-    for slot, bias in enumerate((2.0, 0.0, -2.0)):
-        with torch.no_grad():
-            m.predictor.fc_r.bias.fill_(bias)
-        m.record_validation(slot)
-        rmse.append(float(m.val_rmse[slot]))
+    rmse = _validate_states(m, (2.0, 0.0, -2.0), m.val_rmse)
     assert rmse[1] < min(rmse[0], rmse[2]), rmse
     assert float(m.best_score) == rmse[1] and int(m.best_batch) == 1
     assert m.exported() is m.best and float(m.best.fc_r.bias) == 0.0

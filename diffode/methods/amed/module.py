@@ -133,7 +133,7 @@ class AMEDModule(L.LightningModule):
         self.predictor = AMEDPredictor(feature_shape, cfg.scale_dir, cfg.scale_time, pc["hidden"],
                                        pc["time_channels"], pc["feature_channels"], cfg.prior, cfg.first_at_start)
         # the state with the lowest held-out endpoint RMSE so far (the start included), a frozen copy
-        # that travels with the weights (ddp_spawn, resume); exported when cfg.select == "best"
+        # that travels with the weights (ddp_spawn, resume); exported unless cfg.select == "last"
         self.best = copy.deepcopy(self.predictor).requires_grad_(False)
         self.register_buffer("best_score", torch.tensor(math.inf, dtype=torch.float64))  # RMSE, or FID (select=fid)
         self.register_buffer("best_batch", torch.tensor(-1, dtype=torch.long))
@@ -156,6 +156,7 @@ class AMEDModule(L.LightningModule):
         self.register_buffer("val_rmse", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self.register_buffer("val_fid", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self._val = None
+        self._fid_x_T = None  # select=fid: its held-out latents, drawn once
         self.fid = None  # select=fid: samples -> FID (the builder sets it from the model's FID features)
 
     # -- data ---------------------------------------------------------------------------------
@@ -273,9 +274,11 @@ class AMEDModule(L.LightningModule):
         one per sample as `diffode eval` draws them, never a table's seeds), in batches of cfg.batch."""
         from diffode.models import initial_noise
 
-        x_T = initial_noise(self.shape, range(VAL_FID_SEED, VAL_FID_SEED + self.cfg.val_fid_n), float(self.sigmas[0]))
+        if self._fid_x_T is None:
+            self._fid_x_T = initial_noise(self.shape, range(VAL_FID_SEED, VAL_FID_SEED + self.cfg.val_fid_n),
+                                          float(self.sigmas[0]))
         with torch.no_grad():
-            x0 = torch.cat([self.sample(xb.to(self.sigmas.device)).cpu() for xb in x_T.split(self.cfg.batch)])
+            x0 = torch.cat([self.sample(xb.to(self.sigmas.device)).cpu() for xb in self._fid_x_T.split(self.cfg.batch)])
         return float(self.fid(x0.float()))
 
     def record_validation(self, slot: int):
