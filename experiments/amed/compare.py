@@ -20,6 +20,7 @@ args = ap.parse_args()
 t = json.loads(Path(args.results).read_text())[f"n{args.n}" + (f"_seed{args.seed0}" if args.seed0 else "")]
 nfes = sorted({int(k) for row in t.values() for k in row})
 print(f"{args.n} samples per cell; each cell: AMED vs base, FID and RMSE; W = AMED lower, L = AMED higher, "
+      "= = the same up to round-off (1e-6), "
       "! = the FIDs' 95% intervals do not overlap")
 print()
 print("| AMED row vs base | " + " | ".join(f"NFE {k}" for k in nfes) + " | wins FID (disjoint intervals) / RMSE |")
@@ -31,11 +32,15 @@ for a, b in PAIRS:
         if not x or not y:
             cells.append("")
             continue
-        f, r = x["fid"] < y["fid"], x["rmse"] < y["rmse"]
+        # "=": the same samples up to round-off (an exported untrained plugin is its base solver)
+        tie = lambda u, v: abs(u - v) <= 1e-6 * abs(v)  # noqa: E731
+        mark = lambda u, v: "=" if tie(u, v) else ("W" if u < v else "L")  # noqa: E731
+        f = not tie(x["fid"], y["fid"]) and x["fid"] < y["fid"]
+        r = not tie(x["rmse"], y["rmse"]) and x["rmse"] < y["rmse"]
         # "!": the two 95% bootstrap intervals do not overlap (where measured: digits_fid.py --bootstrap)
         apart = "fid_lo" in x and "fid_lo" in y and (x["fid_hi"] < y["fid_lo"] or y["fid_hi"] < x["fid_lo"])
         wf, wr, m, sig = wf + f, wr + r, m + 1, sig + (f and apart)
-        cells.append(f"{x['fid']:.1f} vs {y['fid']:.1f} {'W' if f else 'L'}{'!' if apart else ''}; "
-                     f"{x['rmse']:.3f} vs {y['rmse']:.3f} {'W' if r else 'L'}")
+        cells.append(f"{x['fid']:.1f} vs {y['fid']:.1f} {mark(x['fid'], y['fid'])}{'!' if apart else ''}; "
+                     f"{x['rmse']:.3f} vs {y['rmse']:.3f} {mark(x['rmse'], y['rmse'])}")
     if m:
         print(f"| {a} vs {b} | " + " | ".join(cells) + f" | {wf}/{m} ({sig} apart) / {wr}/{m} |")
