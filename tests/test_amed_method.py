@@ -206,6 +206,25 @@ def test_endpoint_objective_trains_on_the_whole_solve():
     assert abs(float(want) - h[-1]["loss"]) < 1e-12 * max(1.0, float(want))
 
 
+def test_digits_perceptual_distance_is_the_objective_and_reaches_the_predictor():
+    """distance=digits_perceptual: the endpoint objective is the batch mean of DigitsPerceptual between the
+    student's and the teacher's endpoints (not the squared L2), and its gradient reaches the predictor."""
+    from diffode.metrics.digits_perceptual import DigitsPerceptual
+
+    m = _module(_tiny_unet_model(), student="dpm_solver_2", nfe=4, afs=False, objective="endpoint",
+                distance="digits_perceptual", n_trajectories=8, batch=4, n_val=4)
+    x_T = prior_sample((4, 1, 8, 8), 80.0, generator=torch.Generator().manual_seed(0)).double()
+    teacher = m.teacher_points(x_T)
+    (loss,) = m.interval_losses(x_T, teacher, update=False)
+    with torch.no_grad():
+        want = DigitsPerceptual()(m.sample(x_T), teacher[-1]).mean()
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-9)
+    assert abs(float(loss) - float((m.sample(x_T) - teacher[-1]).flatten(1).pow(2).sum(1).mean())) > 1e-3
+    m.predictor.zero_grad()
+    m.distance(m.sample(x_T), teacher[-1]).backward()
+    assert sum(float(p.grad.abs().sum()) for p in m.predictor.parameters() if p.grad is not None) > 0
+
+
 def test_val_refine_makes_the_heldout_target_closer_to_the_ode_solution():
     """val_refine = 4: the held-out teacher (iPNDM, order 2 on these grids) runs on a 4x finer grid that
     contains the student's sigmas, so its endpoint is >= 8x closer to a fine Heun solve than the training
@@ -240,6 +259,8 @@ def _cfg(tmp_path, *ov):
     (["method.batch=7", "trainer=ddp_sim"], "divisible by the 2 training processes"),
     (["method.teacher_solver=nope"], "unknown solver 'nope'"),
     (["method.select=fid"], "select=fid scores images"),
+    (["method.distance=digits_perceptual"], "compares 8x8 grey digits"),
+    (["method.distance=l1"], "method.distance='l1' is unknown; choose one of l2, digits_perceptual, lpips"),
 ])
 def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, match, monkeypatch):
     from diffode.cli.errors import ConfigError

@@ -186,3 +186,54 @@ def test_digits_fid_separates_real_from_noise(tmp_path):
     sets.append(torch.rand(360, 1, 8, 8, generator=g) * 2 - 1)
     fids = [F.fid_score(x, f, ref) for x in sets]
     assert fids == sorted(fids) and fids[0] < 0.02 * fids[-1]
+
+
+# -- the digits perceptual distance ---------------------------------------------------------
+
+def test_digits_perceptual_distance_is_the_lpips_sum_over_the_perceptual_classifiers_relus():
+    """d(x, y) = sum over the ReLU outputs of mean over positions of |unit(h_x) - unit(h_y)|^2 (channel-unit
+    vectors), taken here by forward hooks on the classifier itself; its backbone is not the FID classifier."""
+    from diffode.data.digits import load_digits_tensors
+    from diffode.metrics.digits_classifier import accuracy, load_classifier
+    from diffode.metrics.digits_perceptual import DigitsPerceptual
+
+    model, info = load_classifier("perceptual")
+    fid_model, _ = load_classifier("fid")
+    x, y = load_digits_tensors("heldout")
+    assert accuracy(model, x, y) >= 0.97 and info["train_config"]["seed"] != 0
+    assert sum(p.numel() for p in model.parameters()) != sum(p.numel() for p in fid_model.parameters())
+    acts = []
+    hooks = [m.register_forward_hook(lambda m, i, o: acts.append(o)) for m in model.body if isinstance(m, torch.nn.ReLU)]
+    try:
+        a, b = x[:16].double(), x[16:32].double()
+        model(a.float()), model(b.float())
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(acts) == 8  # three conv maps and the penultimate layer, for a and for b
+    want = torch.zeros(16, dtype=torch.float64)
+    for ha, hb in zip(acts[:4], acts[4:]):
+        ua = ha.double() / ha.double().norm(dim=1, keepdim=True).clamp_min(1e-10)
+        ub = hb.double() / hb.double().norm(dim=1, keepdim=True).clamp_min(1e-10)
+        diff = (ua - ub).pow(2).sum(1)
+        want += diff.reshape(16, -1).mean(1)  # the 128-d layer: one position
+    d = DigitsPerceptual()
+    torch.testing.assert_close(d(a, b), want, rtol=1e-5, atol=1e-6)
+    assert d(a, b).dtype == torch.float64 and float(d(a, a).abs().max()) < 1e-12
+    torch.testing.assert_close(d(a, b), d(b, a))
+
+
+def test_digits_perceptual_distance_grows_with_corruption_and_refuses_other_shapes():
+    from diffode.data.digits import load_digits_tensors
+    from diffode.metrics.digits_perceptual import DigitsPerceptual
+
+    d = DigitsPerceptual()
+    x = load_digits_tensors("heldout")[0]
+    g = torch.Generator().manual_seed(0)
+    means = [float(d(x, (x + s * torch.randn(x.shape, generator=g)).clamp(-1, 1)).mean()) for s in (0.05, 0.2, 0.5, 1.0)]
+    assert means == sorted(means) and means[0] < 0.2 * means[-1], means
+    xg = x[:4].clone().requires_grad_(True)
+    d(xg, x[4:8]).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="compares \\[B, 1, 8, 8\\] images"):
+        d(torch.zeros(2, 2), torch.zeros(2, 2))

@@ -1,12 +1,17 @@
-"""A small CNN classifier of the 8x8 digits: FID features and a quality check for `digits`.
+"""Small CNN classifiers of the 8x8 digits: FID features, a quality check, and a perceptual distance.
 
 Trained on the training split of diffode.data.digits (held-out 20% never seen), with small
-random shifts as augmentation. Its penultimate layer (128-d, post-ReLU, like Inception's
-pool3) is the FID feature net for digits. The trained weights ship in
-diffode/assets/digits_classifier.pt together with their held-out accuracy; when that file
-is missing the classifier is trained on first use (about a minute on 2 CPU cores) and cached.
+random shifts as augmentation. Two of them ship in diffode/assets with their held-out accuracy:
 
-    python -m diffode.metrics.digits_classifier     # retrain and write the shipped asset
+- `fid` (digits_classifier.pt, width 32, seed 0): its penultimate layer (128-d, post-ReLU, like
+  Inception's pool3) is the FID feature net for digits;
+- `perceptual` (digits_perceptual.pt, width 16, seed 1): the backbone of the digits perceptual
+  distance (diffode/metrics/digits_perceptual.py), a different network from the FID one, as LPIPS'
+  VGG is not FID's Inception, so that a method trained on that distance is not trained on the metric.
+
+When a file is missing its classifier is trained on first use (under a minute on 2 CPU cores) and cached.
+
+    python -m diffode.metrics.digits_classifier [fid|perceptual]   # retrain and write the shipped asset
 """
 from __future__ import annotations
 
@@ -19,14 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-def _asset() -> Path:
+def _asset(name: str = "digits_classifier.pt") -> Path:
     from diffode.config import asset
 
-    return asset("digits_classifier.pt")  # shipped in the package (diffode/assets)
+    return asset(name)  # shipped in the package (diffode/assets)
 
 
 ASSET = _asset()
-TRAIN = dict(epochs=60, batch_size=64, lr=2e-3, weight_decay=1e-4, max_shift=1, seed=0)
+TRAIN = dict(epochs=60, batch_size=64, lr=2e-3, weight_decay=1e-4, max_shift=1, seed=0, width=32)
+# kind -> (shipped file, training options over TRAIN)
+KINDS = {"fid": ("digits_classifier.pt", {}), "perceptual": ("digits_perceptual.pt", dict(seed=1, width=16))}
 
 
 class DigitsCNN(nn.Module):
@@ -69,14 +76,15 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def train_classifier(epochs: int = TRAIN["epochs"], batch_size: int = TRAIN["batch_size"], lr: float = TRAIN["lr"],
                      weight_decay: float = TRAIN["weight_decay"], max_shift: int = TRAIN["max_shift"],
-                     seed: int = TRAIN["seed"], verbose: bool = False) -> tuple[DigitsCNN, dict]:
+                     seed: int = TRAIN["seed"], width: int = TRAIN["width"],
+                     verbose: bool = False) -> tuple[DigitsCNN, dict]:
     from diffode.data.digits import load_digits_tensors
 
     x, y = load_digits_tensors("train")
     x_val, y_val = load_digits_tensors("heldout")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = DigitsCNN()
+    model = DigitsCNN(width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -96,7 +104,7 @@ def train_classifier(epochs: int = TRAIN["epochs"], batch_size: int = TRAIN["bat
     model.eval()
     info = dict(heldout_accuracy=accuracy(model, x_val, y_val), train_accuracy=accuracy(model, x, y),
                 n_train=len(x), n_heldout=len(x_val), train_config=dict(epochs=epochs, batch_size=batch_size, lr=lr,
-                weight_decay=weight_decay, max_shift=max_shift, seed=seed))
+                weight_decay=weight_decay, max_shift=max_shift, seed=seed, width=width))
     return model, info
 
 
@@ -107,27 +115,31 @@ def save_classifier(model: DigitsCNN, info: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _cached_path() -> Path:
+def _cached_path(kind: str = "fid") -> Path:
     from .fid import cache_dir
 
-    return cache_dir() / "digits_classifier.pt"
+    return cache_dir() / KINDS[kind][0]
 
 
-@lru_cache(maxsize=1)
-def load_classifier() -> tuple[DigitsCNN, dict]:
-    """The shipped classifier, else the one cached from a first-use training, else train it now."""
-    for path in (ASSET, _cached_path()):
+@lru_cache(maxsize=2)
+def load_classifier(kind: str = "fid") -> tuple[DigitsCNN, dict]:
+    """The shipped classifier of this kind (KINDS), else the one cached from a first-use training, else
+    train it now."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown digits classifier {kind!r}; choose one of {', '.join(KINDS)}")
+    name, over = KINDS[kind]
+    for path in (_asset(name), _cached_path(kind)):
         if path.is_file():
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = DigitsCNN()
+            model = DigitsCNN(blob["info"]["train_config"].get("width", TRAIN["width"]))
             model.load_state_dict(blob["state_dict"])
             model.eval().requires_grad_(False)
             digest = hashlib.sha1(path.read_bytes()).hexdigest()[:8]
             return model, {**blob["info"], "path": str(path), "sha1": digest}
-    model, info = train_classifier()
-    save_classifier(model, info, _cached_path())
+    model, info = train_classifier(**over)
+    save_classifier(model, info, _cached_path(kind))
     load_classifier.cache_clear()
-    return load_classifier()
+    return load_classifier(kind)
 
 
 class DigitsFeatures(nn.Module):
@@ -156,7 +168,11 @@ def confident_share(images: Tensor, thr: float = 0.9) -> float:
 
 
 if __name__ == "__main__":
+    import sys
+
+    kind = sys.argv[1] if len(sys.argv) > 1 else "fid"
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    model, info = train_classifier(verbose=True)
-    save_classifier(model, info, ASSET)
-    print(f"wrote {ASSET}: held-out accuracy {info['heldout_accuracy']:.4f} on {info['n_heldout']} images")
+    model, info = train_classifier(**KINDS[kind][1], verbose=True)
+    path = _asset(KINDS[kind][0])
+    save_classifier(model, info, path)
+    print(f"wrote {path}: held-out accuracy {info['heldout_accuracy']:.4f} on {info['n_heldout']} images")

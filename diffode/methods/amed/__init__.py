@@ -11,13 +11,16 @@ import time
 
 import torch
 
+from diffode.metrics.distance import distance_errors
+
 from ..registry import Context, register_method
 from .module import MULTISTEP, STUDENTS, AMEDConfig, AMEDModule, teacher_indices  # noqa: F401
 from .predictor import PRIOR_GRIDS, AMEDPredictor, predictor_spec  # noqa: F401
 
 KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
         "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor",
-        "r_prior", "select", "afs_grid", "val_refine", "objective", "val_fid_n")
+        "r_prior", "select", "afs_grid", "val_refine", "objective", "val_fid_n", "distance")
+DISTANCES = ("l2", "digits_perceptual", "lpips")  # l2: the paper's squared distance (module.squared_distance)
 FEATURES = ("auto", "bottleneck", "times_only")
 REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
 
@@ -115,7 +118,8 @@ def resolve(o: dict, model) -> AMEDConfig:
                       scale_time=float(o["scale_time"]), batch=int(o["batch"]), n_trajectories=int(o["n_trajectories"]),
                       lr=float(o["lr"]), seed=int(o["seed"]), n_val=int(o["n_val"]), val_every=int(o["val_every"]),
                       predictor=dict(o["predictor"]), prior=prior(o), select=o["select"],
-                      first_at_start=_base_start(o), objective=o["objective"], val_fid_n=int(o["val_fid_n"]))
+                      first_at_start=_base_start(o), objective=o["objective"], val_fid_n=int(o["val_fid_n"]),
+                      distance=o["distance"])
 
 
 def check(options: dict, ctx: Context) -> list[str]:
@@ -173,6 +177,7 @@ def check(options: dict, ctx: Context) -> list[str]:
                       "method.afs_grid=auto or paper.")
     if o["objective"] not in ("interval", "endpoint"):
         errors.append(f"method.objective={o['objective']!r}; choose interval (the paper's) or endpoint.")
+    errors += distance_errors(o["distance"], None if ctx.teacher is None else ctx.teacher.shape, DISTANCES)
     if o["select"] not in ("best", "fid", "last"):
         errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE), fid (lowest "
                       "held-out FID) or last.")

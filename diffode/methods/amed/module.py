@@ -72,11 +72,22 @@ class AMEDConfig:
     val_fid_n: int = 2000  # select=fid: held-out latents of the FID
     first_at_start: bool = False  # afs_grid: base: step 0's stage at sigma_max (predictor.py)
     objective: str = "interval"  # interval: the paper's, one Adam step per interval | endpoint: one per batch
+    distance: str = "l2"  # l2: the paper's squared distance | digits_perceptual | lpips (diffode.metrics.distance)
 
 
 def squared_distance(a: Tensor, b: Tensor) -> Tensor:
-    """The training distance: |a - b|^2 per sample, averaged over the batch."""
+    """The paper's training distance: |a - b|^2 per sample, averaged over the batch."""
     return (a - b).flatten(1).pow(2).sum(1).mean()
+
+
+def batch_distance(name: str):
+    """distance -> (a, b) -> the batch mean of the per-sample distance, and the network it carries (or None)."""
+    if name == "l2":
+        return squared_distance, None
+    from diffode.metrics.distance import make_distance
+
+    d = make_distance(name)
+    return (lambda a, b: d(a, b).mean()), d.net
 
 
 def teacher_indices(sigmas: Tensor, teacher_sigmas: Tensor) -> list[int] | None:
@@ -160,6 +171,7 @@ class AMEDModule(L.LightningModule):
         self.register_buffer("val_loss", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self.register_buffer("val_rmse", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self.register_buffer("val_fid", torch.full((n_evals,), math.nan, dtype=torch.float64))
+        self.distance, self.distance_net = batch_distance(cfg.distance)  # the net: a submodule, follows the device
         self._val = None
         self._fid_x_T = None  # select=fid: its held-out latents, drawn once
         self.fid = None  # select=fid: samples -> FID (the builder sets it from the model's FID features)
@@ -215,9 +227,10 @@ class AMEDModule(L.LightningModule):
 
     def interval_losses(self, x_T: Tensor, teacher: list[Tensor], update: bool) -> list[Tensor]:
         """The losses on one batch (n_losses of them); with update, one optimizer step after each.
-        objective interval: per interval n, |x_student(sigma_{n+1}) - x*_{n+1}|^2 (module docstring);
-        endpoint: |x_student(sigma_N) - x*_N|^2 of the whole student solve, the gradient through every step."""
-        sq = squared_distance
+        objective interval: per interval n, d(x_student(sigma_{n+1}), x*_{n+1}) (module docstring);
+        endpoint: d(x_student(sigma_N), x*_N) of the whole student solve, the gradient through every step;
+        d: cfg.distance (the paper's |a - b|^2 by default)."""
+        sq = self.distance
         if self.cfg.objective == "endpoint":
             loss = sq(self.sample(x_T), teacher[-1])
             if update:
@@ -264,7 +277,7 @@ class AMEDModule(L.LightningModule):
         with torch.no_grad():
             x0 = self.sample(x_T)
             if self.cfg.objective == "endpoint":  # the objective is this solve's own distance: no second solve
-                loss = float(squared_distance(x0, teacher[-1]))
+                loss = float(self.distance(x0, teacher[-1]))
             else:
                 loss = float(torch.stack(self.interval_losses(x_T, teacher, update=False)).sum())
         rmse = float((x0 - teacher[-1]).pow(2).mean().sqrt())

@@ -6,6 +6,8 @@ Not checkpointed: its state is 2N+2 numbers and the cached teacher pairs, re-mad
 """
 from __future__ import annotations
 
+from diffode.metrics.distance import distance_errors
+
 from ..registry import Context, register_method
 from .module import DISTANCES, Checkpointed, LD3Config, LD3Module, steps_for_nfe  # noqa: F401
 
@@ -36,11 +38,7 @@ def check(options: dict, ctx: Context) -> list[str]:
                               "the solver: pick a deterministic solver (ddim, dpmpp_3m, unipc_bh1, ipndm, ...).")
         except (ValueError, TypeError) as e:
             errors.append(f"{what}={name} nfe={nfe}: {e}")
-    if cfg.distance not in DISTANCES:
-        errors.append(f"method.distance={cfg.distance!r} is unknown; choose one of {', '.join(DISTANCES)}.")
-    if cfg.distance == "lpips" and ctx.teacher is not None and len(ctx.teacher.shape) != 3:
-        errors.append(f"method.distance=lpips needs images but the model's samples have shape {ctx.teacher.shape}; "
-                      "use method.distance=l2.")
+    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape)
     if cfg.gamma < 0:
         errors.append(f"method.gamma={cfg.gamma} must be >= 0 (the soft-loss ball radius; 0 gives the hard loss).")
     if not 0 < cfg.win_rate <= 0.5:

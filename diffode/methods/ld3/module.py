@@ -21,14 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from diffode.core.learned_grid import LearnedGrid, ball_radius, logits_for_grid, project_ball
-
 from diffode.config import cache_dir
+from diffode.core.learned_grid import LearnedGrid, ball_radius, logits_for_grid, project_ball
+from diffode.metrics.distance import DISTANCES, make_distance  # noqa: F401  (DISTANCES: the runner's check)
 from diffode.models import schedule_spec
 
 from .teacher import cached_pairs, make_pairs
-
-DISTANCES = ("lpips", "l2", "l1")
 
 
 @dataclass
@@ -94,31 +92,6 @@ class Checkpointed(nn.Module):
 
     def forward(self, x, sigma):
         return checkpoint(self.denoiser, x, sigma, use_reentrant=False)
-
-
-# -- distances ----------------------------------------------------------------------------
-
-def make_distance(name: str, lpips_net: str = "vgg", random_backbone: bool = False):
-    """d(a, b) -> per-sample distance [B]."""
-    if name == "l2":
-        return lambda a, b: (a - b).flatten(1).pow(2).mean(1)
-    if name == "l1":
-        return lambda a, b: (a - b).flatten(1).abs().mean(1)
-    if name == "lpips":
-        # diffode.metrics.lpips gives 3 channels and >= 32x32 to small/grey images, and refuses to run
-        # without the pretrained backbone unless random_backbone (tests only) is asked for.
-        from diffode.metrics.lpips import LPIPS
-
-        net = LPIPS(lpips_net, random_backbone=random_backbone)
-
-        def d(a, b):
-            if a.ndim != 4:
-                raise ValueError(f"LPIPS needs images [B, C, H, W], got shape {tuple(a.shape)}; use distance=l2 or l1")
-            return net(a, b).to(a.dtype)
-
-        d.net = net
-        return d
-    raise ValueError(f"unknown distance {name!r}; choose one of {DISTANCES}")
 
 
 # -- the LightningModule --------------------------------------------------------------------
