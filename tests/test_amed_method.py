@@ -220,6 +220,11 @@ def test_digits_perceptual_distance_is_the_objective_and_reaches_the_predictor()
         want = DigitsPerceptual()(m.sample(x_T), teacher[-1]).mean()
     torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-9)
     assert abs(float(loss) - float((m.sample(x_T) - teacher[-1]).flatten(1).pow(2).sum(1).mean())) > 1e-3
+    m2 = _module(_tiny_unet_model(), student="dpm_solver_2", nfe=4, afs=False, objective="endpoint",
+                 distance="digits_perceptual", l2_weight=0.5, n_trajectories=8, batch=4, n_val=4)
+    with torch.no_grad():
+        a, b = m.sample(x_T), teacher[-1]
+        torch.testing.assert_close(m2.distance(a, b), want + 0.5 * (a - b).pow(2).mean(), rtol=1e-6, atol=1e-9)
     m.predictor.zero_grad()
     m.distance(m.sample(x_T), teacher[-1]).backward()
     assert sum(float(p.grad.abs().sum()) for p in m.predictor.parameters() if p.grad is not None) > 0
@@ -261,6 +266,7 @@ def _cfg(tmp_path, *ov):
     (["method.select=fid"], "select=fid scores images"),
     (["method.distance=digits_perceptual"], "compares 8x8 grey digits"),
     (["method.distance=l1"], "method.distance='l1' is unknown; choose one of l2, digits_perceptual, lpips"),
+    (["method.l2_weight=0.5"], "0 with method.distance=l2"),
 ])
 def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, match, monkeypatch):
     from diffode.cli.errors import ConfigError

@@ -73,6 +73,7 @@ class AMEDConfig:
     first_at_start: bool = False  # afs_grid: base: step 0's stage at sigma_max (predictor.py)
     objective: str = "interval"  # interval: the paper's, one Adam step per interval | endpoint: one per batch
     distance: str = "l2"  # l2: the paper's squared distance | digits_perceptual | lpips (diffode.metrics.distance)
+    l2_weight: float = 0.0  # with a network distance: plus l2_weight x the mean squared error per dimension
 
 
 def squared_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -80,13 +81,16 @@ def squared_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).flatten(1).pow(2).sum(1).mean()
 
 
-def batch_distance(name: str):
-    """distance -> (a, b) -> the batch mean of the per-sample distance, and the network it carries (or None)."""
+def batch_distance(name: str, l2_weight: float = 0.0):
+    """distance -> (a, b) -> the batch mean of the per-sample distance (a network distance plus l2_weight x the
+    mean squared error per dimension), and the network it carries (or None)."""
     if name == "l2":
         return squared_distance, None
     from diffode.metrics.distance import make_distance
 
     d = make_distance(name)
+    if l2_weight:
+        return (lambda a, b: d(a, b).mean() + l2_weight * (a - b).pow(2).mean()), d.net
     return (lambda a, b: d(a, b).mean()), d.net
 
 
@@ -171,7 +175,7 @@ class AMEDModule(L.LightningModule):
         self.register_buffer("val_loss", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self.register_buffer("val_rmse", torch.full((n_evals,), math.nan, dtype=torch.float64))
         self.register_buffer("val_fid", torch.full((n_evals,), math.nan, dtype=torch.float64))
-        self.distance, self.distance_net = batch_distance(cfg.distance)  # the net: a submodule, follows the device
+        self.distance, self.distance_net = batch_distance(cfg.distance, cfg.l2_weight)  # the net: a submodule, follows the device
         self._val = None
         self._fid_x_T = None  # select=fid: its held-out latents, drawn once
         self.fid = None  # select=fid: samples -> FID (the builder sets it from the model's FID features)
