@@ -435,6 +435,25 @@ def test_select_fid_exports_the_state_of_the_lowest_heldout_fid():
     assert again == pytest.approx(fids[best], rel=1e-6)
 
 
+def test_select_fid_rmse_skips_states_with_a_larger_solver_error_than_the_start():
+    """select=fid_rmse: the state of the lowest held-out FID among those whose endpoint RMSE is not above the
+    start's (slot 0). Hand-set states on the digits UNet with the FID stubbed to fall as the RMSE grows, so
+    select=fid would take the state of the largest RMSE and fid_rmse must not."""
+    digits = load_model({"kind": "checkpoint", "path": None})
+    biases = (0.5, 0.0, -3.0, 3.0)
+    picks = {}
+    for select in ("fid", "fid_rmse"):
+        m = _module(digits, student="ipndm", nfe=4, select=select, n_val=8, val_every=1)
+        slot = iter(range(len(biases)))
+        m.fid = lambda x0, m=m, slot=slot: 100.0 - 10.0 * float(m.val_rmse[next(slot)])  # the RMSE is recorded first
+        rmses = _validate_states(m, biases, m.val_rmse)
+        picks[select] = int(m.best_batch)
+    worst = max(range(4), key=rmses.__getitem__)
+    allowed = [i for i in range(4) if i == 0 or rmses[i] <= rmses[0]]
+    assert worst not in allowed, rmses  # some state has a larger RMSE than the start
+    assert picks["fid"] == worst and picks["fid_rmse"] == max(allowed, key=rmses.__getitem__), (rmses, picks)
+
+
 def test_export_keeps_the_state_with_the_lowest_heldout_rmse():
     """Validation with three hand-set states (r head's bias +2, 0, -2 around the prior): the export is
     the state of the lowest held-out endpoint RMSE, here the middle one, not the last."""

@@ -68,7 +68,8 @@ class AMEDConfig:
     val_every: int
     predictor: dict  # features (bottleneck | times_only), hidden, time_channels, feature_channels
     prior: dict | None = None  # the r prior (predictor.py), resolved from r_prior and the grid
-    select: str = "best"  # best: the state of the lowest held-out endpoint RMSE | fid: of the lowest held-out FID | last
+    select: str = "best"  # best: the state of the lowest held-out endpoint RMSE | fid: of the lowest held-out FID |
+    # fid_rmse: of the lowest held-out FID among those whose endpoint RMSE is not above the start's | last
     val_fid_n: int = 2000  # select=fid: held-out latents of the FID
     first_at_start: bool = False  # afs_grid: base: step 0's stage at sigma_max (predictor.py)
     objective: str = "interval"  # interval: the paper's, one Adam step per interval | endpoint: one per batch
@@ -310,10 +311,12 @@ class AMEDModule(L.LightningModule):
         loss, rmse = self.val_metrics()
         self.val_loss[slot], self.val_rmse[slot] = loss, rmse
         score = rmse
-        if self.cfg.select == "fid":
+        if self.cfg.select in ("fid", "fid_rmse"):
             score = self.heldout_fid()
             self.val_fid[slot] = score
             self.log("val/fid", score, sync_dist=False)
+            if self.cfg.select == "fid_rmse" and slot > 0 and rmse > float(self.val_rmse[0]):
+                score = math.inf  # fid_rmse: never a state with a larger solver error than the start's
         if score < float(self.best_score):  # strictly lower: ties keep the earlier state
             self.best.load_state_dict(self.predictor.state_dict())
             self.best_score.fill_(score)
