@@ -30,7 +30,6 @@ def _asset(name: str = "digits_classifier.pt") -> Path:
     return asset(name)  # shipped in the package (diffode/assets)
 
 
-ASSET = _asset()
 TRAIN = dict(epochs=60, batch_size=64, lr=2e-3, weight_decay=1e-4, max_shift=1, seed=0, width=32)
 # kind -> (shipped file, training options over TRAIN)
 KINDS = {"fid": ("digits_classifier.pt", {}), "perceptual": ("digits_perceptual.pt", dict(seed=1, width=16))}

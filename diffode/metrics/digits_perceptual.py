@@ -29,9 +29,8 @@ class DigitsPerceptual(nn.Module):
         super().__init__()
         from .digits_classifier import load_classifier
 
-        model, info = load_classifier("perceptual")
+        model, _ = load_classifier("perceptual")
         self.body = model.body.eval().requires_grad_(False)
-        self.identity = f"digits_perceptual-{info['sha1']}"
 
     def activations(self, x: Tensor) -> list[Tensor]:
         """The output of every ReLU of the classifier's body (Dropout is the identity in eval mode)."""

@@ -14,7 +14,7 @@ import torch
 from diffode.metrics.distance import distance_errors
 
 from ..registry import Context, register_method
-from .module import MULTISTEP, STUDENTS, AMEDConfig, AMEDModule, teacher_indices  # noqa: F401
+from .module import FID_SELECTS, MULTISTEP, STUDENTS, AMEDConfig, AMEDModule, teacher_indices  # noqa: F401
 from .predictor import PRIOR_GRIDS, AMEDPredictor, predictor_spec  # noqa: F401
 
 KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
@@ -181,10 +181,10 @@ def check(options: dict, ctx: Context) -> list[str]:
     if not float(o["l2_weight"]) >= 0 or (float(o["l2_weight"]) and o["distance"] == "l2"):
         errors.append(f"method.l2_weight={o['l2_weight']} adds that multiple of the mean squared error to a network "
                       "distance (digits_perceptual, lpips): use a value >= 0, and 0 with method.distance=l2.")
-    if o["select"] not in ("best", "fid", "fid_rmse", "last"):
+    if o["select"] not in ("best", *FID_SELECTS, "last"):
         errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE), fid (lowest "
                       "held-out FID), fid_rmse (lowest held-out FID with no larger RMSE than the start's) or last.")
-    elif o["select"] in ("fid", "fid_rmse") and ctx.teacher is not None and len(ctx.teacher.shape) != 3:
+    elif o["select"] in FID_SELECTS and ctx.teacher is not None and len(ctx.teacher.shape) != 3:
         errors.append(f"method.select={o['select']} scores images with FID, but this model makes {tuple(ctx.teacher.shape)}-shaped "
                       "samples (a mixture); use method.select=best (held-out endpoint RMSE).")
     if o["predictor"].get("features") not in FEATURES:
@@ -267,7 +267,7 @@ def build(options: dict, ctx: Context) -> AMEDModule:
     _, val_sigmas = grids(options, m, int(options["val_refine"]))
     module = AMEDModule(m.denoiser, m.shape, sigmas, teacher_sigmas, cfg, _feature_shape(options, m), val_sigmas)
     module.student_name, module.options = options["student"], dict(options)
-    if cfg.select in ("fid", "fid_rmse"):  # the model's FID (conf/eval.yaml fid: features and reference data), no bootstrap
+    if cfg.select in FID_SELECTS:  # the model's FID (conf/eval.yaml fid: features and reference data), no bootstrap
         from diffode.config import eval_fid_config
         from diffode.evaluation.metrics import FIDMetrics
 

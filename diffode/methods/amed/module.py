@@ -41,6 +41,7 @@ from .predictor import AMEDPredictor
 SINGLE_STEP = ("amed", "euler", "ddim", "dpm_solver_2")
 MULTISTEP = ("ipndm", "dpmpp_2m")
 STUDENTS = SINGLE_STEP + MULTISTEP
+FID_SELECTS = ("fid", "fid_rmse")  # the select modes that score every validation state by its held-out FID
 VAL_SEED = 2_000_000_000  # held-out latents: far from the training seeds and from the seeds 0.. of diffode eval
 VAL_FID_SEED = 2_100_000_000  # select=fid: the held-out FID's latents, seeded one per sample from here
 
@@ -311,7 +312,7 @@ class AMEDModule(L.LightningModule):
         loss, rmse = self.val_metrics()
         self.val_loss[slot], self.val_rmse[slot] = loss, rmse
         score = rmse
-        if self.cfg.select in ("fid", "fid_rmse"):
+        if self.cfg.select in FID_SELECTS:
             score = self.heldout_fid()
             self.val_fid[slot] = score
             self.log("val/fid", score, sync_dist=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from diffode.metrics.distance import distance_errors
 
 from ..registry import Context, register_method
-from .module import DISTANCES, Checkpointed, LD3Config, LD3Module, steps_for_nfe  # noqa: F401
+from .module import Checkpointed, LD3Config, LD3Module, steps_for_nfe  # noqa: F401
 
 
 def _cfg(options: dict) -> LD3Config:
