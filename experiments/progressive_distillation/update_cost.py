@@ -1,7 +1,8 @@
 """Seconds per progressive-distillation update of the shipped digits UNet, by batch size and thread count.
 
-One update is what ProgressiveDistillationModule.training_step does plus the optimiser: the teacher's two
-DDIM evaluations (no grad), the student's forward and backward, one Adam step. The configurations are
+One update is the loss of ProgressiveDistillationModule.training_step (diffode.core.distillation.pd_loss:
+the teacher's two DDIM evaluations, no grad, and the student's forward) with its backward and one Adam step,
+on uniform noise images in [-1, 1] instead of dataset draws; the gradient clip is left out. The configurations are
 timed in turn, `--reps` rounds of `--updates` updates each, so a change of machine load hits all of them
 alike; the table gives the median round. Lightning's own per-step overhead is not included.
 
