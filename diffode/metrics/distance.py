@@ -9,18 +9,28 @@ from __future__ import annotations
 DISTANCES = ("lpips", "l2", "l1", "digits_perceptual")
 
 
-def distance_errors(name: str, shape=None, choices=DISTANCES) -> list[str]:
-    """Why method.distance=name cannot serve a model whose samples have this shape (None: not known yet)."""
+def distance_errors(name: str, shape=None, choices=DISTANCES, lpips_net: str = "vgg", random_backbone: bool = False,
+                    instead: str = "l2") -> list[str]:
+    """Why method.distance=name cannot serve a model whose samples have this shape (None: not known yet).
+
+    lpips also needs its pretrained backbone on disk (unless random_backbone, for tests): a missing file is
+    said here, at config time, with the command that fetches it. instead: the distance(s) to suggest.
+    """
     if name not in choices:
         return [f"method.distance={name!r} is unknown; choose one of {', '.join(choices)}."]
-    if shape is None:
-        return []
-    if name == "lpips" and len(shape) != 3:
+    if name == "lpips" and shape is not None and len(shape) != 3:
         return [f"method.distance=lpips needs images but the model's samples have shape {tuple(shape)}; "
-                "use method.distance=l2."]
-    if name == "digits_perceptual" and tuple(shape) != (1, 8, 8):
+                f"use method.distance={instead}."]
+    if name == "lpips" and not random_backbone:
+        from diffode.metrics.weights import MissingWeightsError, require_weights
+
+        try:
+            require_weights(f"lpips-{lpips_net}")
+        except (MissingWeightsError, ValueError) as e:
+            return [f"method.distance=lpips: {e} Or use method.distance={instead}."]
+    if name == "digits_perceptual" and shape is not None and tuple(shape) != (1, 8, 8):
         return [f"method.distance=digits_perceptual compares 8x8 grey digits but the model's samples have shape "
-                f"{tuple(shape)}; use method.distance=l2 (or lpips for larger images)."]
+                f"{tuple(shape)}; use method.distance={instead} (or lpips for larger images)."]
     return []
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ...metrics.distance import distance_errors
 from ..registry import Context, register_method
 from .module import DISTANCES, OPTIMIZERS, CDConfig, ConsistencyDistillationModule, sampling_sigmas  # noqa: F401
 
@@ -67,19 +68,8 @@ def check(options: dict, ctx: Context) -> list[str]:
                           f"step must use only x at sigma_n: choose one of {', '.join(SINGLE_STEP_SOLVERS)}.")
     except ValueError as e:
         errors.append(f"method.teacher_solver: {e}")
-    if cfg.distance not in DISTANCES:
-        errors.append(f"method.distance={cfg.distance!r} is unknown; choose one of {', '.join(DISTANCES)}.")
-    if cfg.distance == "lpips":
-        if ctx.teacher is not None and len(ctx.teacher.shape) != 3:
-            errors.append(f"method.distance=lpips needs images but the model makes shape {tuple(ctx.teacher.shape)}; "
-                          "use method.distance=l2 or pseudo_huber.")
-        elif not cfg.lpips_random_backbone:
-            from diffode.metrics.weights import MissingWeightsError, require_weights
-
-            try:
-                require_weights(f"lpips-{cfg.lpips_net}")
-            except (MissingWeightsError, KeyError) as e:
-                errors.append(f"method.distance=lpips: {e} Or train with method.distance=pseudo_huber (iCT) or l2.")
+    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape, DISTANCES,
+                              cfg.lpips_net, cfg.lpips_random_backbone, instead="pseudo_huber (iCT) or l2")
     if cfg.huber_c is not None and not cfg.huber_c > 0:
         errors.append(f"method.huber_c={cfg.huber_c} must be positive, or null for 0.00054 sqrt(dim).")
     if cfg.optimizer not in OPTIMIZERS:

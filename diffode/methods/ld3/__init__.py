@@ -38,7 +38,8 @@ def check(options: dict, ctx: Context) -> list[str]:
                               "the solver: pick a deterministic solver (ddim, dpmpp_3m, unipc_bh1, ipndm, ...).")
         except (ValueError, TypeError) as e:
             errors.append(f"{what}={name} nfe={nfe}: {e}")
-    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape)
+    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape,
+                              lpips_net=cfg.lpips_net, random_backbone=cfg.lpips_random_backbone)
     if cfg.gamma < 0:
         errors.append(f"method.gamma={cfg.gamma} must be >= 0 (the soft-loss ball radius; 0 gives the hard loss).")
     if not 0 < cfg.win_rate <= 0.5:
