@@ -254,7 +254,7 @@ def _cfg(tmp_path, *ov):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["method.student=heun"], "not an AMED student; choose amed"),
+    (["method.student=dpmpp_3m"], "not an AMED student; choose amed"),
     (["method.nfe=6", "method.afs=true"], "NFE must be odd"),
     (["method.nfe=5", "method.afs=false"], "NFE must be even"),
     (["method.scale_dir=1.5"], "scale_dir=1.5 is out of range"),

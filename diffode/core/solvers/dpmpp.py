@@ -104,7 +104,8 @@ def dpmpp_3m(denoiser, x, sigmas, *, lower_order_final="auto", coefficients="tay
 
 
 register("dpmpp_2m", n_calls=lambda steps, midpoints=None, **o: steps if midpoints is None else 2 * steps, order=2,
+         multistep=True,
          description="DPM-Solver++(2M), data prediction; 1 call per step (2 with a midpoints hook)")(dpmpp_2m)
-register("dpmpp_3m", n_calls=lambda steps, **o: steps, order=3,
+register("dpmpp_3m", n_calls=lambda steps, **o: steps, order=3, multistep=True,
          description="DPM-Solver++(3M), data prediction; 1 call per step (coefficients='official': the "
                      "published, second-order coefficients)")(dpmpp_3m)

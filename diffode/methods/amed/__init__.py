@@ -14,7 +14,7 @@ import torch
 from diffode.metrics.distance import distance_errors
 
 from ..registry import Context, register_method
-from .module import FID_SELECTS, MULTISTEP, STUDENTS, AMEDConfig, AMEDModule, teacher_indices  # noqa: F401
+from .module import FID_SELECTS, AMEDConfig, AMEDModule, students, teacher_indices  # noqa: F401
 from .predictor import PRIOR_GRIDS, AMEDPredictor, predictor_spec  # noqa: F401
 
 KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
@@ -134,10 +134,14 @@ def check(options: dict, ctx: Context) -> list[str]:
         return [f"method=amed options do not match conf/method/amed.yaml (missing {missing}, unknown {unknown}); "
                 "remove unknown method.* keys."]
     errors = []
-    if o["student"] not in STUDENTS:
+    try:
+        reg, opts = solver_config(o["student"])
+    except ValueError:
+        reg, opts = None, {}
+    if reg not in students():
         return [f"method.student={o['student']!r} is not an AMED student; choose amed (AMED-Solver) or one of "
-                f"{', '.join(s for s in STUDENTS if s != 'amed')} (AMED-Plugin)."]
-    reg, opts = solver_config(o["student"])
+                f"{', '.join(s for s in students() if s != 'amed')} (AMED-Plugin: the solvers that take the stage "
+                "hook with two calls per step)."]
     if o["afs"] not in (True, False, "auto"):
         return [f"method.afs={o['afs']!r}; choose auto (AFS exactly at odd NFEs), true or false."]
     try:

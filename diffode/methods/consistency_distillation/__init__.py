@@ -20,8 +20,15 @@ from ...metrics.distance import distance_errors
 from ..registry import Context, register_method
 from .module import DISTANCES, OPTIMIZERS, CDConfig, ConsistencyDistillationModule, sampling_sigmas  # noqa: F401
 
-SINGLE_STEP_SOLVERS = ("heun", "euler", "ddim", "dpm_solver_2", "dpm_solver_3")
 CF_TARGET = "diffode.core.consistency.ConsistencyFunction"
+
+
+def single_step_ode_solvers() -> list[str]:
+    """Deterministic fixed-step solvers whose step reads only x at sigma_n (SolverSpec.multistep false)."""
+    from diffode.core.solvers import SOLVERS, get_solver
+
+    get_solver("heun")  # registers every solver
+    return sorted(n for n, s in SOLVERS.items() if not (s.multistep or s.stochastic or s.adaptive))
 
 
 def _cfg(options: dict) -> CDConfig:
@@ -63,9 +70,9 @@ def check(options: dict, ctx: Context) -> list[str]:
         errors.append(f"method.ema_decay={cfg.ema_decay} must be in [0, 1) (the evaluation EMA).")
     try:
         reg, _ = solver_config(str(cfg.teacher_solver))
-        if reg not in SINGLE_STEP_SOLVERS:
+        if reg not in single_step_ode_solvers():
             errors.append(f"method.teacher_solver={cfg.teacher_solver} is not a single-step ODE solver; one teacher "
-                          f"step must use only x at sigma_n: choose one of {', '.join(SINGLE_STEP_SOLVERS)}.")
+                          f"step must use only x at sigma_n: choose one of {', '.join(single_step_ode_solvers())}.")
     except ValueError as e:
         errors.append(f"method.teacher_solver: {e}")
     errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape, DISTANCES,
