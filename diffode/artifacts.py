@@ -4,7 +4,7 @@ An artifact is a directory:
 
     manifest.json   format, kind, label, solver (config name) + its complete options, nfe, sigmas,
                     net_sigmas, afs, denoise_to_zero, schedule, sigma range, model identity (the model
-                    it was made for), training config, metrics, history
+                    it was made for), its condition setting, training config, metrics, history
     weights.pt      optional: {"student": state_dict, "hook": state_dict}
 
 Two optional pieces make it more than a grid:
@@ -49,8 +49,9 @@ def save_artifact(out_dir, *, kind: str, solver: str, nfe: int, sigmas, model: d
                   denoise_to_zero: bool = False, label: str | None = None, training: dict | None = None,
                   metrics: dict | None = None, history: list | None = None, student: nn.Module | None = None,
                   student_spec: dict | None = None, hook: nn.Module | None = None, hook_spec: dict | None = None,
-                  hook_option: str = "midpoints", extra: dict | None = None) -> Path:
-    """Write an artifact directory; returns its path. `schedule` is a Schedule or its spec dict.
+                  hook_option: str = "midpoints", extra: dict | None = None, condition: dict | None = None) -> Path:
+    """Write an artifact directory; returns its path. `schedule` is a Schedule or its spec dict; `condition`
+    how the model was conditioned when the sampler was learned (Model.condition; None: unconditional).
 
     student / hook: the modules (their state_dict is saved) with the `_target_` build specs that
     rebuild them (diffode.spec.build), so loading needs no pickles (torch.load weights_only)."""
@@ -65,6 +66,7 @@ def save_artifact(out_dir, *, kind: str, solver: str, nfe: int, sigmas, model: d
         "schedule": schedule if isinstance(schedule, dict) or schedule is None else schedule_spec(schedule),
         "sigma_min": float(sigmas[-1]), "sigma_max": float(sigmas[0]), "model": _plain(model),
         "training": _plain(training or {}), "metrics": _plain(metrics or {}), "history": _plain(history or []),
+        "condition": _plain(condition or {"num_classes": None}),
         "student": None, "hook": None, **(_plain(extra or {})),
     }
     weights = {}
@@ -179,12 +181,18 @@ class LearnedSampler:
                 mod.to(device)
         return self
 
-    def sample(self, denoiser, x_T: Tensor, generator: torch.Generator | None = None, **kwargs):
-        """Sample from x_T = sigma_max z with exactly `nfe` denoiser calls (the student's when it has one)."""
+    def sample(self, model, x_T: Tensor, cond=None, generator: torch.Generator | None = None, **kwargs):
+        """Sample from x_T = sigma_max z with exactly `nfe` denoiser calls (the student's when it has one).
+        model: the Model it was made for (its denoiser under `cond`, one condition per row of x_T), or a
+        plain denoiser D(x, sigma)."""
+        from .core.conditioning import Conditioned
         from .core.sample import sample
 
         m = self.manifest
-        D = self.student if self.student is not None else denoiser
+        if self.student is not None:
+            D = self.student if cond is None else Conditioned(self.student, cond)
+        else:
+            D = model.denoiser_for(cond) if isinstance(model, Model) else model
         options = self.solver_options()
         return sample(D, x_T, solver=self.registry_solver, nfe=self.nfe, grid=self.sigmas.to(x_T.device),
                       net_sigmas=None if self.net_sigmas is None else self.net_sigmas.to(x_T.device),

@@ -10,6 +10,11 @@ parameters and hash). Kinds:
 - diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained.
 
 The sigma range is the source's sigma_min / sigma_max when set, else the model's own (its schedule's).
+
+Conditions belong to the model (core/conditioning.py): `Model.denoiser_for(cond)` is the plain D(x, sigma)
+the solvers take for a batch whose samples have conditions `cond` (class labels [B] of a class-conditional
+model); `Model.sample(x_T, ..., cond=labels)` binds each batch's rows. An unconditional model's
+denoiser_for(None) is its denoiser itself, so nothing of the unconditional path changes.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .core.conditioning import Conditioned, batch_size as cond_batch, take
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
 from .core.schedules import DTYPE, EDM, Schedule
 from .spec import build
@@ -48,18 +54,59 @@ class Model:
     def label(self) -> str:
         return self.identity.get("name") or self.dataset
 
-    def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, **options) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        """Class labels of a class-conditional model (None: unconditional)."""
+        return getattr(self.denoiser, "num_classes", None)
+
+    @property
+    def condition(self) -> dict:
+        """What artifacts and results record of how this model is conditioned."""
+        return {"num_classes": self.num_classes}
+
+    def check_condition(self, cond) -> None:
+        """ValueError naming the fix when `cond` does not fit this model (before any compute)."""
+        if cond is None:
+            return
+        if self.num_classes is None:
+            raise ValueError(f"model {self.label} is unconditional (its network takes no labels) but a condition was "
+                             "given; drop the labels or load a class-conditional checkpoint.")
+        if isinstance(cond, Tensor) and not cond.is_floating_point():
+            bad = cond[(cond < 0) | (cond > self.num_classes)]
+            if bad.numel():
+                raise ValueError(f"labels {sorted(set(bad.tolist()))[:5]} are out of range for model {self.label}: "
+                                 f"use 0..{self.num_classes - 1}, or {self.num_classes} (the null label) for none.")
+
+    def denoiser_for(self, cond=None):
+        """The plain D(x, sigma) for a batch whose samples have conditions `cond` (None: unconditional)."""
+        if cond is None:
+            return self.denoiser
+        self.check_condition(cond)
+        return Conditioned(self.denoiser, cond)
+
+    def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, cond=None, return_info: bool = False,
+               **options):
         """`diffode.sample` of x_T on this model's schedule and sigma range, batch by batch, without
-        gradients (memory only: a sample does not depend on its batch). `progress` names a bar over the
-        batches (None: no bar); options are sample()'s (solver, nfe, grid, ...)."""
+        gradients (memory only: a sample does not depend on its batch). `cond`: one condition per row of
+        x_T (bound per batch). `progress` names a bar over the batches (None: no bar); options are
+        sample()'s (solver, nfe, grid, ...). return_info: also dict(nfe, forwards) per sample."""
         from tqdm import tqdm
 
         from .core.sample import sample
 
-        batches = tqdm(x_T.split(int(batch_size)), desc=progress, unit="batch", disable=progress is None)
+        if cond is not None and cond_batch(cond) != x_T.shape[0]:
+            raise ValueError(f"{cond_batch(cond)} conditions for {x_T.shape[0]} samples; give one per sample")
+        n, bs = x_T.shape[0], int(batch_size)
+        out, counts = [], {}
         with torch.no_grad():
-            return torch.cat([sample(self.denoiser, xb, schedule=self.schedule, sigma_min=self.sigma_min,
-                                     sigma_max=self.sigma_max, **options) for xb in batches])
+            for lo in tqdm(range(0, n, bs), desc=progress, unit="batch", disable=progress is None):
+                part = slice(lo, min(lo + bs, n))
+                x, info = sample(self.denoiser_for(take(cond, part)), x_T[part], schedule=self.schedule,
+                                 sigma_min=self.sigma_min, sigma_max=self.sigma_max, return_info=True, **options)
+                out.append(x)
+                counts = {k: max(counts.get(k, 0), info[k]) for k in ("nfe", "forwards")}
+        x = torch.cat(out)
+        return (x, counts) if return_info else x
 
 
 # -- identity ------------------------------------------------------------------------------
@@ -226,3 +273,13 @@ def initial_noise(shape: tuple, seeds, sigma_max: float, dtype=torch.float64) ->
     noise depends on its seed alone (not on the batch size or on which cells ran before)."""
     z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=dtype) for s in seeds])
     return float(sigma_max) * z
+
+
+LABEL_SEED = 1 << 40  # label generators: seeded apart from the noise generators (seeds 0..)
+
+
+def initial_labels(num_classes: int, seeds) -> Tensor:
+    """One class label per seed, uniform over 0..num_classes-1, drawn from its own generator (seed + 2^40), so a
+    sample's label, like its noise, depends on its seed alone: the same labels in every cell of a sweep."""
+    return torch.tensor([int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(LABEL_SEED + int(s))))
+                         for s in seeds], dtype=torch.long)

@@ -72,12 +72,15 @@ def logger_kind(cfg) -> str:
     return "wandb" if "wandb" in text.lower() else "csv"
 
 
-def settings_hash(cfg) -> str:
-    """Identity of what the numbers mean (not of how they were computed: batch size, threads)."""
+def settings_hash(cfg, condition: str = "none") -> str:
+    """Identity of what the numbers mean (not of how they were computed: batch size, threads). The condition
+    enters only when there is one, so an unconditional sweep keeps the hash it always had (and resumes)."""
     keys = dict(source=cfg.source, n_samples=cfg.n_samples, seed=cfg.seed, afs=cfg.afs,
                 denoise_to_zero=cfg.denoise_to_zero, metric=cfg.metric, fid=cfg.fid, gmm=cfg.gmm_metrics,
                 reference=cfg.get("reference"),
                 solver_options=cfg.sweep.get("solver_options"), grid_options=cfg.sweep.get("grid_options"))
+    if condition != "none":
+        keys["condition"] = condition
     blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -88,7 +91,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
     from diffode.evaluation.sweep import build_cells, run_sweep, validate_cells
-    from diffode.models import checkpoint_path, initial_noise, load_model
+    from diffode.models import checkpoint_path, initial_labels, initial_noise, load_model
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -121,15 +124,19 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
         device = torch.device("cpu")  # the mixture is tiny
     model.denoiser = model.denoiser.to(device)
     x_T = initial_noise(model.shape, seeds, model.sigma_max).to(device)  # drawn on CPU: same noise on any device
+    # a class-conditional model samples one label per seed (uniform; the same labels in every cell)
+    labels = None if model.num_classes is None else initial_labels(model.num_classes, seeds).to(device)
+    condition = "none" if labels is None else f"labels uniform over {model.num_classes} classes, one per seed"
     metrics = make_metrics(model, cfg, x_T)
     names = [metrics.primary] + [m for m in ("fid", "rmse", "confident", "sw") if m != metrics.primary]
 
-    table = ResultsTable(out_dir / "results.csv", settings_hash(cfg))
+    table = ResultsTable(out_dir / "results.csv", settings_hash(cfg, condition))
     log.info("sweep: %d cells (%d unreachable), %d samples each, output %s", len(cells), len(unreachable), n, out_dir)
-    rows = run_sweep(cells, model, metrics, x_T, table, cfg, out_dir, unreachable, on_cell_done, seeds_label)
+    rows = run_sweep(cells, model, metrics, x_T, table, cfg, out_dir, unreachable, on_cell_done, seeds_label,
+                     labels, condition)
 
     summary = dict(source=cfg.source.kind, model=model.label, dataset=model.dataset, n_samples=n, seeds=seeds_label,
-                   sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
+                   condition=condition, sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
     command = "diffode eval " + " ".join(_overrides())
     report = write_report(rows, names, out_dir, cfg.title, summary, command.strip())
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

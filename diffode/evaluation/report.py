@@ -98,6 +98,17 @@ def samples_note(rows: list[dict]) -> str:
     return "Samples per cell: " + ", ".join(f"{_label(r)}@{r['nfe']}: {r['n_samples']}" for r in rows)
 
 
+def counts_note(rows: list[dict]) -> str:
+    """What the counts mean, and every cell whose network passes differ from its denoiser calls."""
+    note = ("NFE counts the denoiser calls a sampler makes per sample (the table's columns); forwards counts the "
+            "network forward passes per sample (a guided call costs two).")
+    done = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("forwards"), (int, float))]
+    differ = [r for r in done if int(r["forwards"]) != int(r["nfe"])]
+    if done and not differ:
+        return note + " They are equal in every cell here."
+    return note + "".join(f" {_label(r)} at NFE {r['nfe']}: {int(r['forwards'])} forwards." for r in differ)
+
+
 def plot(rows: list[dict], metric: str, path: Path, title: str = "") -> Path:
     import matplotlib
 
@@ -138,7 +149,7 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
     parts = [f"# {title}", ""]
     if command:
         parts += ["Command:", "", f"    {command}", ""]
-    parts += [samples_note(rows), ""]
+    parts += [samples_note(rows), "", counts_note(rows), ""]
     if "reference" in summary:
         smallest = min((r["rmse"] for r in rows if _ok(r, "rmse")), default=None)
         times = smallest / max(summary['reference_self_rmse'], 1e-300) if smallest else None

@@ -186,18 +186,26 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
     return unreachable
 
 
-def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg) -> torch.Tensor:
+def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[torch.Tensor, dict]:
+    """The cell's samples from x_T (one condition per row in `cond`, or None) and its per-sample counts
+    dict(nfe=denoiser calls, forwards=network passes)."""
     if cell.sampler is None:
-        return model.sample(x_T, int(cfg.batch_size), solver=cell.solver_name, nfe=cell.nfe, grid=cell.grid_name,
-                            grid_options=cell.grid_options, afs=bool(cfg.afs),
+        return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, solver=cell.solver_name,
+                            nfe=cell.nfe, grid=cell.grid_name, grid_options=cell.grid_options, afs=bool(cfg.afs),
                             denoise_to_zero=bool(cfg.denoise_to_zero), **cell.solver_options)
-    out = []
+    from diffode.core.conditioning import take
+
+    out, counts = [], {}
     cell.sampler.to(x_T.device)
-    for k, xb in enumerate(x_T.split(int(cfg.batch_size))):
+    bs = int(cfg.batch_size)
+    for k, lo in enumerate(range(0, x_T.shape[0], bs)):
+        part = slice(lo, lo + bs)
         with torch.no_grad():  # stochastic samplers: one generator per batch, seeded by position
             g = torch.Generator(device=x_T.device).manual_seed(int(cfg.seed) * 1_000_003 + k)
-            out.append(cell.sampler.sample(model.denoiser, xb, generator=g))
-    return torch.cat(out)
+            x, info = cell.sampler.sample(model, x_T[part], cond=take(cond, part), generator=g, return_info=True)
+        out.append(x)
+        counts = {key: max(counts.get(key, 0), info[key]) for key in ("nfe", "forwards")}
+    return torch.cat(out), counts
 
 
 def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str = "") -> None:
@@ -223,8 +231,9 @@ def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str 
 
 
 def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable=None, on_cell_done=None,
-              seeds_label: str = "") -> list[dict]:
-    """Evaluate every cell not already final in `table`; the table is rewritten after each cell."""
+              seeds_label: str = "", cond=None, condition: str = "none") -> list[dict]:
+    """Evaluate every cell not already final in `table`; the table is rewritten after each cell. `cond`: one
+    condition per sample (the same in every cell), described in each row by `condition`."""
     from tqdm import tqdm
 
     unreachable = unreachable or {}
@@ -234,13 +243,14 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
         log.info("resuming: %d of %d cells already in %s", len(cells) - len(todo), len(cells), table.path)
     n = x_T.shape[0]
     for k, c in enumerate(tqdm(todo, desc="sweep", unit="cell", disable=not cfg.progress)):
-        row = dict(solver=c.solver, grid=c.grid, nfe=c.nfe, n_samples=n, seeds=seeds_label)
+        row = dict(solver=c.solver, grid=c.grid, nfe=c.nfe, n_samples=n, seeds=seeds_label, condition=condition)
         if c.key in unreachable:
             table.add({**row, "status": "unreachable", "n_samples": 0, "message": unreachable[c.key]})
         else:
             t0 = time.perf_counter()
             try:
-                samples = sample_cell(c, model, x_T, cfg)
+                samples, counts = sample_cell(c, model, x_T, cfg, cond)
+                row["forwards"] = counts["forwards"]
                 bad = int((~torch.isfinite(samples)).sum())
                 err = f"{bad} NaN/Inf values in the samples" if bad else ""
             except FloatingPointError as e:  # sample() found NaN/Inf mid-trajectory

@@ -48,7 +48,7 @@ def log_sweep(rows: list[dict], metrics: list[str], wcfg, out_dir: Path, config:
             point = {"nfe": n}
             for r in rows:
                 if int(r["nfe"]) == n and r.get("status") == "ok":
-                    for m in metrics:
+                    for m in [*metrics, "forwards"]:
                         if _finite(r.get(m)):
                             point[f"{m}/{r['solver']}/{r['grid']}"] = r[m]
             run.log(point)

@@ -245,7 +245,7 @@ def export(module: AMEDModule, ctx: Context) -> dict:
     path = save_artifact(ctx.out_dir / "artifacts" / "amed", kind="amed", solver=module.student_name, nfe=c.nfe,
                          sigmas=module.sigmas, model=m.identity, schedule=m.schedule, solver_options=c.student_options,
                          afs=c.afs, label=label, training={**module.options, "teacher": c.teacher, "M": c.M},
-                         metrics=metrics, history=[hist], hook=p,
+                         metrics=metrics, history=[hist], hook=p, condition=m.condition,
                          hook_spec=predictor_spec(p.feature_shape, c.scale_dir, c.scale_time, c.predictor["hidden"],
                                                   c.predictor["time_channels"], c.predictor["feature_channels"],
                                                   c.prior, c.first_at_start))

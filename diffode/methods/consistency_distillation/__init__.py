@@ -180,7 +180,7 @@ def export(module: ConsistencyDistillationModule, ctx: Context) -> dict:
                                        "global_step": int(module.global_step)},
                              metrics={"distill_l2": err, "reference": f"heun/edm nfe {cfg.reference_nfe}",
                                       "n_val": cfg.n_val},
-                             student=ema, student_spec=spec)
+                             student=ema, student_spec=spec, condition=m.condition)
         print(f"CD {k} step(s): artifact {path}" + (f"; 1-step l2 to the teacher's solve {err:.5g}" if err else ""))
         out[f"cd_{k}"] = str(path)
     return out

@@ -67,7 +67,7 @@ def check(options: dict, ctx: Context) -> list[str]:
 
 def export(module: GITSModule, ctx: Context) -> dict:
     seconds = time.perf_counter() - module.fit_started if hasattr(module, "fit_started") else None
-    paths = module.save(ctx.out_dir / "artifacts" / "gits", train_seconds=seconds)
+    paths = module.save(ctx.out_dir / "artifacts" / "gits", train_seconds=seconds, condition=ctx.teacher.condition)
     for (solver, nfe), r in module.results.items():
         print(f"GITS {solver} NFE {nfe}: indices {r['indices']} sigmas "
               f"{[round(float(s), 4) for s in r['sigmas']]} (cost {r['cost']:.4g})")

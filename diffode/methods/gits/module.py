@@ -109,7 +109,7 @@ class GITSModule(L.LightningModule):
             self.results[(solver, nfe)] = {"indices": idx, "sigmas": self.fine[idx],
                                            "cost": path_cost(self.cost, idx, self.cfg.coeff)}
 
-    def save(self, out_dir, train_seconds: float | None = None) -> dict:
+    def save(self, out_dir, train_seconds: float | None = None, condition: dict | None = None) -> dict:
         """One artifact (kind gits) per (solver, NFE): out_dir/<solver>_nfe<k>."""
         from pathlib import Path
 
@@ -125,5 +125,5 @@ class GITSModule(L.LightningModule):
                 training={**asdict(self.cfg), "n_samples": self.count, "teacher_sigmas": self.fine.tolist()},
                 metrics={"dp_cost": r["cost"], "metric": self.cfg.metric, "coeff": self.cfg.coeff,
                          "train_seconds": train_seconds},
-                extra={"gits": {"indices": r["indices"], "teacher_steps": len(self.fine) - 1}}))
+                extra={"gits": {"indices": r["indices"], "teacher_steps": len(self.fine) - 1}}, condition=condition))
         return out

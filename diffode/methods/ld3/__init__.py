@@ -69,7 +69,7 @@ def check(options: dict, ctx: Context) -> list[str]:
 
 
 def export(module: LD3Module, ctx: Context) -> dict:
-    path = module.save(ctx.out_dir / "artifacts" / "ld3")
+    path = module.save(ctx.out_dir / "artifacts" / "ld3", condition=ctx.teacher.condition)
     print(f"LD3 {module.cfg.solver} NFE {module.cfg.nfe}: val {module.cfg.distance} {module.val_first:.5g} -> "
           f"{module.best['val']:.5g}; artifact {path}")
     return {"artifact": str(path)}

@@ -281,8 +281,8 @@ class LD3Module(L.LightningModule):
         """The validation loss before the first update (of the initial grid)."""
         return next((h["val"] for h in self.history if h.get("val") is not None), None)
 
-    def save(self, out_dir):
-        """The learned grid as an artifact (diffode.artifacts), kind ld3."""
+    def save(self, out_dir, condition: dict | None = None):
+        """The learned grid as an artifact (diffode.artifacts), kind ld3; `condition`: the teacher's (Model.condition)."""
         from diffode.artifacts import save_artifact
 
         sigmas, net_sigmas = self.grid()
@@ -295,4 +295,4 @@ class LD3Module(L.LightningModule):
                       "init": getattr(self, "init_choice", {"chosen": c.init_grid})},
             metrics={"val_distance": c.distance, "val_first": self.val_first, "val_best": self.best["val"],
                      "best_step": self.best.get("step"), "train_seconds": train_seconds},
-            history=self.history)
+            history=self.history, condition=condition)
