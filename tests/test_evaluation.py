@@ -39,11 +39,15 @@ def test_gmm_sweep_orders_solvers_by_order(tmp_path):
     rows = read_rows(out["csv"])
     assert sorted(keys(rows)) == sorted((s, "logsnr", n) for s in ("euler", "dpmpp_2m", "dpmpp_3m") for n in (10, 20))
     assert all(r["status"] == "ok" and r["n_samples"] == 64 and r["seeds"] == "0-63" for r in rows)
+    # both counts in every row: unguided, a call is one network pass; the condition setting is recorded
+    assert all(r["forwards"] == r["nfe"] and r["condition"] == "none" for r in rows)
     rmse = {(r["solver"], r["nfe"]): r["rmse"] for r in rows}
     for n in (10, 20):  # order 1 > order 2 > order 3 in error
         assert rmse["euler", n] > rmse["dpmpp_2m", n] > rmse["dpmpp_3m", n]
     report = Path(out["report"]).read_text()
     assert "dpmpp_3m/logsnr" in report and "64 samples" in report
+    assert "forwards counts the network forward passes" in report and "equal in every cell" in report
+    assert "condition: none" in report
     assert (tmp_path / "rmse_vs_nfe.png").is_file() and (tmp_path / "samples" / "euler__logsnr__nfe10.png").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["sw_exact_vs_exact_mean"] > 0
 
@@ -233,6 +237,7 @@ def test_learned_artifacts_add_one_cell_each_and_are_checked(tmp_path):
                   f"sweep.learned=[{path}]")
     rows = {(r["solver"], r["grid"], int(r["nfe"])): r for r in read_rows(evaluate(cfg)["csv"])}
     assert set(rows) == {("ipndm", "edm", 5), ("ipndm", "ld3", 5)}
+    assert rows["ipndm", "ld3", 5]["forwards"] == 5
     assert rows["ipndm", "ld3", 5]["rmse"] == rows["ipndm", "edm", 5]["rmse"]
     with pytest.raises(ConfigError, match="no artifact"):
         evaluate(cfg_for(tmp_path / "bad", "sweep.solvers=[ipndm]", "sweep.nfes=[5]", "sweep.learned=[nope]"))

@@ -55,6 +55,11 @@ def forwards_of(denoiser, sigma) -> int:
     return 1 if f is None else int(f(sigma))
 
 
+def bind(denoiser, cond):
+    """`denoiser` as a plain D(x, sigma) under `cond` (itself when cond is None)."""
+    return denoiser if cond is None else Conditioned(denoiser, cond)
+
+
 class Conditioned(nn.Module):
     """D(x, sigma) = denoiser(x, sigma, cond=cond) for a batch whose samples have conditions `cond`."""
 

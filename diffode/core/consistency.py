@@ -59,17 +59,18 @@ def boundary_scalings(sigma: Tensor, sigma_min: float, sigma_data: float = 0.5) 
     return c_skip, c_out
 
 
-def edm_network_output(denoiser: nn.Module, x: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
-    """F(x, sigma) of D = c_skip^EDM x + c_out^EDM F, in float64.
+def edm_network_output(denoiser: nn.Module, x: Tensor, sigma: Tensor, sigma_data: float, cond=None) -> Tensor:
+    """F(x, sigma) of D = c_skip^EDM x + c_out^EDM F, in float64 (cond: a conditional denoiser's condition).
 
     For an EDM ModelDenoiser this calls its raw network (no round trip through D, so no loss of
     digits to the division by c_out ~ sigma near sigma_min)."""
+    kw = {} if cond is None else {"cond": cond}
     if isinstance(denoiser, ModelDenoiser) and denoiser.prediction == "edm":
         _, _, c_in, c_noise = edm_scalings(sigma, denoiser.sigma_data)
         dt = denoiser.net_dtype
-        return denoiser.net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt)).to(DTYPE)
+        return denoiser.net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt), **kw).to(DTYPE)
     c_skip, c_out, _, _ = edm_scalings(sigma, sigma_data)
-    D = denoiser(x, sigma).to(DTYPE)
+    D = denoiser(x, sigma, **kw).to(DTYPE)
     return (D - _bcast(c_skip, D) * x.to(DTYPE)) / _bcast(c_out, D)
 
 
@@ -83,10 +84,14 @@ class ConsistencyFunction(nn.Module):
         super().__init__()
         self.denoiser, self.sigma_min, self.sigma_data = denoiser, float(sigma_min), float(sigma_data)
 
-    def forward(self, x: Tensor, sigma) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.denoiser, "num_classes", None)
+
+    def forward(self, x: Tensor, sigma, cond=None) -> Tensor:
         s = _per_sample(sigma, x)
         c_skip, c_out = boundary_scalings(s, self.sigma_min, self.sigma_data)
-        F = edm_network_output(self.denoiser, x, s, self.sigma_data)
+        F = edm_network_output(self.denoiser, x, s, self.sigma_data, cond)
         return (_bcast(c_skip, x).to(DTYPE) * x.to(DTYPE) + _bcast(c_out, x).to(DTYPE) * F).to(x.dtype)
 
 

@@ -28,9 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from diffode.core import consistency as cm
+from diffode.core.conditioning import bind
 from diffode.core.sample import sample
 from diffode.core.schedules import DTYPE
 
+from ..batch import condition_for, split_batch
 from ..callbacks import EMAUpdate
 
 DISTANCES = cm.DISTANCES + ("lpips",)
@@ -126,14 +128,19 @@ class ConsistencyDistillationModule(L.LightningModule):
         return torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 4099 + rank) * 7 + salt)
 
     # -- the loss ----------------------------------------------------------------------------------
-    def consistency_loss(self, x0: Tensor, g: torch.Generator, online: nn.Module, target: nn.Module | None) -> Tensor:
-        """mean d(f_online(x_n, sigma_n), stopgrad f_target(x_hat, sigma_{n+1})); target None = online."""
+    def consistency_loss(self, x0: Tensor, g: torch.Generator, online: nn.Module, target: nn.Module | None,
+                         labels: Tensor | None = None) -> Tensor:
+        """mean d(f_online(x_n, sigma_n), stopgrad f_target(x_hat, sigma_{n+1})); target None = online. A
+        class-conditional teacher and its students see each sample's label (core/conditioning.py)."""
+        cond = condition_for(self.teacher, labels)
+        teacher, online = bind(self.teacher, cond), bind(online, cond)
+        target = None if target is None else bind(target, cond)
         hi, lo = cm.sample_pairs(self.sigmas.cpu(), x0.shape[0], g)
         hi, lo = hi.to(x0.device), lo.to(x0.device)
         z = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
         x_n = x0 + hi.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1))) * z
         with torch.no_grad():
-            x_hat = cm.teacher_step(self.teacher, x_n, hi, lo, solver=self.teacher_solver, **self.teacher_options)
+            x_hat = cm.teacher_step(teacher, x_n, hi, lo, solver=self.teacher_solver, **self.teacher_options)
         dropout_seed = int(torch.randint(0, 2**62, (1,), generator=g))
         torch.manual_seed(dropout_seed)
         f_online = online(x_n, hi)
@@ -143,9 +150,9 @@ class ConsistencyDistillationModule(L.LightningModule):
         return self.distance(f_online, f_target.detach()).mean()
 
     def training_step(self, batch, batch_idx):
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0, labels = split_batch(batch)
         loss = self.consistency_loss(x0, self._generator(self.global_step, self.global_rank), self.student,
-                                     self.target)
+                                     self.target, labels)
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite consistency loss ({float(loss)}) at step {self.global_step}; lower "
                                      f"method.lr (now {self.cfg.lr:g}) or set trainer.gradient_clip_val, then resume "
@@ -193,10 +200,10 @@ class ConsistencyDistillationModule(L.LightningModule):
         return float(cm.l2(x.to(DTYPE), ref).mean())
 
     def validation_step(self, batch, batch_idx):
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0, labels = split_batch(batch)
         g = self._generator(batch_idx, self.global_rank, salt=1)  # the same noise at every validation
         with torch.no_grad():
-            loss = self.consistency_loss(x0, g, self.ema, self.ema)
+            loss = self.consistency_loss(x0, g, self.ema, self.ema, labels)
         self.log("val/loss", loss, sync_dist=True, on_epoch=True, batch_size=x0.shape[0])
         if batch_idx == 0:
             self.log("val/distill_l2", self.distillation_error(self.ema), sync_dist=True, on_epoch=True)

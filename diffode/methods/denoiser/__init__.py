@@ -42,6 +42,18 @@ def check(options: dict, ctx: Context) -> list[str]:
     for key in ("lr",):
         if not float(options.get(key, 0)) > 0:
             errors.append(f"method.{key}={options.get(key)} must be positive, e.g. method.{key}=2e-4.")
+    labels = getattr(ctx.datamodule, "num_classes", None)
+    classes = _net_spec(ctx).get("num_classes")
+    if classes is not None and labels is None:
+        errors.append(f"net.num_classes={classes} makes a class-conditional net, but dataset="
+                      f"{getattr(ctx.datamodule, 'name', '?')} has no labels; use a labelled dataset (digits, mnist, "
+                      "cifar10) or net.num_classes=null.")
+    elif classes is not None and int(classes) != int(labels):
+        errors.append(f"net.num_classes={classes} but dataset={getattr(ctx.datamodule, 'name', '?')} has {labels} "
+                      f"classes; set net.num_classes={labels}.")
+    if not 0 <= float(options.get("p_uncond", 0)) < 1:
+        errors.append(f"method.p_uncond={options.get('p_uncond')} must be in [0, 1) (the label-dropout probability of "
+                      "classifier-free guidance; Ho & Salimans use 0.1-0.2).")
     ema = options.get("ema") or {}
     if ema and not 0 <= float(ema.get("decay", 0)) < 1:
         errors.append(f"method.ema.decay={ema.get('decay')} must be in [0, 1) (0 turns EMA off).")

@@ -23,17 +23,15 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
 from ...core import distillation as pd
+from ...core.conditioning import bind
 from ...core.denoisers import ModelDenoiser
 from ...core.grids import make_grid
 from ...core.schedules import DTYPE
 from ...spec import build
+from ..batch import condition_for, split_batch
 from ..student import choose_output, make_student, save_student_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def _first(batch):
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 class ProgressiveDistillationModule(L.LightningModule):
@@ -125,25 +123,32 @@ class ProgressiveDistillationModule(L.LightningModule):
             log.info("the teacher predicts %s; the student outputs %s (method.student_output=%s)",
                      self.hparams.teacher["prediction"], self.output, self.hparams.student_output)
 
-    def draw_batch(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n training samples drawn uniformly (with replacement) by the step's generator."""
+    def draw_batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n training samples (and their labels, when the dataset has them) drawn uniformly (with replacement)
+        by the step's generator."""
         idx = torch.randint(0, len(self.dataset), (n,), generator=generator)
-        return torch.stack([_first(self.dataset[int(i)]) for i in idx])
+        items = [split_batch(self.dataset[int(i)]) for i in idx]
+        labels = None if items[0][1] is None else torch.stack([torch.as_tensor(y) for _, y in items])
+        return torch.stack([x for x, _ in items]), labels
 
-    def loss(self, x0: torch.Tensor, generator: torch.Generator, k: int) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, generator: torch.Generator, k: int, labels=None) -> torch.Tensor:
+        """The stage-k loss; a class-conditional teacher and its student see each sample's label."""
         x0 = x0.to(DTYPE)
+        cond = condition_for(self.teacher, labels)
         st, sm, ss = pd.draw_points(self.grids[k], x0.shape[0], generator)
         eps = torch.randn(x0.shape, generator=generator, dtype=DTYPE).to(x0.device)
-        return pd.pd_loss(self.student, self.teacher, x0, eps, st.to(x0.device), sm.to(x0.device), ss.to(x0.device),
-                          self.hparams.weighting)
+        return pd.pd_loss(bind(self.student, cond), bind(self.teacher, cond), x0, eps, st.to(x0.device),
+                          sm.to(x0.device), ss.to(x0.device), self.hparams.weighting)
 
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
         k = self.stage_of(step)
         g = self._generator(step, self.global_rank)
-        x0 = _first(batch)
-        x0 = self.draw_batch(x0.shape[0], g).to(x0.device) if getattr(self, "dataset", None) is not None else x0
-        loss = self.loss(x0, g, k)
+        x0, labels = split_batch(batch)
+        if getattr(self, "dataset", None) is not None:
+            x0, labels = self.draw_batch(x0.shape[0], g)
+        x0 = x0.to(self.device)
+        loss = self.loss(x0, g, k, None if labels is None else labels.to(self.device))
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite distillation loss at step {step} (stage {k + 1}, {self.steps[k]} "
                                      f"steps); lower method.lr (now {self.hparams.lr:g}) and resume from last.ckpt.")
