@@ -176,7 +176,7 @@ def _entry_of(argv: list[str]):
         cli._hydra_main = real
     if not seen:
         raise ValueError("the command does not reach a Hydra entry")
-    names = {"diffode.cli.train": "train", "diffode.cli.evaluate": "eval"}
+    names = {"diffode.cli.train": "train", "diffode.cli.evaluate": "eval", "diffode.cli.report": "report"}
     if seen["module"] not in names:
         raise ValueError(f"unknown Hydra entry module {seen['module']} (add its config name to the checker)")
     return names[seen["module"]], seen["args"]
@@ -219,7 +219,7 @@ def _check_job(entry: str, overrides: list[str], multirun: bool, tmp: Path) -> s
     from hydra import compose
     from omegaconf import OmegaConf, open_dict
 
-    cfg = compose(entry, overrides=overrides, return_hydra_config=True)
+    cfg = compose("eval" if entry == "report" else entry, overrides=overrides, return_hydra_config=True)
     hydra_cfg = cfg.hydra
     if multirun:
         OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
@@ -241,6 +241,16 @@ def _check_job(entry: str, overrides: list[str], multirun: bool, tmp: Path) -> s
     from diffode.models import load_model
 
     cells = build_cells(cfg, choices)
+    if entry == "report":  # it re-renders a finished sweep: its table must be there, made with these settings
+        from diffode.cli.evaluate import settings_hash
+        from diffode.evaluation.results import ResultsTable
+        from diffode.evaluation.sweep import resolve_path
+
+        table = resolve_path(cfg.output_dir) / "results.csv"
+        if not table.is_file():
+            raise ValueError(f"diffode report: no {table}")
+        ResultsTable(table, settings_hash(cfg))
+        return f"composed, resolved, {len(cells)} cells; {table} matches their settings"
     try:
         model = load_model(cfg.source)
     except FileNotFoundError as e:
@@ -350,6 +360,8 @@ MUST_FAIL = [
     "diffode eval sweep.no_such_key=1",                        # a key the config does not have
     "diffode eval solver=heun,euler nfe=6",                    # a sweep without -m
     "diffode fetch-weights no_such_weights",
+    "diffode report experiment=eval_main output_dir=experiments/no_such_run",  # no finished sweep there
+    "diffode report output_dir=experiments/main_job",          # a table made with other settings
     "python experiments/ld3/gmm_rmse.py --no_such_flag",       # argparse refuses it
     "python experiments/no_such_folder/run.py",
     "make no_such_target",

@@ -6,6 +6,9 @@
     diffode <method> [overrides]                the same as `diffode train method=<method> ...`
     diffode eval   [solver=.. grid=.. nfe=..]   FID / RMSE vs NFE of solvers x grids and learned samplers
     diffode main                                the built-in study (README's first command)
+    diffode report [the run's overrides] output_dir=<run dir>
+                                                rewrite a finished eval's report.md and figures from
+                                                its results.csv (no cell is sampled again)
     diffode fetch-weights inception|lpips-vgg|lpips-alex|all
                                                 download pretrained weights into the torch cache
                                                 (on a machine with internet)
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         _hydra_main("diffode.cli.train", rest, "diffode-train")
     elif cmd == "eval":
         _hydra_main("diffode.cli.evaluate", rest, "diffode-eval")
+    elif cmd == "report":
+        _hydra_main("diffode.cli.report", rest, "diffode-report")
     elif cmd == "main":
         _hydra_main("diffode.cli.evaluate", ["experiment=eval_main", *rest], "diffode-main")
     elif cmd == "fetch-weights":
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         if cmd in group_options("method"):
             _hydra_main("diffode.cli.train", [f"method={cmd}", *rest], f"diffode-{cmd}")
             return
-        sys.exit(f"diffode: unknown command {cmd!r}; the commands are train, eval, main, fetch-weights and the "
+        sys.exit(f"diffode: unknown command {cmd!r}; the commands are train, eval, main, report, fetch-weights and the "
                  f"methods {', '.join(group_options('method'))}.\n\n{USAGE}")
 
 

@@ -7,7 +7,8 @@
     diffode eval sweep.learned=[<run dir>/artifacts/ld3]   # adds the row <solver>/ld3
 
 Writes into the run dir: results.csv (one row per cell, atomic, resumable), report.md,
-<metric>_vs_nfe.png, samples/*.png and summary.json; the table is printed at the end.
+<metric>_vs_nfe.png (one panel per family of cells), samples/*.png, contact_sheet.png and
+summary.json; the table is printed at the end.
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def settings_hash(cfg, condition: str = "none") -> str:
 
 def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) -> dict:
     """Run (or resume) the sweep described by cfg; returns rows, paths and the summary."""
+    from diffode.evaluation.families import families
     from diffode.evaluation.metrics import check_metrics, make_metrics
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
@@ -138,7 +140,8 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
     summary = dict(source=cfg.source.kind, model=model.label, dataset=model.dataset, n_samples=n, seeds=seeds_label,
                    condition=condition, sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
     command = "diffode eval " + " ".join(_overrides())
-    report = write_report(rows, names, out_dir, cfg.title, summary, command.strip())
+    report = write_report(rows, names, out_dir, cfg.title, summary, command.strip(),
+                          families(cells, cfg.sweep.get("usual_grid")))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"\n{cfg.title} ({n} samples per cell; {out_dir})\n")
     print(markdown_table(rows, metrics.primary))

@@ -13,7 +13,6 @@ replace the sweep's lists). The whole sweep is validated before any compute.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from diffode.config import grid_config, solver_config
+from diffode.evaluation.results import samples_png
 
 log = logging.getLogger(__name__)
 
@@ -208,26 +208,22 @@ def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[t
     return torch.cat(out), counts
 
 
-def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str = "") -> None:
-    """Images: a grid of the first n samples; vectors: a scatter of the first two coordinates."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str = "") -> Path:
+    """Images: a grid of the first n samples, nearest-neighbour upscaled to >= 512 px with `title` on
+    it; vectors: a scatter of the first two coordinates."""
+    from diffode.pictures import figure, save_grid
+
     if samples.ndim == 4:
-        from torchvision.utils import save_image
-
-        save_image((samples[:n].float().clamp(-1, 1) + 1) / 2, path, nrow=int(math.ceil(math.sqrt(min(n, len(samples))))))
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = samples.reshape(len(samples), -1).float()
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5)
-    ax.set_title(title, fontsize=9)
+        return save_grid(samples[:n], path, title)
+    x = samples.reshape(len(samples), -1).float().cpu()
+    fig = figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.5)
+    ax.set_title(title)
     ax.set_aspect("equal")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
 
 
 def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable=None, on_cell_done=None,
@@ -264,8 +260,7 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
             else:
                 values = metrics(samples, x_T)
                 if int(cfg.save_images) > 0:
-                    save_samples_png(samples, out_dir / "samples" / f"{c.solver}__{c.grid}__nfe{c.nfe:02d}.png",
-                                     int(cfg.save_images), f"{c.label} NFE={c.nfe}")
+                    save_samples_png(samples, samples_png(out_dir, row), int(cfg.save_images), f"{c.label}, NFE {c.nfe}")
                 table.add({**row, **values, "status": "ok", "message": ""})
         if on_cell_done is not None:
             on_cell_done(k, c)

@@ -137,7 +137,7 @@ class DenoiserModule(L.LightningModule):
         if x.ndim == 2 and x.shape[1] == 2 and self.analytic is not None:
             arr = visual.scatter_over_density(x, self.analytic, out / f"scatter_{step:07d}.png", f"step {step}")
         elif x.ndim == 4:
-            arr = visual.image_grid(x)
+            arr = visual.image_grid(x, f"step {step}: heun/edm, NFE {hp.sample_nfe}")
             visual.save_png(arr, out / f"grid_{step:07d}.png")
         else:
             return
