@@ -198,3 +198,29 @@ def test_ema_update_with_warmup_matches_the_recurrence():
         ema = float(k) if n == 0 else (lambda d: d * ema + (1 - d) * k)(min(0.9, (1 + n) / (10 + n)))
         assert float(avg.module[0]) == pytest.approx(ema, rel=1e-6)
     assert upd.decay_at(0) == pytest.approx(0.1) and upd.decay_at(10**6) == 0.9
+
+
+def test_a_run_dir_is_resumed_only_by_the_same_config(tmp_path):
+    """Inside one SLURM job every `diffode train` of a task lands in outputs/<task>/<job id>: a second training
+    with another config there is refused in one paragraph (nothing resumed, nothing overwritten); the same
+    config (a requeue, or a longer continuation) resumes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFODE_OUTPUTS": str(tmp_path), "SLURM_JOB_ID": "4242"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    cli = [sys.executable, "-m", "diffode.cli", "train", *TINY_GMM]
+    first = subprocess.run([*cli, "trainer.max_steps=2"], env=env, capture_output=True, text=True, timeout=300)
+    run_dir = tmp_path / "denoiser" / "4242"
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "run.json").is_file()
+    before = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    other = subprocess.run([*cli, "trainer.max_steps=4", "method.lr=0.05"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "already holds a run of another config" in other.stderr and "method.lr" in other.stderr
+    assert "SLURM job 4242" in other.stderr and len(other.stderr.strip().split("\n\n")) == 1
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before  # untouched
+    res = train(cfg_for([*TINY_GMM, "trainer.max_steps=4"], run_dir))  # the same config continues
+    assert res["global_step"] == 4

@@ -1,10 +1,12 @@
 """The runner's plumbing: run directories, checkpoints to resume from, the checks every method shares."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError  # noqa: F401  (re-exported: the error every check raises)
 
@@ -20,6 +22,53 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
         out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+RUN_RECORD = "run.json"
+# What makes two trainings the same run (the length, threads, loggers and launch may change between a run and
+# its continuation): a run dir holding another identity is never resumed or written into.
+RUN_IDENTITY = ("method", "source", "dataset", "net", "schedule", "seed")
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
+            for k in RUN_IDENTITY}
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix[:-1]}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}"]
+
+
+def run_dir_errors(cfg: DictConfig, out: Path) -> list[str]:
+    """A run dir that holds another config's run (a second `diffode train` inside one SLURM job lands in the
+    first one's outputs/<task>/<job id>) is refused: resuming its checkpoint would silently continue a
+    different run. A requeue of the same job, or any run of the same config, passes (and resumes)."""
+    record = out / RUN_RECORD
+    if not record.is_file():
+        return []
+    try:
+        theirs = json.loads(record.read_text())["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{record} is not a readable diffode run record, so this run dir cannot be checked before it is "
+                f"resumed or written into; give this run its own directory (output_dir=<new dir>) or remove {record}."]
+    diff = _differences(theirs, json.loads(json.dumps(run_identity(cfg), default=str)))
+    if not diff:
+        return []
+    job = os.environ.get("SLURM_JOB_ID")
+    where = f" (SLURM job {job}: every `diffode train` of one task in this job lands here)" if job else ""
+    return [f"run dir {out}{where} already holds a run of another config, which differs in "
+            f"{'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Nothing was resumed or overwritten: give this "
+            "run its own directory (output_dir=<dir> or hydra.run.dir=<dir>), or delete that run dir to start over."]
+
+
+def record_run(cfg: DictConfig, out: Path) -> None:
+    """Write the run's identity into its dir (atomic; every rank writes the same bytes)."""
+    record = out / RUN_RECORD
+    tmp = record.with_name(f".{RUN_RECORD}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"identity": run_identity(cfg)}, indent=1, sort_keys=True, default=str))
+    tmp.replace(record)
 
 
 def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:

@@ -16,7 +16,7 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import ConfigError, generic_errors, resolve_ckpt_path, resolve_output_dir
+from .checks import ConfigError, generic_errors, record_run, resolve_ckpt_path, resolve_output_dir, run_dir_errors
 from .errors import hydra_entry
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def prepare(cfg: DictConfig):
         errors.append(f"dataset={getattr(ctx.datamodule, 'name', '?')} has samples of shape {tuple(ctx.datamodule.shape)} "
                       f"but the teacher (source) makes {tuple(ctx.teacher.shape)}; pick the dataset the teacher was "
                       f"trained on ({ctx.teacher.dataset}).")
-    errors += generic_errors(cfg, ctx, spec)
+    errors += run_dir_errors(cfg, out) + generic_errors(cfg, ctx, spec)
     if not errors and spec.check is not None:
         errors += spec.check(options, ctx)
     if errors:
@@ -88,6 +88,7 @@ def _train(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     spec, options, ctx = prepare(cfg)  # before any compute
     out = ctx.out_dir
+    record_run(cfg, out)  # after the checks: a refused config leaves no claim on the dir
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out) if spec.checkpoint else None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = spec.build(options, ctx)
