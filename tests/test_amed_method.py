@@ -265,8 +265,8 @@ def _cfg(tmp_path, *ov):
     (["method.teacher_solver=nope"], "unknown solver 'nope'"),
     (["method.select=fid"], "select=fid scores images"),
     (["method.distance=digits_perceptual"], "compares 8x8 grey digits"),
-    (["method.distance=l1"], "method.distance='l1' is unknown; choose one of l2, digits_perceptual, lpips"),
-    (["method.l2_weight=0.5"], "0 with method.distance=l2"),
+    (["method.distance=l3"], "method.distance='l3' is unknown; choose one of l2, l2_sum, l1, pseudo_huber"),
+    (["method.l2_weight=0.5"], "0 with method.distance=l2_sum"),
 ])
 def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, match, monkeypatch):
     from diffode.cli.errors import ConfigError

@@ -136,7 +136,8 @@ CASES = [
                "dataset.download=false"], ["mnist", "dataset.root="]),
     # diffode train method=ld3
     ("train", ["method=ld3", "method.gamma=-1"], ["method.gamma=-1 must be >= 0"]),
-    ("train", ["method=ld3", "method.distance=nosuch"], ["method.distance='nosuch'", "lpips, l2, l1"]),
+    ("train", ["method=ld3", "method.distance=nosuch"],
+     ["method.distance='nosuch'", "l2, l2_sum, l1, pseudo_huber, lpips, digits_perceptual"]),
     ("train", ["method=ld3", "source=gmm2d", "method.distance=lpips"], ["needs images", "method.distance=l2"]),
     ("train", ["method=ld3", "method.n_pairs=1"], ["method.n_pairs=1", "method.n_pairs=4"]),
     ("train", ["method=ld3", "method.solver=nosuch"], ["method.solver=nosuch", "unknown solver"]),

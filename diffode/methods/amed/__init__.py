@@ -20,7 +20,6 @@ from .predictor import PRIOR_GRIDS, AMEDPredictor, predictor_spec  # noqa: F401
 KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", "scale_dir", "scale_time", "batch",
         "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor",
         "r_prior", "select", "afs_grid", "val_refine", "objective", "val_fid_n", "distance", "l2_weight")
-DISTANCES = ("l2", "digits_perceptual", "lpips")  # l2: the paper's squared distance (module.squared_distance)
 FEATURES = ("auto", "bottleneck", "times_only")
 REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
 
@@ -181,10 +180,11 @@ def check(options: dict, ctx: Context) -> list[str]:
                       "method.afs_grid=auto or paper.")
     if o["objective"] not in ("interval", "endpoint"):
         errors.append(f"method.objective={o['objective']!r}; choose interval (the paper's) or endpoint.")
-    errors += distance_errors(o["distance"], None if ctx.teacher is None else ctx.teacher.shape, DISTANCES)
-    if not float(o["l2_weight"]) >= 0 or (float(o["l2_weight"]) and o["distance"] == "l2"):
+    errors += distance_errors(o["distance"], None if ctx.teacher is None else ctx.teacher.shape, instead="l2_sum")
+    if not float(o["l2_weight"]) >= 0 or (float(o["l2_weight"]) and o["distance"] in ("l2", "l2_sum")):
         errors.append(f"method.l2_weight={o['l2_weight']} adds that multiple of the mean squared error to a network "
-                      "distance (digits_perceptual, lpips): use a value >= 0, and 0 with method.distance=l2.")
+                      f"distance (digits_perceptual, lpips): use a value >= 0, and 0 with method.distance="
+                      f"{o['distance']}.")
     if o["select"] not in ("best", *FID_SELECTS, "last"):
         errors.append(f"method.select={o['select']!r}; choose best (lowest held-out endpoint RMSE), fid (lowest "
                       "held-out FID), fid_rmse (lowest held-out FID with no larger RMSE than the start's) or last.")

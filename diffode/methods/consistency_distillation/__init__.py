@@ -18,7 +18,7 @@ import torch
 
 from ...metrics.distance import distance_errors
 from ..registry import Context, register_method
-from .module import DISTANCES, OPTIMIZERS, CDConfig, ConsistencyDistillationModule, sampling_sigmas  # noqa: F401
+from .module import OPTIMIZERS, CDConfig, ConsistencyDistillationModule, sampling_sigmas  # noqa: F401
 
 CF_TARGET = "diffode.core.consistency.ConsistencyFunction"
 
@@ -75,8 +75,8 @@ def check(options: dict, ctx: Context) -> list[str]:
                           f"step must use only x at sigma_n: choose one of {', '.join(single_step_ode_solvers())}.")
     except ValueError as e:
         errors.append(f"method.teacher_solver: {e}")
-    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape, DISTANCES,
-                              cfg.lpips_net, cfg.lpips_random_backbone, instead="pseudo_huber (iCT) or l2")
+    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape, cfg.lpips_net,
+                              cfg.lpips_random_backbone, instead="pseudo_huber (iCT) or l2")
     if cfg.huber_c is not None and not cfg.huber_c > 0:
         errors.append(f"method.huber_c={cfg.huber_c} must be positive, or null for 0.00054 sqrt(dim).")
     if cfg.optimizer not in OPTIMIZERS:

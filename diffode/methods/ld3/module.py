@@ -112,7 +112,8 @@ class LD3Module(L.LightningModule):
         self.student_denoiser = Checkpointed(denoiser) if cfg.checkpointing else denoiser
         self.grid = LearnedGrid(self.steps, sigma_min, sigma_max, cfg.space, schedule, init=init_sigmas,
                                 decoupled=cfg.decoupled, win_rate=cfg.win_rate)
-        self.dist = make_distance(cfg.distance, cfg.lpips_net, cfg.lpips_random_backbone)
+        self.dist = make_distance(cfg.distance, lpips_net=cfg.lpips_net, random_backbone=cfg.lpips_random_backbone)
+        self.distance_net = self.dist.net  # a network distance's net: a submodule, so it follows the device
         self.lpips = getattr(self.dist, "net", None)  # a submodule, so it follows the module's device
         self.radius = ball_radius(cfg.gamma, math.prod(self.shape), self.steps)
         self.history: list[dict] = []
