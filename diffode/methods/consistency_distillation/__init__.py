@@ -10,6 +10,7 @@ from an exact ODE, not from a copy). Exports one artifact per step count k in `s
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -22,6 +23,8 @@ from .module import DISTANCES, OPTIMIZERS, CDConfig, ConsistencyDistillationModu
 
 SINGLE_STEP_SOLVERS = ("heun", "euler", "ddim", "dpm_solver_2", "dpm_solver_3")
 CF_TARGET = "diffode.core.consistency.ConsistencyFunction"
+
+log = logging.getLogger(__name__)
 
 
 def _cfg(options: dict) -> CDConfig:
@@ -174,7 +177,7 @@ def export(module: ConsistencyDistillationModule, ctx: Context) -> dict:
                              metrics={"distill_l2": err, "reference": f"heun/edm nfe {cfg.reference_nfe}",
                                       "n_val": cfg.n_val},
                              student=ema, student_spec=spec)
-        print(f"CD {k} step(s): artifact {path}" + (f"; 1-step l2 to the teacher's solve {err:.5g}" if err else ""))
+        log.info(f"CD {k} step(s): artifact {path}" + (f"; 1-step l2 to the teacher's solve {err:.5g}" if err else ""))
         out[f"cd_{k}"] = str(path)
     return out
 
