@@ -206,9 +206,12 @@ def test_artifact_writer_records_no_absolute_path(tmp_path):
 def test_load_sampler_takes_a_shipped_name_in_any_directory_and_prints_one_line(tmp_path, monkeypatch):
     import diffode
 
+    from diffode.config import asset
+
     monkeypatch.chdir(tmp_path)
     s = diffode.load_sampler("asset:artifacts/ld3/ipndm_nfe4")
-    assert (s.kind, s.solver, s.nfe) == ("ld3", "ipndm", 4)
+    assert (s.kind, s.solver, s.nfe, s.path) == ("ld3", "ipndm", 4, asset("artifacts/ld3/ipndm_nfe4"))
+    assert diffode.load_sampler("asset:artifacts/pd/pd_4").student is not None  # its weights.pt found too
     text = repr(s)
     assert text == str(s) and "\n" not in text and len(text) < 300
     for part in ("ld3", "ipndm/ld3", "ipndm", "nfe=4", "ipndm_nfe4"):
