@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import importlib.util
 
-# extra -> (the modules any one of which provides it, the config choice that needs it)
+# extra -> (the modules any one of which provides it, its package on PyPI, the config choice that needs it)
 EXTRAS = {
-    "wandb": (("wandb",), "logger=wandb"),
-    "tensorboard": (("tensorboard", "tensorboardX"), "logger=tensorboard"),
-    "diffusers": (("diffusers",), "source=diffusers"),
-    "slurm": (("hydra_plugins.hydra_submitit_launcher",), "hydra/launcher=submitit_slurm (or submitit_local)"),
+    "wandb": (("wandb",), "wandb", "logger=wandb"),
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard", "logger=tensorboard"),
+    "diffusers": (("diffusers",), "diffusers", "source=diffusers"),
+    "slurm": (("hydra_plugins.hydra_submitit_launcher",), "hydra-submitit-launcher",
+              "hydra/launcher=submitit_slurm (or submitit_local)"),
 }
 
 
 def installed(extra: str) -> bool:
-    modules, _ = EXTRAS[extra]
+    modules = EXTRAS[extra][0]
     for name in modules:
         try:
             if importlib.util.find_spec(name) is not None:
@@ -29,8 +30,8 @@ def installed(extra: str) -> bool:
 
 
 def missing_message(extra: str) -> str:
-    modules, choice = EXTRAS[extra]
-    return (f"{choice} needs the optional package {modules[0].split('.')[-1]}, which is not installed here; "
+    _, package, choice = EXTRAS[extra]
+    return (f"{choice} needs the optional package {package}, which is not installed here; "
             f"install it with pip install 'diffode[{extra}]' (or 'diffode[all]' for every optional piece), "
             "or choose another option.")
 
