@@ -1,1 +1,1 @@
-# The Hydra configs, installed as the package diffode.conf (setup.py maps it to this directory).
+# The Hydra configs, installed as the package diffode.conf (pyproject.toml maps it to this directory).

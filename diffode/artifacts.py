@@ -19,12 +19,14 @@ NFE or schedule it was not made for (`check`). `save_artifact` is the one writer
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .config import shipped_path
 from .core.schedules import DTYPE
 from .models import Model, same_model, schedule_spec
 from .spec import build
@@ -35,6 +37,11 @@ MANIFEST, WEIGHTS = "manifest.json", "weights.pt"
 
 
 def _plain(x):
+    """Plain JSON data, without the absolute paths of the machine that writes it (a cache, a source file):
+    those are recorded as null, since a manifest travels (and ships in the wheel); the model it was made for
+    is identified by its hash."""
+    if isinstance(x, str) and _absolute(x):
+        return None
     if isinstance(x, Tensor):
         return x.detach().cpu().tolist()
     if isinstance(x, dict):
@@ -42,6 +49,10 @@ def _plain(x):
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+def _absolute(s: str) -> bool:
+    return s.startswith(("/", "~")) or bool(re.match(r"[A-Za-z]:[\\/]", s))
 
 
 def save_artifact(out_dir, *, kind: str, solver: str, nfe: int, sigmas, model: dict, schedule,
@@ -96,8 +107,9 @@ def manifest_path(path) -> Path:
 
 
 def read_manifest(path) -> dict:
-    """The manifest of an artifact directory (or of a manifest / legacy LD3 .json file)."""
-    p = manifest_path(path)
+    """The manifest of an artifact directory (or of a manifest / legacy LD3 .json file, or a shipped
+    artifact's `asset:` name)."""
+    p = manifest_path(shipped_path(path) or path)
     if not p.is_file():
         raise ValueError(f"no artifact at {str(path)!r}: expected a directory with {MANIFEST} (written by "
                          "`diffode train method=...`, see <run dir>/artifacts/) or such a file.")
@@ -113,13 +125,17 @@ def read_manifest(path) -> dict:
     return m
 
 
-@dataclass
+@dataclass(repr=False)
 class LearnedSampler:
     """A learned sampler: solver + grid (+ student / hook) that samples with exactly `nfe` calls."""
     manifest: dict
     path: Path
     student: nn.Module | None = None
     hook: nn.Module | None = None
+
+    def __repr__(self) -> str:  # one line: the manifest (grid, training config, history) is `.manifest`
+        return (f"LearnedSampler(kind={self.kind!r}, label={self.label!r}, solver={self.solver!r}, nfe={self.nfe}, "
+                f"path={str(self.path)!r})")
 
     kind = property(lambda self: self.manifest["kind"])
     solver = property(lambda self: self.manifest["solver"])
@@ -201,7 +217,9 @@ class LearnedSampler:
 
 
 def load_sampler(path, map_location="cpu") -> LearnedSampler:
-    """The learned sampler stored at `path` (an artifact directory)."""
+    """The learned sampler stored at `path`: an artifact directory, or `asset:artifacts/<method>/<name>` for
+    one shipped in diffode/assets (as `diffode eval sweep.learned=[...]` takes it)."""
+    path = shipped_path(path) or path
     m = read_manifest(path)
     p = manifest_path(path)
     weights = None

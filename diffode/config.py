@@ -89,3 +89,10 @@ def cache_dir(*parts: str) -> Path:
 def asset(name: str) -> Path:
     """A file shipped in diffode/assets (the digits UNet and classifier)."""
     return Path(str(resources.files("diffode").joinpath("assets", name)))
+
+
+def shipped_path(p) -> Path | None:
+    """The file an `asset:<rel>` name stands for (shipped in diffode/assets, e.g. asset:artifacts/ld3/ipndm_nfe4,
+    the same in any directory and any install); None for any other name."""
+    s = str(p)
+    return asset(s[len("asset:"):]) if s.startswith("asset:") else None

@@ -14,7 +14,9 @@
                                                 (on a machine with internet)
 
 Bad configs stop before any compute with one paragraph naming the fix (HYDRA_FULL_ERROR=1 shows the
-traceback). Hydra flags work as usual: -m (multirun), --cfg job, --help.
+traceback). Hydra flags work as usual: -m (multirun), --cfg job, --help. `diffode-train` and `diffode-eval`
+are `diffode train` / `diffode eval` as commands of their own, for Hydra's tab completion:
+    eval "$(diffode-train -sc install=bash)"; eval "$(diffode-eval -sc install=bash)"
 """
 from __future__ import annotations
 

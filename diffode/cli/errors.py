@@ -47,6 +47,18 @@ def hydra_entry(config_name: str):
         # conf/hydra/launcher/submitit_*.yaml share their names with the plugin's schemas on purpose:
         # Hydra then type-checks them against hydra-submitit-launcher's fields.
         warnings.filterwarnings("ignore", message=".*validated against ConfigStore schema.*")
-        return hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(task)
+        hydra_main = hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(task)
+
+        @functools.wraps(fn)
+        def entry(*args, **kwargs):
+            from diffode.extras import launcher_errors
+
+            missing = launcher_errors(sys.argv[1:])  # Hydra builds the launcher before `task` runs
+            if missing:
+                report(ConfigError(" ".join(missing)))
+                sys.exit(2)
+            return hydra_main(*args, **kwargs)
+
+        return entry
 
     return wrap

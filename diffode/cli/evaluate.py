@@ -90,6 +90,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
     """Run (or resume) the sweep described by cfg; returns rows, paths and the summary."""
     from diffode.evaluation.families import families
     from diffode.evaluation.metrics import check_metrics, make_metrics
+    from diffode.extras import config_errors as extras_missing
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
     from diffode.evaluation.sweep import build_cells, run_sweep, validate_cells
@@ -106,6 +107,9 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
 
     # Everything that can be wrong with the config fails here, before any sampling.
     try:
+        missing = extras_missing(cfg)
+        if missing:
+            raise ValueError(" ".join(missing))
         if not all(isinstance(v, int) for v in (cfg.n_samples, cfg.batch_size)):
             raise ValueError(f"n_samples={cfg.n_samples!r} and batch_size={cfg.batch_size!r} must be whole numbers, "
                              "e.g. n_samples=1000 batch_size=500.")
@@ -171,11 +175,7 @@ def _wandb_overrides(lg) -> dict:
     """Settings a logger=wandb config (Lightning WandbLogger kwargs) may carry."""
     if lg is None or isinstance(lg, str):
         return {}
-    out = {k: lg[k] for k in ("project", "entity", "group", "tags", "mode") if lg.get(k) is not None}
-    offline = lg.get("offline")
-    if offline is True or offline is False:  # 'auto' (or absent): offline unless credentials
-        out["mode"] = "offline" if offline else "online"
-    return out
+    return {k: lg[k] for k in ("project", "entity", "group", "tags", "mode") if lg.get(k) is not None}
 
 
 def _overrides() -> list[str]:

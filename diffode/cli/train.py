@@ -30,6 +30,7 @@ def prepare(cfg: DictConfig):
     """(method spec, options, Context) with every check done; ConfigError (one paragraph) otherwise."""
     from hydra.utils import instantiate
 
+    from diffode.extras import config_errors as extras_missing
     from diffode.methods.registry import Context, get_method
     from diffode.models import load_model
 
@@ -37,6 +38,9 @@ def prepare(cfg: DictConfig):
         spec = get_method(str(cfg.method.name))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    missing = extras_missing(cfg)  # before the teacher and the data: a missing extra may be what loads them
+    if missing:
+        raise ConfigError(" ".join(missing))
     options = _plain(cfg.method)
     options.pop("name", None)
     out = resolve_output_dir(cfg)

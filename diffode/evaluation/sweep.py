@@ -114,10 +114,10 @@ def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
 def resolve_path(p) -> Path:
     """A path as given (absolute, or relative to the launch directory); `asset:<rel>` names a file
     shipped in diffode/assets (the main job's learned samplers for the shipped digits UNet)."""
-    if str(p).startswith("asset:"):
-        from diffode.config import asset
+    from diffode.config import shipped_path
 
-        return asset(str(p)[len("asset:"):])
+    if shipped_path(p) is not None:
+        return shipped_path(p)
     path = Path(str(p)).expanduser()
     if path.is_absolute():
         return path

@@ -7,6 +7,7 @@ exports it as the `hook` of an artifact of kind `amed` (<run dir>/artifacts/amed
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -22,6 +23,8 @@ KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", 
         "r_prior", "select", "afs_grid", "val_refine", "objective", "val_fid_n", "distance", "l2_weight")
 FEATURES = ("auto", "bottleneck", "times_only")
 REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
+
+log = logging.getLogger(__name__)
 
 
 def _world(ctx: Context) -> int:
@@ -250,9 +253,9 @@ def export(module: AMEDModule, ctx: Context) -> dict:
                                                   c.predictor["time_channels"], c.predictor["feature_channels"],
                                                   c.prior, c.first_at_start))
     if vals:
-        print(f"AMED {label} NFE {c.nfe}: held-out loss {vals[0]['loss']:.5g} -> {vals[-1]['loss']:.5g}, endpoint RMSE "
-              f"{vals[0]['endpoint_rmse']:.4g} -> {vals[-1]['endpoint_rmse']:.4g} (exported: {metrics['val_rmse_selected']:.4g}, "
-              f"batch {metrics['selected_batch']}); artifact {path}")
+        log.info(f"AMED {label} NFE {c.nfe}: held-out loss {vals[0]['loss']:.5g} -> {vals[-1]['loss']:.5g}, "
+                 f"endpoint RMSE {vals[0]['endpoint_rmse']:.4g} -> {vals[-1]['endpoint_rmse']:.4g} "
+                 f"(exported: {metrics['val_rmse_selected']:.4g}, batch {metrics['selected_batch']}); artifact {path}")
     return {"artifact": str(path)}
 
 

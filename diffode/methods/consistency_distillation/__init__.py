@@ -10,6 +10,7 @@ from an exact ODE, not from a copy). Exports one artifact per step count k in `s
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -21,6 +22,8 @@ from ..registry import Context, register_method
 from .module import OPTIMIZERS, CDConfig, ConsistencyDistillationModule, sampling_sigmas  # noqa: F401
 
 CF_TARGET = "diffode.core.consistency.ConsistencyFunction"
+
+log = logging.getLogger(__name__)
 
 
 def single_step_ode_solvers() -> list[str]:
@@ -181,7 +184,7 @@ def export(module: ConsistencyDistillationModule, ctx: Context) -> dict:
                              metrics={"distill_l2": err, "reference": f"heun/edm nfe {cfg.reference_nfe}",
                                       "n_val": cfg.n_val},
                              student=ema, student_spec=spec, condition=m.condition)
-        print(f"CD {k} step(s): artifact {path}" + (f"; 1-step l2 to the teacher's solve {err:.5g}" if err else ""))
+        log.info(f"CD {k} step(s): artifact {path}" + (f"; 1-step l2 to the teacher's solve {err:.5g}" if err else ""))
         out[f"cd_{k}"] = str(path)
     return out
 

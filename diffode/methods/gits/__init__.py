@@ -8,10 +8,13 @@ Not checkpointed: the search is re-made faster than a checkpoint would be restor
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from ..registry import Context, register_method
 from .module import GITSConfig, GITSModule, student_steps, warmup_noise  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def check(options: dict, ctx: Context) -> list[str]:
@@ -69,8 +72,8 @@ def export(module: GITSModule, ctx: Context) -> dict:
     seconds = time.perf_counter() - module.fit_started if hasattr(module, "fit_started") else None
     paths = module.save(ctx.out_dir / "artifacts" / "gits", train_seconds=seconds, condition=ctx.teacher.condition)
     for (solver, nfe), r in module.results.items():
-        print(f"GITS {solver} NFE {nfe}: indices {r['indices']} sigmas "
-              f"{[round(float(s), 4) for s in r['sigmas']]} (cost {r['cost']:.4g})")
+        log.info(f"GITS {solver} NFE {nfe}: indices {r['indices']} sigmas "
+                 f"{[round(float(s), 4) for s in r['sigmas']]} (cost {r['cost']:.4g})")
     return paths
 
 

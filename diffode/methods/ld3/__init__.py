@@ -6,10 +6,14 @@ Not checkpointed: its state is 2N+2 numbers and the cached teacher pairs, re-mad
 """
 from __future__ import annotations
 
+import logging
+
 from diffode.metrics.distance import distance_errors
 
 from ..registry import Context, register_method
 from .module import Checkpointed, LD3Config, LD3Module, steps_for_nfe  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def _cfg(options: dict) -> LD3Config:
@@ -70,8 +74,8 @@ def check(options: dict, ctx: Context) -> list[str]:
 
 def export(module: LD3Module, ctx: Context) -> dict:
     path = module.save(ctx.out_dir / "artifacts" / "ld3", condition=ctx.teacher.condition)
-    print(f"LD3 {module.cfg.solver} NFE {module.cfg.nfe}: val {module.cfg.distance} {module.val_first:.5g} -> "
-          f"{module.best['val']:.5g}; artifact {path}")
+    log.info(f"LD3 {module.cfg.solver} NFE {module.cfg.nfe}: val {module.cfg.distance} {module.val_first:.5g} -> "
+             f"{module.best['val']:.5g}; artifact {path}")
     return {"artifact": str(path)}
 
 
