@@ -113,7 +113,11 @@ def read_manifest(path) -> dict:
     if not p.is_file():
         raise ValueError(f"no artifact at {str(path)!r}: expected a directory with {MANIFEST} (written by "
                          "`diffode train method=...`, see <run dir>/artifacts/) or such a file.")
-    m = json.loads(p.read_text())
+    try:
+        m = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(p)!r} is not valid JSON ({e}); it is not a complete diffode artifact manifest: "
+                         "re-export the artifact (`diffode train method=...`) or remove it from sweep.learned.") from None
     if m.get("format") == LEGACY_LD3:  # same keys, kind under `method`, checkpoints called "ckpt"
         m = {**m, "format": FORMAT, "kind": m.get("method", "ld3"), "afs": False, "denoise_to_zero": False,
              "student": None, "hook": None}

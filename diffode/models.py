@@ -168,8 +168,15 @@ def load_denoiser(ckpt_path, ema: bool = True, map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the path of a .ckpt written by "
                                 "`diffode train` (<run dir>/checkpoints/last.ckpt or denoiser_ema.ckpt)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hp = ckpt["hyper_parameters"]
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        hp = ckpt["hyper_parameters"]
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged or foreign file)
+        # torch's own text for a foreign pickle suggests weights_only=False, which diffode never does
+        why = "not a torch zip file, or a damaged one" if not isinstance(e, KeyError) else f"no {e} in it"
+        raise ValueError(f"{str(path)!r} is not a readable diffode checkpoint ({type(e).__name__}: {why}); pass a "
+                         "checkpoint written by `diffode train` (denoiser_ema.ckpt or checkpoints/last.ckpt), or "
+                         "copy it again if it was damaged.") from None
     if ema or "current_model_state" not in ckpt:
         if ema and not ckpt.get("ema", "current_model_state" in ckpt):
             log.warning("%s holds no EMA weights; loading the raw weights", path)

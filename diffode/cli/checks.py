@@ -121,6 +121,29 @@ def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     return errors + check_launcher(cfg)
 
 
+def slurm_errors(argv: list[str]) -> list[str]:
+    """hydra/launcher=submitit_slurm needs a reachable SLURM controller: said before Hydra builds the launcher
+    (submitit would fail deep inside with 'Could not detect srun')."""
+    import shutil
+    import subprocess
+
+    if not any(a.split("=", 1)[0].lstrip("+~") == "hydra/launcher" and a.endswith("submitit_slurm") for a in argv):
+        return []
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        return ["hydra/launcher=submitit_slurm needs a SLURM cluster, but there is no sbatch / srun on this machine's "
+                "PATH; launch from a node of the cluster (a login node), or use hydra/launcher=submitit_local to run "
+                "the same jobs here."]
+    try:
+        p = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
+        why = None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["sinfo failed"])[0]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = str(e)
+    if why:
+        return [f"hydra/launcher=submitit_slurm: the SLURM controller is unreachable ({why}); start it or check "
+                "SLURM_CONF, or use hydra/launcher=submitit_local."]
+    return []
+
+
 def check_launcher(cfg: DictConfig, launcher: DictConfig | None = None) -> list[str]:
     """SLURM launcher vs trainer: one task per device, as many nodes as trainer.num_nodes."""
     if launcher is None:
@@ -145,3 +168,64 @@ def check_launcher(cfg: DictConfig, launcher: DictConfig | None = None) -> list[
         errs.append(f"hydra.launcher.gpus_per_node={gpus} but trainer.devices={devices} GPUs; set "
                     f"hydra.launcher.gpus_per_node={devices} (the launcher asks for no GPU unless told).")
     return errs
+
+
+# -- value types ------------------------------------------------------------------------------------------
+
+def _kind(v) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "a boolean (true / false)"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    return None  # lists and mappings: their entries are compared one by one
+
+
+def _fits(default, value) -> bool:
+    want, have = _kind(default), _kind(value)
+    if want is None or have == want or isinstance(value, (list, tuple)):  # a list where one value was (a sweep)
+        return True
+    return want == "a number" and have == "an integer"
+
+
+def _leaves(default, value, prefix: str = ""):
+    if isinstance(default, dict) and isinstance(value, dict):
+        for k in default:
+            if k in value:
+                yield from _leaves(default[k], value[k], f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], default, value
+
+
+def runtime_choices() -> dict | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices)
+    except ValueError:
+        return None
+
+
+def type_errors(cfg: DictConfig, config_name: str, choices: dict | None = None) -> list[str]:
+    """Every value whose type is not its default's, naming its key: the config composed with the same group
+    choices (Hydra's runtime choices) and no value override is the reference. Without choices (a config composed
+    in code) there is nothing to compare with, and no error."""
+    choices = runtime_choices() if choices is None else choices
+    if not choices:
+        return []
+    from hydra import compose
+
+    try:
+        base = compose(config_name, overrides=[f"{g}={o}" for g, o in choices.items()
+                                               if o is not None and not g.startswith("hydra")])
+    except Exception:  # noqa: BLE001  (no reference to compare with: leave the checks to the code)
+        return []
+    ref = OmegaConf.to_container(base, resolve=False)
+    mine = OmegaConf.to_container(cfg, resolve=False)
+    return [f"{key}={value!r} must be {_kind(default)} (its default is {default!r})."
+            for key, default, value in _leaves(ref, mine) if not _fits(default, value)]

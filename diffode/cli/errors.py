@@ -53,7 +53,10 @@ def hydra_entry(config_name: str):
         def entry(*args, **kwargs):
             from diffode.extras import launcher_errors
 
+            from .checks import slurm_errors
+
             missing = launcher_errors(sys.argv[1:])  # Hydra builds the launcher before `task` runs
+            missing = missing or slurm_errors(sys.argv[1:])
             if missing:
                 report(ConfigError(" ".join(missing)))
                 sys.exit(2)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import type_errors
 from .errors import ConfigError, hydra_entry
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
 
     # Everything that can be wrong with the config fails here, before any sampling.
     try:
-        missing = extras_missing(cfg)
+        missing = extras_missing(cfg) + type_errors(cfg, "eval", choices)
         if missing:
             raise ValueError(" ".join(missing))
         if not all(isinstance(v, int) for v in (cfg.n_samples, cfg.batch_size)):

@@ -16,7 +16,8 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import ConfigError, generic_errors, record_run, resolve_ckpt_path, resolve_output_dir, run_dir_errors
+from .checks import (ConfigError, generic_errors, record_run, resolve_ckpt_path, resolve_output_dir, run_dir_errors,
+                     type_errors)
 from .errors import hydra_entry
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ def prepare(cfg: DictConfig):
         spec = get_method(str(cfg.method.name))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    missing = extras_missing(cfg)  # before the teacher and the data: a missing extra may be what loads them
+    missing = extras_missing(cfg) + type_errors(cfg, "train")  # before the teacher and the data are loaded
     if missing:
-        raise ConfigError(" ".join(missing))
+        raise ConfigError(f"invalid config for method={spec.name}: " + " ".join(missing))
     options = _plain(cfg.method)
     options.pop("name", None)
     out = resolve_output_dir(cfg)

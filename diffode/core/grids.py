@@ -140,7 +140,11 @@ def load_grid_file(path, steps=None, schedule=_ANY, solver=None, nfe=None) -> tu
     if not p.is_file():
         raise ValueError(f"grid file {str(p)!r} does not exist; pass grid_options={{'path': ...}} pointing "
                          "to an artifact directory (e.g. <run dir>/artifacts/ld3 of `diffode train method=ld3`).")
-    rec = json.loads(p.read_text())
+    try:
+        rec = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"grid file {str(p)!r} is not valid JSON ({e}); re-export it (`diffode train method=ld3`)."
+                         ) from None
     missing = [k for k in ("sigmas", "solver", "nfe", "schedule") if k not in rec]
     if missing:
         raise ValueError(f"grid file {str(p)!r} lacks the keys {missing}; it needs sigmas, solver, nfe, schedule.")

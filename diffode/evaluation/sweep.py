@@ -72,7 +72,12 @@ def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
     choices = choices or {}
     s = cfg.sweep
     one_solver, one_grid = _one(cfg, "solver", choices.get("solver")), _one(cfg, "grid", choices.get("grid"))
-    nfes = [int(n) for n in _as_list(cfg.get("nfe") if cfg.get("nfe") is not None else s.nfes)]
+    given = _as_list(cfg.get("nfe") if cfg.get("nfe") is not None else s.nfes)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in given):
+        key = "nfe" if cfg.get("nfe") is not None else "sweep.nfes"
+        raise ValueError(f"{key}={given if len(given) > 1 else given[0]!r} must be whole numbers of denoiser calls, "
+                         "e.g. nfe=6 or sweep.nfes=[4,6,8].")
+    nfes = [int(n) for n in given]
     if not nfes:
         raise ValueError("sweep.nfes is empty; set e.g. sweep.nfes=[3,4,5,6,7,8,9,10] (or nfe=6 for one cell)")
     solvers = [one_solver[0]] if one_solver else _as_list(s.solvers)
