@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from _reference import Recorder
 from diffode.core.denoisers import make_gmm
 from diffode.core.grids import make_grid
 from diffode.core.sample import reachable_nfes, sample
@@ -146,6 +147,23 @@ def test_inner_grid_reaches_every_nfe_and_refuses_a_hook():
         sample(GMM, x_T, "dpm_solver_2", nfe=4, inner="middle")
 
 
+def test_inner_grid_conditions_the_network_on_each_nodes_net_sigma():
+    """With LD3's decoupled net_sigmas every grid node, inner or outer, is called at its own net sigma,
+    while the coefficients keep the grid's sigmas (the answer equals a denoiser remapped by hand)."""
+    grid = make_grid("edm", 7)
+    net = grid * torch.linspace(0.9, 1.1, 8, dtype=F64)
+    rec = Recorder(GMM)
+    ours = sample(rec, _x_T(), "dpm_solver_3", nfe=None, grid=grid, net_sigmas=net, inner="grid")
+    torch.testing.assert_close(torch.stack(rec.sigmas), net[:-1], rtol=0, atol=0)
+
+    def remapped(x, sigma):  # asked at a grid node, answers as at that node's net sigma
+        j = int(torch.argmin((grid - torch.as_tensor(sigma, dtype=F64)).abs()))
+        return GMM(x, net[j])
+
+    ref = sample(remapped, _x_T(), "dpm_solver_3", nfe=None, grid=grid, inner="grid")
+    torch.testing.assert_close(ours, ref, rtol=1e-13, atol=1e-13)
+
+
 # -- dpm_solver_3's midpoints hook --------------------------------------------------------------------
 
 def _x_T(n=3):
@@ -186,7 +204,8 @@ def test_dpm_solver_3_stage_scales():
     def shifted(x, sigma):  # the network asked at p1 answers as at a p1
         return GMM(x, a * sigma if bool(torch.isclose(torch.as_tensor(sigma, dtype=F64), p1, rtol=1e-14)) else sigma)
 
-    torch.testing.assert_close(run(Stage(p1, a=a), Stage(p2)), run(Stage(p1), Stage(p2), shifted), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(run(Stage(p1, a=a), Stage(p2)), run(Stage(p1), Stage(p2), shifted),
+                               rtol=1e-13, atol=1e-13)
 
 
 def test_dpm_solver_3_hook_must_return_a_pair():
