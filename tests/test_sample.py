@@ -206,6 +206,9 @@ def test_dpm_solver_2_with_hook_matches_diffusers_singlestep():
     mids = pts[1::2]
     ours = sample(GMM, x_T, "dpm_solver_2", nfe=6, grid=pts[::2], schedule=sch, midpoints=lambda i, a, b, x: mids[i])
     torch.testing.assert_close(ours, ref.to(F64), rtol=1e-4, atol=1e-4)
+    # inner='grid' is the same rule without a hook: the grid's own nodes are the inner points
+    ours = sample(GMM, x_T, "dpm_solver_2", nfe=6, grid=pts, schedule=sch, inner="grid")
+    torch.testing.assert_close(ours, ref.to(F64), rtol=1e-4, atol=1e-4)
 
 # -- the AMED hook -------------------------------------------------------------------------------
 
