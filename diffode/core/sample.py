@@ -32,7 +32,8 @@ What it adds around a registered solver (diffode/core/solvers/registry.py):
   starts its history afresh there. AFS only at start 0.
 
 Per-step hook for AMED (and any learned intermediate point), diffode/core/stage.py: the solvers amed,
-heun, dpm_solver_2, euler/ddim, ipndm and dpmpp_2m take an option `midpoints`, a callable
+heun, dpm_solver_2, euler/ddim, ipndm and dpmpp_2m take an option `midpoints` (dpm_solver_3 too, whose hook
+returns a pair of stages), a callable
 (i, sigma_cur, sigma_next, x) -> Stage(sigma, c, a) or a bare sigma tensor, the stage point of step i
 (keep it differentiable: no .item()). The default is sigma_next for heun (the trapezoid rule; any other
 point gives the second-order two-stage RK family with weights 1 - 1/(2c), 1/(2c), c the stage's
@@ -337,6 +338,10 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
     tail = sigmas[start:], None if net_sigmas is None else net_sigmas[start:]
     try:
         x = spec.fn(D, x_T, tail[0], net_sigmas=tail[1], callback=on_step, **opts)
+        if stop < steps:  # the solver never reported step stop-1: one of its steps spans several grid intervals
+            raise ValueError(f"solver {solver!r} with options {solver_options} takes steps spanning several grid "
+                             f"intervals (it reported after {steps_at}), so it cannot stop after step {stop}; stop "
+                             "at one of those, or solve the whole grid.")
     except _Stop as reached:
         x = reached.x
     _check_steps(flags, steps_at, sigmas)

@@ -22,7 +22,7 @@ KEYS = ("student", "nfe", "afs", "grid", "grid_options", "teacher_solver", "M", 
         "n_trajectories", "lr", "seed", "n_val", "val_every", "predictor",
         "r_prior", "select", "afs_grid", "val_refine", "objective", "val_fid_n", "distance", "l2_weight")
 FEATURES = ("auto", "bottleneck", "times_only")
-REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic")  # uniform in a transformed variable
+REFINABLE = ("edm", "logsnr", "time_uniform", "time_quadratic", "time_uniform_vp")  # uniform in a transformed variable
 
 log = logging.getLogger(__name__)
 
