@@ -57,3 +57,17 @@ def test_learned_folder_finds_artifacts_at_any_depth(tmp_path):
                       sigmas=make_grid("edm", nfe, EDM()), schedule=EDM(), model=identity)
     cells = build_cells(cfg_for(tmp_path / "run", "sweep.solvers=[]", f"sweep.learned=[{tmp_path / 'sweep'}]"))
     assert [(c.label, c.nfe) for c in cells] == [("ipndm/ld3", 4), ("dpmpp_3m/ld3", 5)]
+
+
+def test_a_mixture_source_takes_a_variant_of_its_preset():
+    """source.params overrides the preset's mixture parameters (the solver study's ring of radius 0.7); the
+    model's identity says which mixture it is, and a key the mixture does not take is refused."""
+    from diffode.models import load_model
+
+    base = load_model({"kind": "gmm", "preset": "gmm2d"})
+    ring = load_model({"kind": "gmm", "preset": "gmm2d", "params": {"spread": 0.7}})
+    assert torch.allclose(ring.gmm.mu.norm(dim=-1), torch.full((8,), 0.7, dtype=torch.float64))
+    assert torch.allclose(base.gmm.mu.norm(dim=-1), torch.ones(8, dtype=torch.float64))
+    assert ring.identity["params"]["spread"] == 0.7 and ring.identity["hash"] != base.identity["hash"]
+    with pytest.raises(ValueError, match="source.params"):
+        load_model({"kind": "gmm", "preset": "gmm2d", "params": {"radius": 0.7}})
