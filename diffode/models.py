@@ -235,7 +235,10 @@ def load_model(src) -> Model:
         preset = _get(src, "preset")
         if preset not in GMM_PRESETS:
             raise ValueError(f"unknown mixture preset {preset!r}; choose one of {', '.join(GMM_PRESETS)}.")
-        params = dict(GMM_PRESETS[preset])
+        params = {**GMM_PRESETS[preset], **dict(_get(src, "params", {}))}  # source.params: a variant of the preset
+        if set(params) - set(GMM_PRESETS[preset]):
+            raise ValueError(f"source.params {sorted(set(params) - set(GMM_PRESETS[preset]))}: a mixture takes "
+                             f"{', '.join(GMM_PRESETS[preset])}, e.g. +source.params.spread=0.7.")
         gmm = make_gmm(**params)
         schedule = EDM()
         lo, hi = _range(src, schedule.sigma_min, schedule.sigma_max)

@@ -135,10 +135,11 @@ def resolve_path(p) -> Path:
 
 
 def expand_artifacts(entry) -> list[Path]:
-    """An artifact directory, or a folder of them (every subdirectory with a manifest.json, sorted)."""
+    """An artifact directory, or a folder holding artifacts at any depth (sorted): a folder of them, a training
+    run dir (<run dir>/artifacts/<name>) or a multirun's sweep dir (<sweep dir>/<job>/artifacts/<name>)."""
     path = resolve_path(entry)
     if path.is_dir() and not (path / "manifest.json").is_file():
-        found = sorted(p.parent for p in path.glob("*/manifest.json"))
+        found = sorted(p.parent for p in path.rglob("manifest.json"))
         if found:
             return found
     return [path]
@@ -159,7 +160,9 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
     sweep.skip_unreachable is set; raises ValueError listing every problem otherwise."""
     from diffode.core.sample import check_sampling_config, reachable_nfes
 
-    flags = dict(afs=bool(cfg.afs), denoise_to_zero=bool(cfg.denoise_to_zero))
+    if cfg.afs not in (True, False, "auto"):
+        raise ValueError(f"afs={cfg.afs!r}: choose afs=false, true or auto (the analytic first step only where a "
+                         "cell's NFE needs it).")
     top = max([2 * c.nfe for c in cells] + [12])
     unreachable, errors = {}, {}  # errors: (label, message) -> NFEs, so a problem is said once, not per NFE
     for c in cells:
@@ -170,6 +173,7 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
                 errors.setdefault((c.label, str(e)), []).append(c.nfe)
             continue
         try:
+            flags = cell_flags(c, cfg)
             ok = reachable_nfes(c.solver_name, max_nfe=max(c.nfe, 1), **flags, **c.solver_options)
             if c.nfe not in ok:
                 near = reachable_nfes(c.solver_name, max_nfe=top, **flags, **c.solver_options)
@@ -191,13 +195,26 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
     return unreachable
 
 
+def cell_flags(cell: Cell, cfg) -> dict:
+    """afs and denoise_to_zero of a training-free cell. afs=auto: the analytic first step exactly where the cell's
+    NFE is out of reach without it (a solver of two calls per step at an odd NFE), as AMED's method.afs=auto, so
+    one sweep holds DPM-Solver-2 at NFE 3, 4, 5, ... beside the one-call solvers without AFS."""
+    from diffode.core.sample import reachable_nfes
+
+    dz = bool(cfg.denoise_to_zero)
+    afs = cfg.afs
+    if afs == "auto":
+        afs = cell.nfe not in reachable_nfes(cell.solver_name, cell.nfe, False, dz, **cell.solver_options)
+    return dict(afs=bool(afs), denoise_to_zero=dz)
+
+
 def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[torch.Tensor, dict]:
     """The cell's samples from x_T (one condition per row in `cond`, or None) and its per-sample counts
     dict(nfe=denoiser calls, forwards=network passes)."""
     if cell.sampler is None:
         return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, solver=cell.solver_name,
-                            nfe=cell.nfe, grid=cell.grid_name, grid_options=cell.grid_options, afs=bool(cfg.afs),
-                            denoise_to_zero=bool(cfg.denoise_to_zero), **cell.solver_options)
+                            nfe=cell.nfe, grid=cell.grid_name, grid_options=cell.grid_options,
+                            **cell_flags(cell, cfg), **cell.solver_options)
     from diffode.core.conditioning import take
 
     out, counts = [], {}
@@ -245,6 +262,8 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
     n = x_T.shape[0]
     for k, c in enumerate(tqdm(todo, desc="sweep", unit="cell", disable=not cfg.progress)):
         row = dict(solver=c.solver, grid=c.grid, nfe=c.nfe, n_samples=n, seeds=seeds_label, condition=condition)
+        if cfg.afs == "auto" and c.sampler is None:  # which cells took the analytic first step
+            row["afs"] = cell_flags(c, cfg)["afs"]
         if c.key in unreachable:
             table.add({**row, "status": "unreachable", "n_samples": 0, "message": unreachable[c.key]})
         else:
