@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_module
 
-from diffode.cli.checks import slurm_errors, type_errors
+from diffode.cli.checks import type_errors
+from diffode.cli.launch import slurm_errors
 from diffode.cli.errors import ConfigError
 from diffode.cli.evaluate import evaluate
 

@@ -156,7 +156,7 @@ def test_wandb_runs_offline_without_credentials_and_is_finished(tmp_path, monkey
 
 
 def test_slurm_launcher_config_follows_the_trainer(tmp_path):
-    from diffode.cli.checks import check_launcher
+    from diffode.cli.launch import check_launcher
 
     with initialize_config_module("diffode.conf", version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4",

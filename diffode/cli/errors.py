@@ -53,7 +53,7 @@ def hydra_entry(config_name: str):
         def entry(*args, **kwargs):
             from diffode.extras import launcher_errors
 
-            from .checks import slurm_errors
+            from .launch import slurm_errors
 
             missing = launcher_errors(sys.argv[1:])  # Hydra builds the launcher before `task` runs
             missing = missing or slurm_errors(sys.argv[1:])
