@@ -1,4 +1,6 @@
 """The report's judgements: who is best per NFE (with ties) and whether the reference solve resolves the table."""
+import pytest
+
 from diffode.evaluation.report import winners, write_report
 
 
@@ -25,3 +27,99 @@ def test_report_says_when_the_reference_does_not_resolve_the_table(tmp_path):
     assert "less than 100x" in _header(tmp_path, 0.05 / 27)      # the old NFE-100 default: 27x
     assert "less than 100x" not in _header(tmp_path, 0.05 / 230)
     assert "230x below the smallest solver error" in _header(tmp_path, 0.05 / 230)
+
+
+# -- the tie rule end to end: several NFEs, a higher-is-better metric, the rendered Markdown ------------------
+
+def _cell_row(solver, nfe, **metrics):
+    """A result row with metric values and, for (value, half) pairs, a symmetric interval."""
+    r = {"solver": solver, "grid": "edm", "nfe": nfe, "status": "ok", "n_samples": 10, "seeds": "0-9"}
+    for m, v in metrics.items():
+        if isinstance(v, tuple):
+            r[m], r[f"{m}_lo"], r[f"{m}_hi"] = v[0], v[0] - v[1], v[0] + v[1]
+        else:
+            r[m] = v
+    return r
+
+
+# Each NFE is one case of the rule, the expected marks written out by hand (label -> "bold" | "tie" | ""),
+# best value first: the "best" row names it first, then the cells tied with it.
+SWEEP = [
+    # NFE 2: a's interval [9, 11] clears b's [12, 14] and c's: a alone, in bold
+    _cell_row("a", 2, fid=(10.0, 1.0), confident=(0.50, 0.01), rmse=0.30),
+    _cell_row("b", 2, fid=(13.0, 1.0), confident=(0.70, 0.01), rmse=0.31),
+    _cell_row("c", 2, fid=(30.0, 1.0), confident=(0.60, 0.01), rmse=0.32),
+    # NFE 4: a [8.5, 11.5] overlaps b [11, 13]: both tied, c is not
+    _cell_row("a", 4, fid=(10.0, 1.5), confident=(0.80, 0.05), rmse=0.20),
+    _cell_row("b", 4, fid=(12.0, 1.0), confident=(0.84, 0.05), rmse=0.10),
+    _cell_row("c", 4, fid=(30.0, 1.0), confident=(0.20, 0.05), rmse=0.25),
+    # NFE 8: intervals that only touch ([9, 11] and [11, 13]) do not clear each other: a tie. b [11.1, 11.9]
+    # does not overlap the best one's, although it overlaps c's: ties are judged against the best cell only.
+    _cell_row("a", 8, fid=(10.0, 1.0), confident=(0.95, 0.01), rmse=0.05),
+    _cell_row("b", 8, fid=(11.5, 0.4), confident=(0.90, 0.01), rmse=0.04),
+    _cell_row("c", 8, fid=(12.0, 1.0), confident=(0.92, 0.01), rmse=0.06),
+    # a failed cell with a better number and an unreachable one: never best, never tied
+    {"solver": "d", "grid": "edm", "nfe": 8, "status": "failed", "fid": 1.0, "fid_lo": 0.5, "fid_hi": 1.5,
+     "confident": 1.0, "rmse": 0.001, "n_samples": 10, "seeds": "0-9", "message": "NaN at step 3"},
+    {"solver": "d", "grid": "edm", "nfe": 4, "status": "unreachable"},
+]
+EXPECTED = {
+    "fid": {2: {"a": "bold"}, 4: {"a": "tie", "b": "tie"}, 8: {"a": "tie", "c": "tie"}},
+    # higher is better: the largest value wins, with the same interval rule
+    "confident": {2: {"b": "bold"}, 4: {"b": "tie", "a": "tie"}, 8: {"a": "bold"}},
+    # no intervals: the smallest value alone, however close the runner-up
+    "rmse": {2: {"a": "bold"}, 4: {"b": "bold"}, 8: {"b": "bold"}},
+}
+
+
+def _parse_table(md: str, heading: str) -> dict:
+    """The table under `## heading` as {label: {nfe: cell text}}, columns found by their 'NFE n' header."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {heading}"))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    header = rows[0]
+    cols = {int(h.split()[1]): j for j, h in enumerate(header) if h.startswith("NFE ")}
+    return {r[0]: {n: r[j] for n, j in cols.items()} for r in rows[2:]}
+
+
+def _mark(cell: str) -> str:
+    if cell.startswith("**") and cell.endswith("**"):
+        return "bold"
+    if cell.startswith("*") and cell.endswith("* (tie)"):
+        return "tie"
+    assert "*" not in cell, cell
+    return ""
+
+
+@pytest.mark.parametrize("metric", list(EXPECTED))
+def test_winners_follow_the_interval_rule_at_every_nfe(metric):
+    got = {n: sorted(r["solver"] for r in w) for n, w in winners(SWEEP, metric).items()}
+    assert got == {n: sorted(e) for n, e in EXPECTED[metric].items()}
+
+
+def test_rendered_report_marks_best_and_ties_as_the_rule_says(tmp_path):
+    summary = {"fid_bootstrap": 200, "fid_level": 0.95}
+    md = write_report(SWEEP, ["fid", "confident", "rmse"], tmp_path, "sweep", summary).read_text()
+    assert "## FID (lower is better" in md and "## CONFIDENT (higher is better" in md
+    assert "## RMSE (lower is better" in md
+    assert "95% bootstrap interval" in md and "B = 200" in md
+    for metric, heading in (("fid", "FID"), ("confident", "CONFIDENT"), ("rmse", "RMSE")):
+        table = _parse_table(md, heading)
+        for nfe, marks in EXPECTED[metric].items():
+            for solver in "abc":
+                cell = table[f"{solver}/edm"][nfe]
+                assert _mark(cell) == marks.get(solver, ""), (metric, nfe, solver, cell)
+            want = [f"{s}/edm" for s in marks]
+            best = table["**best**"][nfe]
+            assert best == (want[0] if len(want) == 1 else "tie: " + ", ".join(want)), (metric, nfe, best)
+        assert table["d/edm"][8] == "failed" and table["d/edm"][4] == "n/a" and table["d/edm"][2] == ""
+    # values and half-widths as printed: 4 significant digits, +- half the interval to 2
+    fid = _parse_table(md, "FID")
+    assert fid["a/edm"][2] == "**10 ± 1**" and fid["b/edm"][4] == "*12 ± 1* (tie)" and fid["c/edm"][2] == "30 ± 1"
+    assert _parse_table(md, "RMSE")["b/edm"][8] == "**0.04**"
+    assert "d/edm NFE 8: NaN at step 3" in md and "n/a: the solver cannot make exactly that many calls (1 cells)" in md
