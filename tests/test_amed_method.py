@@ -61,6 +61,28 @@ GMM2 = load_model({"kind": "gmm", "preset": "gmm2d"})
 # -- the predictor ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("features", [None, (2, 2)])
+def test_saturated_heads_reach_exactly_the_configured_scale_bounds(features):
+    """c = 1 +- scale_dir and a = 1 +- scale_time at the saturated ends, each head with its own option
+    (the module built from method.scale_dir / method.scale_time; distinct values so a swap shows)."""
+    scale_dir, scale_time = 0.05, 0.2
+    m = _module(_tiny_unet_model() if features else GMM2, student="ipndm", nfe=5, scale_dir=scale_dir,
+                scale_time=scale_time)
+    p = m.predictor
+    assert p.feature_shape == features
+    x = torch.randn(3, 1, 8, 8, dtype=F64) if features else torch.randn(3, 2, dtype=F64)
+    feats = None if features is None else torch.randn(3, 16, *features, dtype=F64)
+    cur, nxt = torch.tensor(5.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    for sign_dir, sign_time in ((1, -1), (-1, 1)):
+        with torch.no_grad():
+            for head, sign in ((p.fc_dir, sign_dir), (p.fc_time, sign_time)):
+                head.weight.zero_()
+                head.bias.fill_(60.0 * sign)  # sigmoid(+-60) is 1 or 0 to float64 precision
+        st = p(0, cur, nxt, x, feats)
+        torch.testing.assert_close(st.c, torch.full_like(st.c, 1 + sign_dir * scale_dir), rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(st.a, torch.full_like(st.a, 1 + sign_time * scale_time), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("features", [None, (2, 2)])
 def test_predictor_outputs_stay_in_their_bounds(features):
     p = AMEDPredictor(features, scale_dir=0.05, scale_time=0.2)
     x = torch.randn(64, 1, 2, 2, dtype=F64)
