@@ -1,0 +1,71 @@
+"""FID's feature side: the uint8 quantisation of the protocol, the feature-net choice, the Inception wrapper's
+input handling and settings, and the features the bootstrap reads (exact answers, no weights needed)."""
+import pytest
+import torch
+
+import diffode.metrics.fid as F
+
+
+def test_quantize_uint8_rounds_like_edm_image_saving():
+    # NVlabs/edm: (x * 127.5 + 128).clip(0, 255).to(uint8), the cast truncating (so +128 rounds -1..1 to 0..255)
+    x = torch.tensor([-1.5, -1.0, -0.999, 0.0, 0.004, 0.5, 0.999, 1.0, 2.0])
+    expected = [0, 0, 0, 128, 128, 191, 255, 255, 255]
+    q = F.quantize_uint8(x)
+    assert q.dtype == torch.uint8 and q.tolist() == expected
+
+
+def test_feature_net_by_name():
+    net = F.get_feature_net("flatten", dim=6)
+    assert isinstance(net, F.FlattenFeatures) and net.num_features == 6 and net.cache_id == "flatten6"
+    out = net(torch.arange(12.0).reshape(2, 1, 2, 3))
+    assert out.dtype == torch.float64 and out.tolist() == [list(map(float, range(6))), list(map(float, range(6, 12)))]
+    from diffode.metrics.digits_classifier import DigitsFeatures
+
+    assert isinstance(F.get_feature_net("digits"), DigitsFeatures)
+    with pytest.raises(ValueError, match="needs the data dimension"):
+        F.get_feature_net("flatten")
+    with pytest.raises(ValueError, match="unknown FID feature net 'nosuch'"):
+        F.get_feature_net("nosuch")
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for torchmetrics' Inception: records its input and returns [N, 2048] float32 features."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs, self.seen = kwargs, []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return x.float().mean((1, 2, 3))[:, None].expand(-1, 2048)
+
+
+def test_inception_wrapper_settings_and_input(monkeypatch, tmp_path):
+    """The protocol's settings (the TF1-compatible net, pool3 features, the weights file, no antialias) and
+    what the net receives: uint8 pixels, grey images repeated to 3 channels; float64 [N, 2048] back."""
+    import torchmetrics.image.fid as tm
+
+    weights = tmp_path / "w.pth"
+    monkeypatch.setattr(F, "require_weights", lambda key: weights if key == "inception" else None)
+    monkeypatch.setattr(tm, "NoTrainInceptionV3", _Recorder)
+    net = F.InceptionFeatures()
+    assert net.net.kwargs == {"name": "inception-v3-compat", "features_list": ["2048"],
+                              "feature_extractor_weights_path": str(weights), "antialias": False}
+    assert F.InceptionFeatures(antialias=True).net.kwargs["antialias"] is True
+    assert net.num_features == 2048 and net.cache_id == "inception2015"
+    grey = torch.tensor([-1.0, 0.0, 1.0, 0.5]).reshape(1, 1, 2, 2).expand(3, 1, 2, 2)
+    out = net(grey)
+    (seen,) = net.net.seen
+    assert seen.dtype == torch.uint8 and seen.shape == (3, 3, 2, 2)
+    assert seen[:, 0].tolist() == seen[:, 2].tolist() == [[[0, 128], [255, 191]]] * 3
+    assert out.dtype == torch.float64 and out.shape == (3, 2048)
+    torch.testing.assert_close(out[:, 0], torch.full((3,), (0 + 128 + 255 + 191) / 4, dtype=torch.float64))
+    rgb = torch.zeros(2, 3, 2, 2)
+    assert net(rgb).shape == (2, 2048) and net.net.seen[-1].shape == (2, 3, 2, 2)
+
+
+def test_features_are_float64_and_batched():
+    net = F.FlattenFeatures(4)
+    x = torch.arange(20.0).reshape(5, 4)
+    out = F.features(x, net, batch_size=2)
+    assert out.dtype == torch.float64 and torch.equal(out, x.double())
