@@ -159,3 +159,38 @@ def test_plot_draws_each_label_with_its_values_and_intervals(tmp_path, monkeypat
     plot(rows + [_cell_row("a", 17, fid=(4.0, 0.5))], "fid", tmp_path / "wide.png")
     fig, ax = made[-1]
     assert ax.get_xscale() == "log" and ax.get_title() == "FID vs NFE"
+
+
+def test_report_text_around_the_tables(tmp_path):
+    """Every line write_report adds around the tables, for a sweep with a reference solve, a command,
+    failed and unreachable cells and wall times (the numbers derived by hand)."""
+    rows = [dict(_row("a", 4, 10.0, 1.0, rmse=0.05), wall_time=1.25), dict(_row("b", 4, 13.0, 1.0, rmse=0.2), wall_time=2.5),
+            {"solver": "c", "grid": "edm", "nfe": 4, "status": "failed", "n_samples": 10, "seeds": "0-9",
+             "message": "NaN at step 2", "wall_time": 0.25},
+            {"solver": "c", "grid": "edm", "nfe": 6, "status": "unreachable"}]
+    summary = {"reference": "ref NFE 200", "reference_check_nfe": 100, "reference_self_rmse": 0.0005,
+               "fid_bootstrap": 50, "fid_level": 0.9}
+    md = write_report(rows, ["fid", "rmse", "sw"], tmp_path, "Title", summary, command="diffode eval x=1").read_text()
+    lines = md.splitlines()
+    assert lines[:6] == ["# Title", "", "Command:", "", "    diffode eval x=1", ""]
+    assert "Every evaluated cell used 10 samples (seeds 0-9, the same initial noise in every cell)." in lines
+    ref = ("Solver error (RMSE) is measured against a reference solve of the same model from the same noise: ref NFE 200; "
+           "its self-consistency (RMSE against NFE 100) is 0.0005, 100x below the smallest solver error in the table. "
+           "For a distilled student it is the distance to the teacher's reference solve.")
+    assert ref in lines  # 0.05 / 0.0005 = 100: resolved (not "less than 100x")
+    assert any(x.startswith("FID +- is half the width of a 90% bootstrap interval over the generated samples' features "
+                            "(B = 50)") for x in lines)
+    assert "## SW" not in md  # no cell has the metric: no table
+    assert (tmp_path / "fid_vs_nfe.png").is_file() and (tmp_path / "rmse_vs_nfe.png").is_file()
+    assert not (tmp_path / "sw_vs_nfe.png").exists()
+    assert "![fid vs NFE](fid_vs_nfe.png)" in lines and "![rmse vs NFE](rmse_vs_nfe.png)" in lines
+    assert "## Failed cells (NaN/Inf samples; not averaged)" in lines and "- c/edm NFE 4: NaN at step 2" in lines
+    assert "n/a: the solver cannot make exactly that many calls (1 cells)." in lines
+    assert "- cells: 4 (2 ok, 1 failed, 1 unreachable); sampling wall time 4.0 s" in lines
+    for k, v in summary.items():
+        assert f"- {k}: {v}" in lines
+    # samples differ between cells: each cell's count is listed instead
+    rows[1]["n_samples"] = 20
+    md = write_report(rows[:2], ["fid"], tmp_path, "T", {}).read_text()
+    assert "Samples per cell: a/edm@4: 10, b/edm@4: 20" in md.splitlines()
+    assert "Solver error (RMSE)" not in md and "## Failed cells" not in md and "n/a:" not in md
