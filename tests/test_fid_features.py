@@ -69,3 +69,46 @@ def test_features_are_float64_and_batched():
     x = torch.arange(20.0).reshape(5, 4)
     out = F.features(x, net, batch_size=2)
     assert out.dtype == torch.float64 and torch.equal(out, x.double())
+
+
+def test_stats_cache_path_and_key_checks(tmp_path, monkeypatch):
+    import hashlib
+
+    name = hashlib.sha1(b"my data/x|flatten3").hexdigest()[:10]
+    assert F.stats_path("my data/x", "flatten3", tmp_path) == tmp_path / f"my_data_x__flatten3__{name}.pt"
+    monkeypatch.setenv("DIFFODE_CACHE", str(tmp_path / "c"))
+    assert F.stats_path("k", "id") == tmp_path / "c" / "fid_ref" / f"k__id__{hashlib.sha1(b'k|id').hexdigest()[:10]}.pt"
+    net = torch.nn.Flatten()
+    with pytest.raises(ValueError, match="cache_id"):
+        F.reference_stats("k", net, torch.zeros(2, 3), directory=tmp_path)
+    out = F.reference_stats("k", F.FlattenFeatures(3), torch.arange(6.0).reshape(2, 3), directory=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [F.stats_path("k", "flatten3", tmp_path).name]
+    assert out["path"] == str(F.stats_path("k", "flatten3", tmp_path))
+
+
+def test_stats_moments_are_the_mean_and_unbiased_covariance():
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [2.0, 4.0]], dtype=torch.float64)
+    mu, S = F.stats_moments(F.feature_stats(x, F.FlattenFeatures(2)))
+    torch.testing.assert_close(mu, x.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(S, torch.cov(x.T), rtol=1e-12, atol=1e-12)
+
+
+def test_psd_square_root_and_frechet_distance_on_diagonal_covariances():
+    # a tiny negative eigenvalue (round-off of a PSD matrix) is clamped to 0, not turned into NaN
+    S = torch.diag(torch.tensor([4.0, 9.0, -1e-18], dtype=torch.float64))
+    torch.testing.assert_close(F._sqrt_psd(S), torch.diag(torch.tensor([2.0, 3.0, 0.0], dtype=torch.float64)))
+    # diagonal: FD = |mu1 - mu2|^2 + sum (s1 - s2)^2 over the standard deviations
+    s1, s2 = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64), torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64)
+    mu1, mu2 = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    S2 = torch.diag(s2**2)
+    fd = F.frechet_distance(mu1, torch.diag(s1**2), mu2, F._sqrt_psd(S2), torch.trace(S2))
+    assert float(fd) == pytest.approx(1.0 + 4.0 + 4.0 + 1.0, rel=1e-12)
+
+
+def test_bootstrap_without_replicates_returns_the_point_value():
+    x = torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = F.feature_stats(torch.randn(80, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+                          F.FlattenFeatures(2))
+    out = F.bootstrap_fid(x, ref, B=1)
+    assert out["fid_lo"] == out["fid"] == out["fid_hi"] and out["fid_std"] == 0.0
+    assert out["fid"] == pytest.approx(F.fid_score(x, F.FlattenFeatures(2), ref), rel=1e-9)
