@@ -65,10 +65,18 @@ def test_inception_wrapper_settings_and_input(monkeypatch, tmp_path):
 
 
 def test_features_are_float64_and_batched():
-    net = F.FlattenFeatures(4)
-    x = torch.arange(20.0).reshape(5, 4)
+    net = torch.nn.Flatten()  # a float32 feature net: features() hands back float64
+    x = torch.arange(20.0).reshape(5, 2, 2)
     out = F.features(x, net, batch_size=2)
-    assert out.dtype == torch.float64 and torch.equal(out, x.double())
+    assert out.dtype == torch.float64 and torch.equal(out, x.reshape(5, 4).double())
+
+
+def test_inception_is_the_net_named_inception(tmp_path, monkeypatch):
+    from diffode.metrics.weights import MissingWeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no weights there: building it must ask for them
+    with pytest.raises(MissingWeightsError, match="weights-inception-2015-12-05"):
+        F.get_feature_net("inception")
 
 
 def test_stats_cache_path_and_key_checks(tmp_path, monkeypatch):
