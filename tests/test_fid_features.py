@@ -120,3 +120,15 @@ def test_bootstrap_without_replicates_returns_the_point_value():
     out = F.bootstrap_fid(x, ref, B=1)
     assert out["fid_lo"] == out["fid"] == out["fid_hi"] and out["fid_std"] == 0.0
     assert out["fid"] == pytest.approx(F.fid_score(x, F.FlattenFeatures(2), ref), rel=1e-9)
+
+
+def test_reference_stats_create_nested_cache_folders_and_any_dtype_of_states_scores_alike(tmp_path):
+    x = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5
+    net = F.FlattenFeatures(3)
+    ref = F.reference_stats("k", net, x, directory=tmp_path / "a" / "b")  # folders that do not exist yet
+    assert not ref["cached"] and F.reference_stats("k", net, x, directory=tmp_path / "a" / "b")["cached"]
+    # states stored in float32 (another tool's cache) are read in float64: the same FID to round-off of the states
+    ref32 = {k: ref[k].float() for k in F.STAT_KEYS}
+    exact = F.fid_score(y, net, {k: ref32[k].double() for k in F.STAT_KEYS})
+    assert F.fid_score(y, net, ref32) == pytest.approx(exact, rel=1e-13)
