@@ -26,3 +26,69 @@ def test_network_conditioning_values_of_each_schedule():
         torch.testing.assert_close(sch.noise_cond(tv), 999.0 * tv, rtol=1e-15, atol=0)  # DDPM's 0..999 scale
     sigma_ve = 0.01 * (50.0 / 0.01) ** tv  # VE(): sigma_min (sigma_max / sigma_min)^t, NCSN++ takes log(sigma / 2)
     torch.testing.assert_close(VE().noise_cond(tv), torch.log(0.5 * sigma_ve), rtol=1e-13, atol=0)
+
+
+# -- solvers/_order.py: the per-step orders, written out by hand -------------------------------------
+
+def _grid_with_lambda_steps(h):
+    """A sigma grid whose lambda = -log sigma steps are exactly h (from sigma 1)."""
+    lam = torch.cumsum(torch.tensor([0.0, *h], dtype=F64), 0)
+    return torch.exp(-lam)
+
+
+def test_step_orders_for_every_rule():
+    from diffode.core.solvers._order import H_AUTO, step_orders
+
+    assert H_AUTO == 1.25
+    g6 = _grid_with_lambda_steps([0.5] * 6)
+    assert step_orders(g6, 3, False) == [1, 2, 3, 3, 3, 3]
+    assert step_orders(g6, 3, True) == [1, 2, 3, 3, 2, 1]
+    assert step_orders(g6, 2, True) == [1, 2, 2, 2, 2, 1]
+    assert step_orders(g6, 3, "official") == [1, 2, 3, 3, 2, 1]  # 6 < 10 steps
+    assert step_orders(g6, 3, "auto") == [1, 2, 3, 3, 3, 3]  # no step longer than H_AUTO
+    g10 = _grid_with_lambda_steps([0.5] * 10)
+    assert step_orders(g10, 3, "official") == [1, 2, 3, 3, 3, 3, 3, 3, 3, 3]  # 10 steps: off
+    g9 = _grid_with_lambda_steps([0.5] * 9)
+    assert step_orders(g9, 3, "official")[-2:] == [2, 1]
+    # auto lowers exactly the steps longer than 1.25 in lambda (1.25 itself is not "longer")
+    g = _grid_with_lambda_steps([0.5, 0.5, 0.5, 0.5, 1.25, 1.3])
+    assert step_orders(g, 3, "auto") == [1, 2, 3, 3, 2, 1][:4] + [3, 1]
+    g = _grid_with_lambda_steps([0.5, 0.5, 0.5, 2.0, 0.5, 0.5])
+    assert step_orders(g, 3, "auto") == [1, 2, 3, 3, 3, 3]  # long step with steps - i = 3 left: no cap
+    g = _grid_with_lambda_steps([0.5, 0.5, 0.5, 0.5, 2.0, 0.5])
+    assert step_orders(g, 3, "auto") == [1, 2, 3, 3, 2, 3]
+
+
+# -- solvers/_common.py ---------------------------------------------------------------------------
+
+def test_common_pieces_exactly():
+    from diffode.core.solvers._common import coef, lam, net_sigma, net_sigma_between, report, weighted_sum
+
+    assert float(lam(torch.tensor(2.0, dtype=F64))) == -torch.log(torch.tensor(2.0, dtype=F64)).item()
+    x32 = torch.ones(3, 2, dtype=torch.float32)
+    c = coef(torch.tensor([1.0, 2.0, 3.0], dtype=F64), x32)
+    assert c.dtype == torch.float32 and c.shape == (3, 1)
+    assert coef(torch.tensor(2.0, dtype=F64), x32).shape == ()
+    sig, net = torch.tensor([8.0, 2.0, 1.0], dtype=F64), torch.tensor([9.0, 3.0, 1.5], dtype=F64)
+    assert float(net_sigma(sig, None, 1)) == 2.0 and float(net_sigma(sig, net, 1)) == 3.0
+    mid = torch.tensor(4.0, dtype=F64)  # halfway from 8 to 2 in log sigma
+    assert net_sigma_between(sig, None, 0, mid) is mid
+    torch.testing.assert_close(net_sigma_between(sig, net, 0, mid), torch.tensor(27.0 ** 0.5, dtype=F64))
+    torch.testing.assert_close(net_sigma_between(sig, net, 0, sig[1]), net[1])
+    seen = []
+    report(seen.append, 1, x32, sig, 2 * x32)
+    assert seen[0]["i"] == 1 and seen[0]["x"] is x32 and float(seen[0]["sigma"]) == 1.0
+    assert float(seen[0]["sigma_cur"]) == 2.0 and torch.equal(seen[0]["denoised"], 2 * x32)
+    report(None, 0, x32, sig, x32)  # no callback: nothing to call
+    t = [torch.full((2, 2), v, dtype=F64) for v in (1.0, 10.0, 100.0)]
+    w = [torch.tensor(v, dtype=F64) for v in (2.0, -0.5, 0.25)]
+    torch.testing.assert_close(weighted_sum(w, t), torch.full((2, 2), 2.0 - 5.0 + 25.0, dtype=F64))
+
+
+def test_directed_keeps_the_state_dtype():
+    from diffode.core.stage import Stage, directed
+
+    x_from, x_to = torch.zeros(2, 3, dtype=torch.float32), torch.ones(2, 3, dtype=torch.float32)
+    out = directed(Stage(torch.tensor(1.0), c=torch.tensor([0.5, 2.0], dtype=F64)), x_from, x_to)
+    assert out.dtype == torch.float32 and out.tolist() == [[0.5] * 3, [2.0] * 3]
+    assert directed(Stage(torch.tensor(1.0)), x_from, x_to) is x_to
