@@ -83,6 +83,7 @@ def _parse_table(md: str, heading: str) -> dict:
         if line.startswith("|"):
             rows.append([c.strip() for c in line.strip().strip("|").split("|")])
     header = rows[0]
+    assert header[0] == "solver/grid" and set(rows[1]) == {"---"}, rows[:2]
     cols = {int(h.split()[1]): j for j, h in enumerate(header) if h.startswith("NFE ")}
     return {r[0]: {n: r[j] for n, j in cols.items()} for r in rows[2:]}
 
