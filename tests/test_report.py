@@ -62,6 +62,8 @@ SWEEP = [
     {"solver": "d", "grid": "edm", "nfe": 8, "status": "failed", "fid": 1.0, "fid_lo": 0.5, "fid_hi": 1.5,
      "confident": 1.0, "rmse": 0.001, "n_samples": 10, "seeds": "0-9", "message": "NaN at step 3"},
     {"solver": "d", "grid": "edm", "nfe": 4, "status": "unreachable"},
+    # NFE 16: no cell with a value, so no best
+    {"solver": "d", "grid": "edm", "nfe": 16, "status": "failed", "n_samples": 10, "seeds": "0-9", "message": "Inf"},
 ]
 EXPECTED = {
     "fid": {2: {"a": "bold"}, 4: {"a": "tie", "b": "tie"}, 8: {"a": "tie", "c": "tie"}},
@@ -119,6 +121,7 @@ def test_rendered_report_marks_best_and_ties_as_the_rule_says(tmp_path):
             best = table["**best**"][nfe]
             assert best == (want[0] if len(want) == 1 else "tie: " + ", ".join(want)), (metric, nfe, best)
         assert table["d/edm"][8] == "failed" and table["d/edm"][4] == "n/a" and table["d/edm"][2] == ""
+        assert table["**best**"][16] == "-" and table["a/edm"][16] == ""
     # values and half-widths as printed: 4 significant digits, +- half the interval to 2
     fid = _parse_table(md, "FID")
     assert fid["a/edm"][2] == "**10 ± 1**" and fid["b/edm"][4] == "*12 ± 1* (tie)" and fid["c/edm"][2] == "30 ± 1"
