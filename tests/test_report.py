@@ -198,3 +198,14 @@ def test_report_text_around_the_tables(tmp_path):
     md = write_report(rows[:2], ["fid"], tmp_path, "T", {}).read_text()
     assert "Samples per cell: a/edm@4: 10, b/edm@4: 20" in md.splitlines()
     assert "Solver error (RMSE)" not in md and "## Failed cells" not in md and "n/a:" not in md
+
+
+def test_samples_note_counts_ok_and_failed_cells_only():
+    from diffode.evaluation.report import samples_note
+
+    ok = _row("a", 4, 10.0, 1.0)
+    unreachable = {"solver": "u", "grid": "edm", "nfe": 3, "status": "unreachable"}  # no samples at all
+    assert samples_note([ok, unreachable]) == ("Every evaluated cell used 10 samples (seeds 0-9, the same initial "
+                                               "noise in every cell).")
+    failed = {**_row("b", 4, 1.0, 1.0), "status": "failed", "n_samples": 20}
+    assert samples_note([ok, failed]) == "Samples per cell: a/edm@4: 10, b/edm@4: 20"
