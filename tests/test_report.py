@@ -209,3 +209,5 @@ def test_samples_note_counts_ok_and_failed_cells_only():
                                                "noise in every cell).")
     failed = {**_row("b", 4, 1.0, 1.0), "status": "failed", "n_samples": 20}
     assert samples_note([ok, failed]) == "Samples per cell: a/edm@4: 10, b/edm@4: 20"
+    other_seeds = {**_row("c", 4, 1.0, 1.0), "seeds": "10-19"}
+    assert samples_note([other_seeds, ok]).startswith("Every evaluated cell used 10 samples (seeds 0-9, 10-19, ")
