@@ -92,3 +92,11 @@ def test_directed_keeps_the_state_dtype():
     out = directed(Stage(torch.tensor(1.0), c=torch.tensor([0.5, 2.0], dtype=F64)), x_from, x_to)
     assert out.dtype == torch.float32 and out.tolist() == [[0.5] * 3, [2.0] * 3]
     assert directed(Stage(torch.tensor(1.0)), x_from, x_to) is x_to
+
+
+def test_dpmpp_plugin_orders_come_from_the_grid_with_lambda_midpoints():
+    from diffode.core.solvers.dpmpp import _lambda_midpoints_inserted
+
+    sig = torch.tensor([8.0, 2.0, 1.0], dtype=F64)
+    torch.testing.assert_close(_lambda_midpoints_inserted(sig),
+                               torch.tensor([8.0, 4.0, 2.0, 2.0 ** 0.5, 1.0], dtype=F64), rtol=1e-15, atol=0)
