@@ -198,6 +198,7 @@ def test_report_text_around_the_tables(tmp_path):
     md = write_report(rows[:2], ["fid"], tmp_path, "T", {}).read_text()
     assert "Samples per cell: a/edm@4: 10, b/edm@4: 20" in md.splitlines()
     assert "Solver error (RMSE)" not in md and "## Failed cells" not in md and "n/a:" not in md
+    assert md.splitlines()[:3] == ["# T", "", "Samples per cell: a/edm@4: 10, b/edm@4: 20"]  # no command given
 
 
 def test_samples_note_counts_ok_and_failed_cells_only():
