@@ -212,3 +212,11 @@ def test_samples_note_counts_ok_and_failed_cells_only():
     assert samples_note([ok, failed]) == "Samples per cell: a/edm@4: 10, b/edm@4: 20"
     other_seeds = {**_row("c", 4, 1.0, 1.0), "seeds": "10-19"}
     assert samples_note([other_seeds, ok]).startswith("Every evaluated cell used 10 samples (seeds 0-9, 10-19, ")
+
+
+def test_reference_line_without_any_solver_error(tmp_path):
+    """A reference solve but no cell with an RMSE (all failed): the line is written without a ratio."""
+    rows = [{**_row("a", 4, 10.0, 1.0), "rmse": float("nan")}]
+    summary = {"reference": "ref", "reference_check_nfe": 100, "reference_self_rmse": 0.001}
+    md = write_report(rows, ["fid"], tmp_path, "t", summary).read_text()
+    assert "its self-consistency (RMSE against NFE 100) is 0.001. For a distilled student" in md
