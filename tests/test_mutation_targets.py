@@ -116,3 +116,29 @@ def test_solver_functions_called_bare_use_the_registered_defaults():
             continue
         torch.testing.assert_close(spec.fn(gmm, x, sig), spec.fn(gmm, x, sig, **spec.defaults), rtol=0, atol=0,
                                    msg=name)
+
+
+def test_every_solver_conditions_the_network_on_net_sigmas():
+    """LD3's decoupled grid: with net_sigmas the network never sees a grid sigma itself (the coefficients use
+    the grid, the conditioning the net_sigmas), and the first call is at net_sigmas[0]."""
+    from diffode.core.denoisers import make_gmm
+    from diffode.core.grids import make_grid
+    from diffode.core.solvers import SOLVERS
+
+    gmm = make_gmm(2, components=3, seed=0, std=0.3)
+    x = 80.0 * torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    sig = make_grid("logsnr", 5)
+    net = sig * 1.1
+    for name, spec in SOLVERS.items():
+        if spec.adaptive or name == "consistency":
+            continue
+        seen = []
+
+        def D(x, s):
+            seen.append(float(torch.as_tensor(s).reshape(-1)[0]))
+            return gmm(x, s)
+
+        opts = {"generator": torch.Generator().manual_seed(0)} if spec.stochastic else {}
+        spec.fn(D, x, sig, net_sigmas=net, **opts)
+        assert seen[0] == float(net[0]), name
+        assert not set(seen) & set(sig.tolist()), (name, seen)
