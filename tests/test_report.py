@@ -25,6 +25,8 @@ def _header(tmp_path, self_rmse):
 
 def test_report_says_when_the_reference_does_not_resolve_the_table(tmp_path):
     assert "less than 100x" in _header(tmp_path, 0.05 / 27)      # the old NFE-100 default: 27x
+    assert ("is 0.00185, 27x below the smallest solver error in the table (less than 100x: the smallest errors are "
+            "not resolved; raise reference.nfe and reference.check_nfe). For a distilled") in _header(tmp_path, 0.05 / 27)
     assert "less than 100x" not in _header(tmp_path, 0.05 / 230)
     assert "230x below the smallest solver error" in _header(tmp_path, 0.05 / 230)
 
@@ -199,6 +201,7 @@ def test_report_text_around_the_tables(tmp_path):
     assert "Samples per cell: a/edm@4: 10, b/edm@4: 20" in md.splitlines()
     assert "Solver error (RMSE)" not in md and "## Failed cells" not in md and "n/a:" not in md
     assert md.splitlines()[:3] == ["# T", "", "Samples per cell: a/edm@4: 10, b/edm@4: 20"]  # no command given
+    assert "FID +- is half the width of a 95% bootstrap interval over the generated samples' features (B = None)" in md
 
 
 def test_samples_note_counts_ok_and_failed_cells_only():
