@@ -142,3 +142,22 @@ def test_every_solver_conditions_the_network_on_net_sigmas():
         spec.fn(D, x, sig, net_sigmas=net, **opts)
         assert seen[0] == float(net[0]), name
         assert not set(seen) & set(sig.tolist()), (name, seen)
+
+
+def test_every_solver_reports_each_step_to_its_callback():
+    from diffode.core.denoisers import make_gmm
+    from diffode.core.grids import make_grid
+    from diffode.core.solvers import SOLVERS
+
+    gmm = make_gmm(2, components=3, seed=0, std=0.3)
+    x = 80.0 * torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    sig = make_grid("logsnr", 5)
+    for name, spec in SOLVERS.items():
+        if spec.adaptive:
+            continue
+        got = []
+        opts = {"generator": torch.Generator().manual_seed(0)} if spec.stochastic else {}
+        out = spec.fn(gmm, x, sig, callback=got.append, **opts)
+        assert [c["i"] for c in got] == list(range(5)), name
+        assert [float(c["sigma"]) for c in got] == sig[1:].tolist(), name
+        assert got[-1]["x"] is out or torch.equal(got[-1]["x"], out), name
