@@ -176,7 +176,7 @@ def test_report_text_around_the_tables(tmp_path):
             {"solver": "c", "grid": "edm", "nfe": 6, "status": "unreachable"}]
     summary = {"reference": "ref NFE 200", "reference_check_nfe": 100, "reference_self_rmse": 0.0005,
                "fid_bootstrap": 50, "fid_level": 0.9}
-    md = write_report(rows, ["fid", "rmse", "sw"], tmp_path, "Title", summary, command="diffode eval x=1").read_text()
+    md = write_report(rows, ["fid", "sw", "rmse"], tmp_path, "Title", summary, command="diffode eval x=1").read_text()
     lines = md.splitlines()
     assert lines[:6] == ["# Title", "", "Command:", "", "    diffode eval x=1", ""]
     assert "Every evaluated cell used 10 samples (seeds 0-9, the same initial noise in every cell)." in lines
@@ -184,8 +184,9 @@ def test_report_text_around_the_tables(tmp_path):
            "its self-consistency (RMSE against NFE 100) is 0.0005, 100x below the smallest solver error in the table. "
            "For a distilled student it is the distance to the teacher's reference solve.")
     assert ref in lines  # 0.05 / 0.0005 = 100: resolved (not "less than 100x")
-    assert any(x.startswith("FID +- is half the width of a 90% bootstrap interval over the generated samples' features "
-                            "(B = 50)") for x in lines)
+    assert ("FID +- is half the width of a 90% bootstrap interval over the generated samples' features (B = 50); "
+            "best per NFE in bold only where its interval clears every other cell's, else the overlapping cells are "
+            "marked as tied.") in lines
     assert "## SW" not in md  # no cell has the metric: no table
     assert (tmp_path / "fid_vs_nfe.png").is_file() and (tmp_path / "rmse_vs_nfe.png").is_file()
     assert not (tmp_path / "sw_vs_nfe.png").exists()
