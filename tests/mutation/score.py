@@ -148,8 +148,9 @@ def main(argv=None) -> int:
           "segfault, skipped; notrun = not run yet (counted against the score; 'of run' leaves them out)")
     for mutant, e in wrongly_listed:
         print(f"LISTED AS EQUIVALENT BUT KILLED (fix {EQUIVALENTS.name}): {mutant}: {e['added']}")
+    mutated = {src[:-3].replace("/", ".") for src in rows}
     for i, e in enumerate(equivalents):
-        if i not in used:
+        if i not in used and any(e["function"].startswith(m + ".") for m in mutated):
             print(f"stale entry in {EQUIVALENTS.name} (matches no mutant now): {e['function']}: {e['added']}")
     if args.survivors:
         for mutant, st, diff in survivors:
