@@ -102,22 +102,6 @@ def test_dpmpp_plugin_orders_come_from_the_grid_with_lambda_midpoints():
                                torch.tensor([8.0, 4.0, 2.0, 2.0 ** 0.5, 1.0], dtype=F64), rtol=1e-15, atol=0)
 
 
-def test_solver_functions_called_bare_use_the_registered_defaults():
-    """sample() always passes the registered defaults; a direct call relies on the function's own ones."""
-    from diffode.core.denoisers import make_gmm
-    from diffode.core.grids import make_grid
-    from diffode.core.solvers import SOLVERS
-
-    gmm = make_gmm(2, components=3, seed=0, std=0.3)
-    x = 80.0 * torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
-    sig = make_grid("edm", 6)
-    for name, spec in SOLVERS.items():
-        if spec.stochastic or name == "consistency":
-            continue
-        torch.testing.assert_close(spec.fn(gmm, x, sig), spec.fn(gmm, x, sig, **spec.defaults), rtol=0, atol=0,
-                                   msg=name)
-
-
 def test_every_solver_conditions_the_network_on_net_sigmas():
     """LD3's decoupled grid: with net_sigmas the network never sees a grid sigma itself (the coefficients use
     the grid, the conditioning the net_sigmas), and the first call is at net_sigmas[0]."""
