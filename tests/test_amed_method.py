@@ -61,6 +61,49 @@ GMM2 = load_model({"kind": "gmm", "preset": "gmm2d"})
 # -- the predictor ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("features", [None, (2, 2)])
+def test_saturated_heads_reach_exactly_the_configured_scale_bounds(features):
+    """c = 1 +- scale_dir and a = 1 +- scale_time at the saturated ends, each head with its own option
+    (the module built from method.scale_dir / method.scale_time; distinct values so a swap shows)."""
+    scale_dir, scale_time = 0.05, 0.2
+    m = _module(_tiny_unet_model() if features else GMM2, student="ipndm", nfe=5, scale_dir=scale_dir,
+                scale_time=scale_time)
+    p = m.predictor
+    assert p.feature_shape == features
+    x = torch.randn(3, 1, 8, 8, dtype=F64) if features else torch.randn(3, 2, dtype=F64)
+    feats = None if features is None else torch.randn(3, 16, *features, dtype=F64)
+    cur, nxt = torch.tensor(5.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    for sign_dir, sign_time in ((1, -1), (-1, 1)):
+        with torch.no_grad():
+            for head, sign in ((p.fc_dir, sign_dir), (p.fc_time, sign_time)):
+                head.weight.zero_()
+                head.bias.fill_(60.0 * sign)  # sigmoid(+-60) is 1 or 0 to float64 precision
+        st = p(0, cur, nxt, x, feats)
+        torch.testing.assert_close(st.c, torch.full_like(st.c, 1 + sign_dir * scale_dir), rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(st.a, torch.full_like(st.a, 1 + sign_time * scale_time), rtol=1e-15, atol=1e-15)
+
+
+def test_predictor_spec_rebuilds_the_same_predictor_and_ratio_inverts_the_stage():
+    from diffode.methods.amed.predictor import predictor_spec
+    from diffode.spec import build as build_spec
+
+    kw = dict(feature_shape=(2, 2), scale_dir=0.05, scale_time=0.2, hidden=16, time_channels=4, feature_channels=3,
+              prior={"grid": "edm", "rho": 7}, first_at_start=True)
+    spec = predictor_spec(**kw)
+    assert spec == {"_target_": "diffode.methods.amed.predictor.AMEDPredictor", **kw, "feature_shape": [2, 2]}
+    p = build_spec(spec)
+    assert (p.feature_shape, p.scale_dir, p.scale_time, p.prior, p.first_at_start) == ((2, 2), 0.05, 0.2, kw["prior"], True)
+    assert p.features[0].out_features == 16 and p.features[2].out_features == 3 and p.time.out_features == 4
+    bare = build_spec(predictor_spec(None, 0.0, 0.0, 8, 8, 4))
+    assert bare.feature_shape is None and bare.prior is None and not bare.first_at_start
+    assert bare.fc_dir is None and bare.fc_time is None
+    cur, nxt = torch.tensor(5.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    s = nxt ** 0.3 * cur ** 0.7
+    from diffode.core.stage import Stage
+
+    torch.testing.assert_close(p.ratio(Stage(s), cur, nxt), torch.tensor(0.3, dtype=F64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("features", [None, (2, 2)])
 def test_predictor_outputs_stay_in_their_bounds(features):
     p = AMEDPredictor(features, scale_dir=0.05, scale_time=0.2)
     x = torch.randn(64, 1, 2, 2, dtype=F64)

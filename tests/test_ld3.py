@@ -241,6 +241,21 @@ def test_soft_loss_latents_stay_in_the_ball_and_only_move_when_better(tmp_path):
     assert torch.equal(hard.z_soft, hard.z)  # r = 0: the hard loss, latents never move
 
 
+def test_soft_ball_radius_is_gamma_dim_over_n_squared_in_units_of_sigma_T(tmp_path):
+    """LD3's ball: |x'_T - x_T| <= r sigma_T with r = gamma * dim / N^2, computed here from the definition.
+    A learning rate far beyond the ball puts every accepted latent on its sphere, so the distance the
+    latents moved (in units of sigma_T = sigma_max) must be exactly r: not r * sigma_max, not r / N."""
+    gamma, dim, nfe = 0.5, 2, 3
+    N = nfe  # dpmpp_3m makes one call per step
+    r = gamma * dim / N**2
+    m = _module(tmp_path, gamma=gamma, nfe=nfe, rounds_logits=1, rounds_joint=1, lr_latent=1e6)
+    _fit(m)
+    d = (m.z_soft - m.z).flatten(1).norm(dim=1)  # the latents are x_T / sigma_T
+    moved = d > 0
+    assert int(moved.sum()) >= 3, d
+    torch.testing.assert_close(d[moved], torch.full_like(d[moved], r), rtol=1e-9, atol=0)
+
+
 def test_teacher_pairs_do_not_depend_on_the_number_of_devices_and_are_cached(tmp_path):
     D = _gmm()
     args = (D, (2,), 7, 3, CHEAP_TEACHER, EDM_S, EDM_S.sigma_min, EDM_S.sigma_max)
