@@ -132,25 +132,24 @@ def test_rendered_report_marks_best_and_ties_as_the_rule_says(tmp_path):
 
 
 def test_plot_draws_each_label_with_its_values_and_intervals(tmp_path, monkeypatch):
-    """The figure's data, read back from the axes: one line per solver/grid over its ok cells, the
-    interval as asymmetric error bars, log y, log x only when the NFE range spans more than 8x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The figure's data, read back from the panel: one line per solver/grid over its ok cells, the interval
+    as asymmetric error bars, the best-per-NFE envelope behind them, log y only when the values span more
+    than 10x, log x only when the NFE range spans more than 8x."""
+    import diffode.evaluation.figures as figures
     from diffode.evaluation.report import plot
 
     made = []
-    subplots = plt.subplots
-    monkeypatch.setattr(plt, "subplots", lambda *a, **k: made.append(subplots(*a, **k)) or made[-1])
+    original = figures.figure
+    monkeypatch.setattr(figures, "figure", lambda *a, **k: made.append(original(*a, **k))
+                        or made[-1])
     rows = [_cell_row("a", n, fid=(v, h)) for n, v, h in ((4, 10.0, 1.0), (2, 20.0, 4.0), (8, 5.0, 0.5))]
     rows[1]["fid_hi"] = 26.0  # asymmetric: 16 .. 26 around 20
     rows += [_cell_row("b", 2, fid=30.0), _cell_row("b", 4, fid=12.0),
              {"solver": "b", "grid": "edm", "nfe": 8, "status": "failed", "fid": 1.0}]
     path = plot(rows, "fid", tmp_path / "sub" / "fid.png", title="T")
     assert path == tmp_path / "sub" / "fid.png" and path.is_file()
-    fig, ax = made[-1]
+    (fig,) = made
+    ax = fig.axes[0]
     # a has intervals at every point (an errorbar container), b has none (a plain line)
     (eb,) = ax.containers
     assert eb.get_label() == "a/edm"
@@ -159,12 +158,15 @@ def test_plot_draws_each_label_with_its_values_and_intervals(tmp_path, monkeypat
     assert [tuple(s[:, 1]) for s in bars.get_segments()] == [(16.0, 26.0), (9.0, 11.0), (4.5, 5.5)]
     (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "b/edm"]
     assert list(line.get_xdata()) == [2, 4] and list(line.get_ydata()) == [30.0, 12.0]
-    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["a/edm", "b/edm"]
-    assert ax.get_yscale() == "log" and ax.get_xscale() == "linear"  # 2 .. 8: not more than 8x
-    assert ax.get_title() == "T" and ax.get_xlabel() == "NFE" and ax.get_ylabel() == "FID"
-    plot(rows + [_cell_row("a", 17, fid=(4.0, 0.5))], "fid", tmp_path / "wide.png")
-    fig, ax = made[-1]
-    assert ax.get_xscale() == "log" and ax.get_title() == "FID vs NFE"
+    (env,) = [ln for ln in ax.get_lines() if ln.get_label() == "best of all cells"]
+    assert list(env.get_xdata()) == [2, 4, 8] and list(env.get_ydata()) == [20.0, 10.0, 5.0]  # the minimum per NFE
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["a/edm", "b/edm", "best of all cells"]
+    assert ax.get_yscale() == "linear" and ax.get_xscale() == "linear"  # 5 .. 30: not 10x; 2 .. 8: not more than 8x
+    assert fig._suptitle.get_text().startswith("T") and fig._supxlabel.get_text().startswith("NFE")
+    assert fig._supylabel.get_text() == "FID"
+    rows.append(_cell_row("c", 20, fid=0.2))  # 0.2 .. 30 and 2 .. 20: both axes logarithmic
+    plot(rows, "fid", tmp_path / "wide.png")
+    assert made[-1].axes[0].get_yscale() == "log" and made[-1].axes[0].get_xscale() == "log"
 
 
 def test_report_text_around_the_tables(tmp_path):
