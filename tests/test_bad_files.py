@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_module
 
 from diffode.cli.checks import slurm_errors, type_errors
 from diffode.cli.errors import ConfigError
-from diffode.cli.evaluate import evaluate
+from diffode.evaluation.runner import evaluate
 
 TINY = ["source=gmm2d", "n_samples=8", "batch_size=8", "progress=false", "save_images=0"]
 

@@ -58,7 +58,7 @@ def hydra_ctx():
 
 def refusal(entry: str, overrides: list[str], out: Path) -> str:
     """The ConfigError message of `diffode <entry> <overrides>` (fails the test if it ran or crashed)."""
-    from diffode.cli.evaluate import evaluate
+    from diffode.evaluation.runner import evaluate
     from diffode.cli.train import train
 
     cfg = compose(entry, overrides=[*overrides, f"output_dir={out}"], return_hydra_config=True)

@@ -170,5 +170,5 @@ def test_eval_preset_cells_validate(hydra_ctx, name, tmp_path):
     if OmegaConf.is_missing(cfg.source, "path"):
         pytest.skip(f"experiment={name} needs source.path")
     cells = build_cells(cfg)
-    unreachable = validate_cells(cells, load_model(cfg.source), cfg)
+    _, unreachable = validate_cells(cells, load_model(cfg.source), cfg)
     assert cells and len(unreachable) < len(cells)

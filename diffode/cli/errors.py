@@ -12,11 +12,7 @@ import sys
 import textwrap
 import warnings
 
-from diffode.config import CONFIG_PATH
-
-
-class ConfigError(ValueError):
-    """A combination of options that cannot work; the message names the fix."""
+from diffode.config import CONFIG_PATH, ConfigError  # noqa: F401  (re-exported: the error entry points report)
 
 
 def wants_traceback() -> bool:
