@@ -1,7 +1,9 @@
 """Where the configs live and how code reads them: the package `diffode.conf` (the repository's conf/,
 shipped inside the wheel). Hydra entry points search `pkg://diffode.conf`; plain code (tests, sweeps,
 methods) reads one group file with `group_config`. A method's option defaults live in its
-conf/method/<name>.yaml only; a solver's in its function signature (conf/solver/ may only restate them).
+conf/method/<name>.yaml only (their types in its options schema, diffode/methods/<name>/options.py); a
+solver's in its function signature (conf/solver/ may only restate them). Also the checks every runner shares:
+`ConfigError` (what a refused config raises) and `type_errors` (values whose type is not their default's).
 """
 from __future__ import annotations
 
@@ -29,12 +31,15 @@ def group_options(group: str) -> list[str]:
 
 
 def group_config(group: str, name: str) -> dict:
-    """conf/<group>/<name>.yaml as a plain dict (interpolations left as they are)."""
+    """conf/<group>/<name>.yaml as a plain dict (interpolations left as they are), without its Hydra `defaults`
+    list (a method's names its options schema: that is composition, not an option)."""
     f = conf_root().joinpath(group, f"{name}.yaml")
     if not f.is_file():
         opts = group_options(group)
         raise ValueError(f"unknown {group} {name!r}; choose one of {', '.join(opts)} (conf/{group}/).")
-    return OmegaConf.to_container(OmegaConf.create(f.read_text())) or {}
+    c = OmegaConf.to_container(OmegaConf.create(f.read_text())) or {}
+    c.pop("defaults", None)
+    return c
 
 
 def usual_grid(solver: str, default: str = "edm") -> str:

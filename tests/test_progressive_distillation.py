@@ -397,16 +397,16 @@ def test_a_non_nesting_grid_option_is_refused_by_check():
     """check() runs the nested-grid test on the grid the config names (here with a stubbed grid family)."""
     from types import SimpleNamespace
 
-    from diffode.config import method_defaults
     from diffode.core import grids
     from diffode.methods.progressive_distillation import check
+    from diffode.methods.registry import method_options
 
     def shifted(steps, lo, hi, schedule=None):  # uniform in sigma with a step-dependent end point
         return torch.linspace(hi, lo * (1 + 1 / steps), steps + 1, dtype=F64)
 
     grids.GRIDS["_shifted"] = shifted
     try:
-        opts = {**method_defaults("progressive_distillation"), "grid": "logsnr", "grid_options": {}}
+        opts = method_options("progressive_distillation", grid="logsnr", grid_options={})
         ctx = SimpleNamespace(teacher=SimpleNamespace(schedule=EDM(), sigma_min=0.002, sigma_max=80.0, info={},
                                                       identity={"kind": "gmm"}, denoiser=None))
         import diffode.methods.progressive_distillation as pdm

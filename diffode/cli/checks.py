@@ -31,8 +31,8 @@ RUN_IDENTITY = ("method", "source", "dataset", "net", "schedule", "seed")
 
 
 def run_identity(cfg: DictConfig) -> dict:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
-            for k in RUN_IDENTITY}
+    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg.get(k))
+            else cfg.get(k) for k in RUN_IDENTITY}
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
@@ -96,12 +96,6 @@ def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     if spec.trainer is None and (tr.get("max_steps", -1) in (None, 0) or
                                  (tr.get("max_steps", -1) < 0 and tr.get("max_epochs", -1) in (None, -1))):
         errors.append("trainer.max_steps must be positive (or set trainer.max_epochs); e.g. trainer.max_steps=2000.")
-    from diffode.config import method_defaults
-
-    unknown = sorted(set(cfg.method) - {"name"} - set(method_defaults(spec.name)))
-    if unknown:
-        errors.append(f"method={spec.name} has no option(s) {', '.join('method.' + k for k in unknown)} (its options "
-                      f"are the keys of conf/method/{spec.name}.yaml); remove them.")
     devices = tr.get("devices", 1)
     dm = ctx.datamodule
     if dm is not None:

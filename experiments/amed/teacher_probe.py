@@ -9,18 +9,17 @@ from diffode.models import initial_noise, load_model
 from diffode.core.sample import sample
 import lightning as L
 from pathlib import Path
-from diffode.config import method_defaults
-from diffode.methods.amed import build, check, trainer_overrides
-from diffode.methods.registry import Context
+from diffode.methods.amed import build, check, resolve, trainer_overrides
+from diffode.methods.registry import Context, method_options
 torch.set_num_threads(1)
 model = load_model({"kind": "gmm", "preset": sys.argv[1]})
 x_T = initial_noise(model.shape, range(500), model.sigma_max)
 ref = G.reference(model.denoiser, x_T, model.sigma_max, model.sigma_min)
 for student, nfe, M, teacher, grid in [("amed",5,1,None,"edm"),("amed",5,3,None,"edm"),("amed",5,7,None,"edm"),("amed",5,3,"dpm_solver_3","edm"),("amed",5,3,None,"logsnr"),("ipndm",5,2,None,"edm"),("ipndm",5,5,None,"edm"),("dpm_solver_2",5,2,None,"edm"),("dpm_solver_2",5,5,None,"edm"),("dpm_solver_2",5,5,None,"logsnr")]:
-    o = dict(method_defaults("amed"), student=student, nfe=nfe, afs=bool(nfe % 2), M=M, teacher_solver=teacher, grid=grid)
+    o = method_options("amed", student=student, nfe=nfe, afs=bool(nfe % 2), M=M, teacher_solver=teacher, grid=grid)
     ctx = Context(out_dir=Path("."), teacher=model, trainer={"devices": 1})
     assert not check(o, ctx), check(o, ctx)
-    m = build(o, ctx)
+    m = build(resolve(o, ctx), ctx)
     L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **trainer_overrides(o)).fit(m)
     with torch.no_grad():
         x = m.sample(x_T); tea = m.teacher_points(x_T)[-1]
