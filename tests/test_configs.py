@@ -223,7 +223,8 @@ def test_a_method_yaml_is_its_schema_and_the_one_place_of_its_defaults(method):
     yaml = group_config("method", method)
     assert "defaults" not in yaml and "defaults" not in method_defaults(method)
     assert set(yaml) == {f.name for f in dataclasses.fields(spec.options)}
-    assert all(f.default == "???" and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(spec.options))
+    fields = dataclasses.fields(spec.options)
+    assert all(f.default == "???" and f.default_factory is dataclasses.MISSING for f in fields)
     options = dataclasses.asdict(method_options(method))
     assert options == yaml
     assert all(type(v) is str for v in options.values() if isinstance(v, str))  # no Enum member leaks out

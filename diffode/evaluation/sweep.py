@@ -165,7 +165,8 @@ def validate_cells(cells: list[Cell], model, cfg) -> tuple[list[Cell], dict]:
 
     flags = dict(afs=bool(cfg.afs), denoise_to_zero=bool(cfg.denoise_to_zero))
     top = max([2 * c.nfe for c in cells] + [12])
-    planned, unreachable, errors = [], {}, {}  # errors: (label, message) -> NFEs, so a problem is said once, not per NFE
+    planned, unreachable = [], {}
+    errors = {}  # (label, message) -> NFEs, so a problem is said once, not per NFE
     for c in cells:
         if c.sampler is not None:
             try:

@@ -174,8 +174,8 @@ def typed_options(spec: MethodSpec, node):
     except MissingMandatoryValue as e:
         why = f"method.{e.full_key} has no value; set it (its default belongs in {where})."
     except ValidationError as e:
-        why = f"method.{e.full_key}: {str(e.msg).splitlines()[0]}; give a value of the type {spec.options.__name__} declares " \
-              f"({spec.options.__module__}; the defaults are in {where})."
+        why = f"method.{e.full_key}: {str(e.msg).splitlines()[0]}; give a value of the type " \
+              f"{spec.options.__name__} declares ({spec.options.__module__}; the defaults are in {where})."
     raise ValueError(why)
 
 
@@ -183,9 +183,9 @@ def schema_method(cls) -> str | None:
     """The method whose options schema is `cls` or holds it as a nested option group (LD3's teacher), if any."""
     import typing
 
-    def holds(schema) -> bool:
-        return schema is cls or any(dataclasses.is_dataclass(t) and holds(t)
-                                    for t in typing.get_type_hints(schema).values())
+    def holds(schema) -> bool:  # through Optional[...] too (the denoiser's ema)
+        hints = typing.get_type_hints(schema).values()
+        return schema is cls or any(dataclasses.is_dataclass(a) and holds(a) for t in hints for a in (t, *typing.get_args(t)))
 
     load_all()
     return next((name for name, spec in METHODS.items() if holds(spec.options)), None)

@@ -91,7 +91,8 @@ class LD3Module(L.LightningModule):
             return
         rank, world = self.global_rank, self.trainer.world_size
         barrier = self.trainer.strategy.barrier if world > 1 else None
-        make = lambda: make_pairs(self.denoiser, self.shape, self.cfg.n_pairs, self.cfg.seed, asdict(self.cfg.teacher),  # noqa: E731
+        teacher = asdict(self.cfg.teacher)
+        make = lambda: make_pairs(self.denoiser, self.shape, self.cfg.n_pairs, self.cfg.seed, teacher,  # noqa: E731
                                   self.schedule, self.sigma_min, self.sigma_max, rank, world, self.all_gather,
                                   device=self.device)
         z, x0, self.pairs_path = cached_pairs(self.cfg.cache_dir or cache_dir("ld3_pairs"), self.teacher_spec(), make, rank, barrier)
