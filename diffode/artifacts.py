@@ -168,8 +168,9 @@ class LearnedSampler:
             options[self.manifest["hook"].get("option", "midpoints")] = self.hook
         return options
 
-    def check(self, model: Model, nfe: int | None = None) -> None:
-        """ValueError naming what differs when this artifact was made for another model, NFE or schedule."""
+    def check(self, model: Model, nfe: int | None = None):
+        """ValueError naming what differs when this artifact was made for another model, NFE or schedule; else
+        its Plan (self.plan())."""
         m, where = self.manifest, str(self.path)
         why = same_model(m["model"], model.identity)
         if why:
@@ -185,15 +186,21 @@ class LearnedSampler:
         if abs(float(m["sigmas"][0]) - float(model.sigma_max)) > 1e-6 * float(model.sigma_max):
             raise ValueError(f"artifact {where} starts at sigma={m['sigmas'][0]:g} but the model samples from "
                              f"sigma_max={model.sigma_max:g}; set source.sigma_max={m['sigmas'][0]:g}.")
-        from .core.sample import check_sampling_config
-
-        options = self.solver_options()
         try:  # the plan sample() will follow: its solver makes exactly nfe calls on these sigmas
-            check_sampling_config(self.registry_solver, self.nfe, self.sigmas, net_sigmas=self.net_sigmas,
-                                  afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")), **options)
+            return self.plan()
         except ValueError as e:
             raise ValueError(f"artifact {where} cannot sample as its manifest says ({m['solver']} at nfe={self.nfe} "
                              f"on its {len(m['sigmas'])} sigmas: {e}); re-export it with `diffode train`.") from None
+
+    def plan(self):
+        """The Plan (diffode.core.sample) this artifact samples with: its solver and options (the hook included)
+        at its NFE on its own sigmas."""
+        from .core.sample import check_sampling_config
+
+        m = self.manifest
+        return check_sampling_config(self.registry_solver, self.nfe, self.sigmas, net_sigmas=self.net_sigmas,
+                                     afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")),
+                                     **self.solver_options())
 
     def to(self, device):
         for mod in (self.student, self.hook):
@@ -201,23 +208,19 @@ class LearnedSampler:
                 mod.to(device)
         return self
 
-    def sample(self, model, x_T: Tensor, cond=None, generator: torch.Generator | None = None, **kwargs):
+    def sample(self, model, x_T: Tensor, cond=None, generator: torch.Generator | None = None, plan=None, **kwargs):
         """Sample from x_T = sigma_max z with exactly `nfe` denoiser calls (the student's when it has one).
         model: the Model it was made for (its denoiser under `cond`, one condition per row of x_T), or a
-        plain denoiser D(x, sigma)."""
+        plain denoiser D(x, sigma). plan: self.plan(), when the caller made it once for many batches;
+        kwargs: run_plan's (start, stop, callback, return_info, ...)."""
         from .core.conditioning import Conditioned
-        from .core.sample import sample
+        from .core.sample import run_plan
 
-        m = self.manifest
         if self.student is not None:
             D = self.student if cond is None else Conditioned(self.student, cond)
         else:
             D = model.denoiser_for(cond) if isinstance(model, Model) else model
-        options = self.solver_options()
-        return sample(D, x_T, solver=self.registry_solver, nfe=self.nfe, grid=self.sigmas.to(x_T.device),
-                      net_sigmas=None if self.net_sigmas is None else self.net_sigmas.to(x_T.device),
-                      afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")), generator=generator,
-                      **options, **kwargs)
+        return run_plan(D, x_T, self.plan() if plan is None else plan, generator=generator, **kwargs)
 
 
 def load_sampler(path, map_location="cpu") -> LearnedSampler:

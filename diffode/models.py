@@ -84,16 +84,29 @@ class Model:
         self.check_condition(cond)
         return Conditioned(self.denoiser, cond)
 
+    def plan(self, **options):
+        """The Plan (diffode.core.sample) of sample()'s options (solver, nfe, grid, ...) on this model's schedule
+        and sigma range: every check of the sampling setup, before any compute."""
+        from .core.sample import check_sampling_config
+
+        return check_sampling_config(schedule=self.schedule, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+                                     **options)
+
     def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, cond=None, return_info: bool = False,
-               **options):
+               plan=None, **options):
         """`diffode.sample` of x_T on this model's schedule and sigma range, batch by batch, without
         gradients (memory only: a sample does not depend on its batch). `cond`: one condition per row of
         x_T (bound per batch). `progress` names a bar over the batches (None: no bar); options are
-        sample()'s (solver, nfe, grid, ...). return_info: also dict(nfe, forwards) per sample."""
+        sample()'s (solver, nfe, grid, ...), planned once for every batch, or `plan` is the one made
+        beforehand (self.plan). return_info: also dict(nfe, forwards) per sample."""
         from tqdm import tqdm
 
-        from .core.sample import sample
+        from .core.sample import run_plan
 
+        if plan is not None and options:
+            raise ValueError(f"Model.sample takes a plan or the sampling options that make one, not both (got "
+                             f"{sorted(options)} with the plan); make the plan with them: model.plan(...).")
+        plan = self.plan(**options) if plan is None else plan
         if cond is not None and cond_batch(cond) != x_T.shape[0]:
             raise ValueError(f"{cond_batch(cond)} conditions for {x_T.shape[0]} samples; give one per sample")
         n, bs = x_T.shape[0], int(batch_size)
@@ -101,8 +114,7 @@ class Model:
         with torch.no_grad():
             for lo in tqdm(range(0, n, bs), desc=progress, unit="batch", disable=progress is None):
                 part = slice(lo, min(lo + bs, n))
-                x, info = sample(self.denoiser_for(take(cond, part)), x_T[part], schedule=self.schedule,
-                                 sigma_min=self.sigma_min, sigma_max=self.sigma_max, return_info=True, **options)
+                x, info = run_plan(self.denoiser_for(take(cond, part)), x_T[part], plan, return_info=True)
                 out.append(x)
                 counts = {k: max(counts.get(k, 0), info[k]) for k in ("nfe", "forwards")}
         x = torch.cat(out)

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffode.config import method_defaults
+from dataclasses import replace
+
 from diffode.core.denoisers import ModelDenoiser
 from diffode.core.sample import prior_sample, sample
 from diffode.core.schedules import EDM
-from diffode.methods.amed import AMEDModule, AMEDPredictor, build, check, grids, resolve
-from diffode.methods.registry import Context
+from diffode.methods.amed import AMEDModule, AMEDPredictor, build, check, resolve
+from diffode.methods.registry import Context, method_options
 from diffode.models import load_model
 
 F64 = torch.float64
@@ -28,17 +29,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(**kw):
-    o = method_defaults("amed")
-    o.update(n_trajectories=64, batch=16, n_val=16, val_every=2)
-    o.update(kw)
-    return o
+    return method_options("amed", **{"n_trajectories": 64, "batch": 16, "n_val": 16, "val_every": 2, **kw})
 
 
 def _module(model, **kw) -> AMEDModule:
     o = _options(**kw)
     ctx = Context(out_dir=Path("."), teacher=model, trainer={"devices": 1})
     assert check(o, ctx) == []
-    return build(o, ctx)
+    return build(resolve(o, ctx), ctx)
 
 
 def _tiny_unet_model():
@@ -325,8 +323,8 @@ def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, mat
 def test_runner_builds_the_configured_student(tmp_path):
     from diffode.cli.train import prepare
 
-    spec, options, ctx = prepare(_cfg(tmp_path, "method.student=ipndm", "method.nfe=7"))
-    m = spec.build(options, ctx)
+    spec, config, ctx = prepare(_cfg(tmp_path, "method.student=ipndm", "method.nfe=7"))
+    m = spec.build(config, ctx)
     assert (m.cfg.student, m.cfg.teacher, m.cfg.M, m.cfg.steps) == ("ipndm", "ipndm", 2, 4)
     # afs_grid auto -> base at odd NFE: the intervals end at the odd nodes of iPNDM's 7-step edm grid u,
     # the teacher runs on u refined 2-fold (14 >= (M + 1) N = 12 steps)
@@ -337,12 +335,14 @@ def test_runner_builds_the_configured_student(tmp_path):
     torch.testing.assert_close(m.teacher_sigmas[::2], u, rtol=1e-12, atol=0)
     assert m.cfg.first_at_start and m.teacher_at == [2, 6, 10, 14]
     assert not m.predictor.needs_features  # the mixture has no bottleneck: times-only predictor
-    s, t = grids(dict(options, afs_grid="paper"), ctx.teacher)  # the paper's: the 4-step grid, 3-fold refined
+    options = config.options
+    paper = resolve(replace(options, afs_grid="paper"), ctx)  # the paper's: the 4-step grid, 3-fold refined
+    s, t = paper.sigmas, paper.teacher_sigmas
     assert s.numel() == 5 and t.numel() == 13 and torch.allclose(t[::3], s, rtol=1e-12)
-    assert resolve(dict(options, student="amed", nfe=5), ctx.teacher).teacher == "heun"
-    assert [resolve(dict(options, nfe=k), ctx.teacher).afs for k in (3, 4, 5, 6)] == [True, False, True, False]
+    assert resolve(replace(options, student="amed", nfe=5), ctx).teacher == "heun"
+    assert [resolve(replace(options, nfe=k), ctx).afs for k in (3, 4, 5, 6)] == [True, False, True, False]
     # grid auto: the student's usual grid; r_prior auto: the grid's own point for the plugins only
-    got = {st: resolve(dict(options, student=st, nfe=6), ctx.teacher) for st in ("amed", "ipndm", "dpm_solver_2")}
+    got = {st: resolve(replace(options, student=st, nfe=6), ctx) for st in ("amed", "ipndm", "dpm_solver_2")}
     assert {st: (c.grid, c.prior) for st, c in got.items()} == {
         "amed": ("edm", None), "ipndm": ("edm", {"grid": "edm", "rho": 7.0}),
         "dpm_solver_2": ("logsnr", {"grid": "logsnr"})}

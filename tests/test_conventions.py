@@ -76,7 +76,7 @@ def _eval_cfg(overrides, tmp_path):
 ])
 def test_a_logger_whose_extra_is_missing_is_named_before_any_compute(tmp_path, monkeypatch, override, modules, extra):
     from diffode.cli.errors import ConfigError
-    from diffode.cli.evaluate import evaluate
+    from diffode.evaluation.runner import evaluate
     from diffode.cli.train import train
 
     for m in modules:  # None in sys.modules: `import m` fails and find_spec(m) is None, as when it is absent
@@ -92,7 +92,7 @@ def test_a_logger_whose_extra_is_missing_is_named_before_any_compute(tmp_path, m
 
 def test_diffusers_source_and_slurm_launcher_name_their_extras(tmp_path, monkeypatch):
     from diffode.cli.errors import ConfigError
-    from diffode.cli.evaluate import evaluate
+    from diffode.evaluation.runner import evaluate
     from diffode.cli.evaluate import main as eval_main
 
     monkeypatch.setitem(sys.modules, "diffusers", None)

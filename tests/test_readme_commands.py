@@ -299,7 +299,7 @@ def _check_job(entry: str, overrides: list[str], multirun: bool, tmp: Path, late
             return "composed, resolved; its cells are the artifacts an earlier command writes"
         raise
     if entry == "report":  # it re-renders a finished sweep: its table must be there, made with these settings
-        from diffode.cli.evaluate import settings_hash
+        from diffode.evaluation.runner import settings_hash
         from diffode.evaluation.results import ResultsTable
         from diffode.evaluation.sweep import resolve_path
 
@@ -312,7 +312,7 @@ def _check_job(entry: str, overrides: list[str], multirun: bool, tmp: Path, late
         model = load_model(cfg.source)
     except FileNotFoundError as e:
         return f"composed, resolved, {len(cells)} cells built (model not on this machine: {e})"
-    unreachable = validate_cells(cells, model, cfg)
+    _, unreachable = validate_cells(cells, model, cfg)
     if len(unreachable) == len(cells):
         raise ValueError("no cell of the sweep is reachable")
     return f"composed, resolved, {len(cells)} cells valid for the model"

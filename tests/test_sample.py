@@ -103,7 +103,7 @@ def test_net_sigmas_condition_the_network_only():
     # The same conditioning as the grid is a no-op.
     for name in MINE:
         nfe = reachable_nfes(name, 12)[-1]
-        steps = check_sampling_config(name, nfe)["steps"]
+        steps = check_sampling_config(name, nfe).steps
         a = sample(GMM, x_T, name, nfe=nfe)
         b = sample(GMM, x_T, name, nfe=nfe, net_sigmas=make_grid("logsnr", steps))
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
@@ -255,7 +255,7 @@ def test_clear_errors_before_compute():
     with pytest.raises(ValueError, match="nfe must be an integer >= 1"):
         check_sampling_config("ddim", 0)
     plan = check_sampling_config("dpm_solver_2", 10, "time_uniform", None, VPLinear(), afs=True, denoise_to_zero=True)
-    assert plan["steps"] == 5 and plan["nfe"] == 10
+    assert plan.steps == 5 and plan.nfe == 10
 
 
 def test_nan_reports_step_and_sigma():

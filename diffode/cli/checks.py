@@ -8,7 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError  # noqa: F401  (re-exported: the error every check raises)
+from diffode.config import ConfigError, type_errors  # noqa: F401  (re-exported: what every check raises / runs)
+
 from .launch import check_launcher
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ RUN_IDENTITY = ("method", "source", "dataset", "net", "schedule", "seed")
 
 
 def run_identity(cfg: DictConfig) -> dict:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
-            for k in RUN_IDENTITY}
+    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg.get(k))
+            else cfg.get(k) for k in RUN_IDENTITY}
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
@@ -97,12 +98,6 @@ def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     if spec.trainer is None and (tr.get("max_steps", -1) in (None, 0) or
                                  (tr.get("max_steps", -1) < 0 and tr.get("max_epochs", -1) in (None, -1))):
         errors.append("trainer.max_steps must be positive (or set trainer.max_epochs); e.g. trainer.max_steps=2000.")
-    from diffode.config import method_defaults
-
-    unknown = sorted(set(cfg.method) - {"name"} - set(method_defaults(spec.name)))
-    if unknown:
-        errors.append(f"method={spec.name} has no option(s) {', '.join('method.' + k for k in unknown)} (its options "
-                      f"are the keys of conf/method/{spec.name}.yaml); remove them.")
     devices = tr.get("devices", 1)
     dm = ctx.datamodule
     if dm is not None:
@@ -120,64 +115,3 @@ def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     if cfg.get("seed") is None or int(cfg.seed) < 0:
         errors.append(f"seed={cfg.get('seed')} must be an integer >= 0.")
     return errors + check_launcher(cfg)
-
-
-# -- value types ------------------------------------------------------------------------------------------
-
-def _kind(v) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, bool):
-        return "a boolean (true / false)"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    return None  # lists and mappings: their entries are compared one by one
-
-
-def _fits(default, value) -> bool:
-    want, have = _kind(default), _kind(value)
-    if want is None or have == want or isinstance(value, (list, tuple)):  # a list where one value was (a sweep)
-        return True
-    return want == "a number" and have == "an integer"
-
-
-def _leaves(default, value, prefix: str = ""):
-    if isinstance(default, dict) and isinstance(value, dict):
-        for k in default:
-            if k in value:
-                yield from _leaves(default[k], value[k], f"{prefix}{k}.")
-    else:
-        yield prefix[:-1], default, value
-
-
-def runtime_choices() -> dict | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return dict(HydraConfig.get().runtime.choices)
-    except ValueError:
-        return None
-
-
-def type_errors(cfg: DictConfig, config_name: str, choices: dict | None = None) -> list[str]:
-    """Every value whose type is not its default's, naming its key: the config composed with the same group
-    choices (Hydra's runtime choices) and no value override is the reference. Without choices (a config composed
-    in code) there is nothing to compare with, and no error."""
-    choices = runtime_choices() if choices is None else choices
-    if not choices:
-        return []
-    from hydra import compose
-
-    try:
-        base = compose(config_name, overrides=[f"{g}={o}" for g, o in choices.items()
-                                               if o is not None and not g.startswith("hydra")])
-    except Exception:  # noqa: BLE001  (no reference to compare with: leave the checks to the code)
-        return []
-    ref = OmegaConf.to_container(base, resolve=False)
-    mine = OmegaConf.to_container(cfg, resolve=False)
-    return [f"{key}={value!r} must be {_kind(default)} (its default is {default!r})."
-            for key, default, value in _leaves(ref, mine) if not _fits(default, value)]

@@ -27,7 +27,8 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
             log.info("W&B logging %s", mode)
             cls = locate(lcfg.pop("_target_"))  # not instantiate(): the run config holds `_target_`s
             # mode goes to wandb.init; Lightning's own `offline` flag would set WANDB_MODE for the whole process
-            loggers.append(cls(**lcfg, save_dir=str(out), mode=mode, config=OmegaConf.to_container(cfg, resolve=True)))
+            loggers.append(cls(**lcfg, save_dir=str(out), mode=mode,
+                               config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))  # choices as str
         elif not target.endswith("CSVLogger"):
             loggers.append(instantiate(lcfg, save_dir=str(out)))
     loggers.append(CSVLogger(save_dir=str(out), name="csv"))  # csv/version_<n>: a resume adds a version

@@ -36,6 +36,7 @@ class Cell:
     solver_options: dict = field(default_factory=dict, hash=False, compare=False)
     grid_options: dict = field(default_factory=dict, hash=False, compare=False)
     sampler: object = field(default=None, hash=False, compare=False)  # a LearnedSampler, for artifact cells
+    plan: object = field(default=None, hash=False, compare=False)  # its diffode.core.sample.Plan (validate_cells)
 
     @property
     def key(self):
@@ -155,20 +156,24 @@ def learned_cell(path) -> Cell:
                 dict(sampler.manifest.get("solver_options") or {}), {"path": str(sampler.path)}, sampler)
 
 
-def validate_cells(cells: list[Cell], model, cfg) -> dict:
-    """Check every cell before compute. Returns {cell key: reason} of unreachable NFEs when
-    sweep.skip_unreachable is set; raises ValueError listing every problem otherwise."""
-    from diffode.core.sample import check_sampling_config, reachable_nfes
+def validate_cells(cells: list[Cell], model, cfg) -> tuple[list[Cell], dict]:
+    """Check every cell before compute and plan it once for the model (Cell.plan, what every batch follows).
+    Returns (the cells with their plans, {cell key: reason} of unreachable NFEs when sweep.skip_unreachable is
+    set); raises ValueError listing every problem otherwise."""
+    from dataclasses import replace
+
+    from diffode.core.sample import reachable_nfes
 
     if cfg.afs not in (True, False, "auto"):
         raise ValueError(f"afs={cfg.afs!r}: choose afs=false, true or auto (the analytic first step only where a "
                          "cell's NFE needs it).")
     top = max([2 * c.nfe for c in cells] + [12])
-    unreachable, errors = {}, {}  # errors: (label, message) -> NFEs, so a problem is said once, not per NFE
+    planned, unreachable = [], {}
+    errors = {}  # (label, message) -> NFEs, so a problem is said once, not per NFE
     for c in cells:
         if c.sampler is not None:
             try:
-                c.sampler.check(model)
+                planned.append(replace(c, plan=c.sampler.check(model)))
             except ValueError as e:
                 errors.setdefault((c.label, str(e)), []).append(c.nfe)
             continue
@@ -179,20 +184,20 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
                 near = reachable_nfes(c.solver_name, max_nfe=top, **flags, **c.solver_options)
                 if cfg.sweep.skip_unreachable:
                     unreachable[c.key] = f"{c.solver_name} cannot make exactly {c.nfe} calls (reachable: {near})"
+                    planned.append(c)
                     continue
                 why = (f"{c.solver_name} cannot make exactly that many calls (reachable: {near}); drop them from "
                        "sweep.nfes or set sweep.skip_unreachable=true")
                 errors.setdefault((c.label, why), []).append(c.nfe)
                 continue
-            check_sampling_config(c.solver_name, c.nfe, c.grid_name, grid_options=c.grid_options,
-                                  schedule=model.schedule, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
-                                  **flags, **c.solver_options)
+            planned.append(replace(c, plan=model.plan(solver=c.solver_name, nfe=c.nfe, grid=c.grid_name,
+                                                      grid_options=c.grid_options, **flags, **c.solver_options)))
         except ValueError as e:
             errors.setdefault((c.label, str(e)), []).append(c.nfe)
     if errors:
         lines = [f"{label} nfe={','.join(map(str, nfes))}: {msg}" for (label, msg), nfes in errors.items()]
         raise ValueError("invalid sweep (nothing was computed):\n  " + "\n  ".join(lines))
-    return unreachable
+    return planned, unreachable
 
 
 def cell_flags(cell: Cell, cfg) -> dict:
@@ -209,12 +214,10 @@ def cell_flags(cell: Cell, cfg) -> dict:
 
 
 def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[torch.Tensor, dict]:
-    """The cell's samples from x_T (one condition per row in `cond`, or None) and its per-sample counts
-    dict(nfe=denoiser calls, forwards=network passes)."""
+    """The cell's samples from x_T (one condition per row in `cond`, or None) along its plan (validate_cells),
+    and its per-sample counts dict(nfe=denoiser calls, forwards=network passes)."""
     if cell.sampler is None:
-        return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, solver=cell.solver_name,
-                            nfe=cell.nfe, grid=cell.grid_name, grid_options=cell.grid_options,
-                            **cell_flags(cell, cfg), **cell.solver_options)
+        return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, plan=cell.plan)
     from diffode.core.conditioning import take
 
     out, counts = [], {}
@@ -224,7 +227,8 @@ def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[t
         part = slice(lo, lo + bs)
         with torch.no_grad():  # stochastic samplers: one generator per batch, seeded by position
             g = torch.Generator(device=x_T.device).manual_seed(int(cfg.seed) * 1_000_003 + k)
-            x, info = cell.sampler.sample(model, x_T[part], cond=take(cond, part), generator=g, return_info=True)
+            x, info = cell.sampler.sample(model, x_T[part], cond=take(cond, part), generator=g, return_info=True,
+                                          plan=cell.plan)
         out.append(x)
         counts = {key: max(counts.get(key, 0), info[key]) for key in ("nfe", "forwards")}
     return torch.cat(out), counts

@@ -39,16 +39,15 @@ def train(model, student, nfe, student_options=None, **overrides):
     added to the student solver's."""
     import lightning as L
 
-    from diffode.config import method_defaults
-    from diffode.methods.amed import build, check, trainer_overrides
-    from diffode.methods.registry import Context
+    from diffode.methods.amed import build, check, resolve, trainer_overrides
+    from diffode.methods.registry import Context, method_options
 
-    o = dict(method_defaults("amed"), student=student, nfe=nfe, afs=bool(nfe % 2), **overrides)
+    o = method_options("amed", student=student, nfe=nfe, afs=bool(nfe % 2), **overrides)
     ctx = Context(out_dir=Path("."), teacher=model, trainer={"devices": 1})
     errors = check(o, ctx)
     if errors:
         raise ValueError(errors)
-    m = build(o, ctx)
+    m = build(resolve(o, ctx), ctx)
     m.cfg.student_options = {**m.cfg.student_options, **(student_options or {})}
     t0 = time.time()
     L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

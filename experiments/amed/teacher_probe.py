@@ -15,9 +15,8 @@ import lightning as L
 import torch
 
 import diffode
-from diffode.config import method_defaults
-from diffode.methods.amed import build, check, trainer_overrides
-from diffode.methods.registry import Context
+from diffode.methods.amed import build, check, resolve, trainer_overrides
+from diffode.methods.registry import Context, method_options
 from diffode.metrics.gmm import endpoint_rmse, reference_solve
 from diffode.models import initial_noise
 
@@ -33,12 +32,12 @@ def main(preset: str):
     x_T = initial_noise(model.shape, range(500), model.sigma_max)
     ref = reference_solve(model.denoiser, x_T, model.sigma_max, model.sigma_min)
     for student, nfe, M, teacher, grid in VARIANTS:
-        o = dict(method_defaults("amed"), student=student, nfe=nfe, afs=bool(nfe % 2), M=M, teacher_solver=teacher,
-                 grid=grid)
+        o = method_options("amed", student=student, nfe=nfe, afs=bool(nfe % 2), M=M, teacher_solver=teacher,
+                           grid=grid)
         ctx = Context(out_dir=Path("."), teacher=model, trainer={"devices": 1})
         assert not check(o, ctx), check(o, ctx)
         L.seed_everything(0, verbose=False)
-        m = build(o, ctx)
+        m = build(resolve(o, ctx), ctx)
         L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                   enable_model_summary=False, **trainer_overrides(o)).fit(m)
         with torch.no_grad():

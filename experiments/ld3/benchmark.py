@@ -74,16 +74,16 @@ def memory_child(args):
     overrides = [f"method.solver={args.solver}", f"method.nfe={args.nfe}", "method.distance=l2",
                  f"method.checkpointing={args.checkpointing}", "output_dir=/tmp/ld3_benchmark_memory"]
     if random_unet:  # memory depends on the architecture only: conf/net/unet_digits.yaml, untrained
-        from diffode.config import group_config, method_defaults
+        from diffode.config import group_config
         from diffode.core.denoisers import ModelDenoiser
         from diffode.core.schedules import VPLinear
-        from diffode.methods.ld3 import LD3Config, LD3Module
+        from diffode.methods.ld3 import LD3Module
+        from diffode.methods.registry import method_options
         from diffode.spec import build
 
         torch.manual_seed(0)
         den, sch = ModelDenoiser(build(group_config("net", "unet_digits")), VPLinear(), "eps"), VPLinear()
-        mcfg = LD3Config(**{**method_defaults("ld3"), "solver": args.solver, "nfe": args.nfe, "distance": "l2",
-                            "checkpointing": args.checkpointing})
+        mcfg = method_options("ld3", solver=args.solver, nfe=args.nfe, distance="l2", checkpointing=args.checkpointing)
         m = LD3Module(den, (1, 8, 8), sch, sch.sigma_min, sch.sigma_max, {"kind": "random unet_digits"}, mcfg)
     else:
         spec, options, ctx = prepare(compose_ld3(args.ckpt, overrides))

@@ -20,7 +20,7 @@ from the same x_T.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -37,33 +37,9 @@ from diffode.metrics.distance import make_distance
 
 from ..batch import condition_for, split_batch
 from ..callbacks import EMAUpdate
+from .options import CDConfig, Optimizer
 
-OPTIMIZERS = ("radam", "adam")
-
-
-@dataclass
-class CDConfig:
-    """Every option of conf/method/consistency_distillation.yaml (its defaults live there only)."""
-    N: int
-    rho: float
-    mu: float
-    ema_decay: float
-    teacher_solver: str
-    distance: str
-    huber_c: float | None
-    lpips_net: str
-    lpips_random_backbone: bool
-    optimizer: str
-    lr: float
-    betas: list
-    warmup_steps: int
-    student_net: dict | None
-    sample_steps: list
-    sample_sigmas: dict
-    clip: float | None
-    reference_nfe: int
-    n_val: int
-    snapshot_every: int
+OPTIMIZERS = tuple(Optimizer.__members__)
 
 
 def sampling_sigmas(cfg: CDConfig, k: int, sigma_min: float, sigma_max: float) -> Tensor:
