@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from diffode.cli.errors import ConfigError
-from diffode.cli.evaluate import evaluate
+from diffode.evaluation.runner import evaluate
 from diffode.evaluation.results import read_rows
 
 TINY = ["source=gmm2d", "n_samples=16", "batch_size=16", "gmm_metrics.rtol=1e-6", "gmm_metrics.floor_repeats=2",
