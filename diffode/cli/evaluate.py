@@ -16,7 +16,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from .errors import hydra_entry
 
@@ -54,12 +54,48 @@ def train_if_missing(cfg: DictConfig) -> None:
     shutil.copyfile(exported, path)
 
 
+def compose_parts(cfg: DictConfig) -> list[tuple[DictConfig, dict, str]]:
+    """cfg.parts (experiment names): further studies that run after this one, each an eval of its own under
+    output_dir/<experiment> with this command's overrides (the main job's guided and flow-matching models). All are
+    composed before any compute, so a bad name or override stops the job at once. A part has no parts."""
+    from hydra import compose
+    from diffode.config import ConfigError
+    from diffode.evaluation.runner import output_dir, task_overrides
+
+    parts = cfg.get("parts") or []
+    if not parts:
+        return []
+    passed = [o for o in task_overrides() if o.split("=", 1)[0].lstrip("+~") not in ("experiment", "output_dir", "parts")]
+    root = output_dir(cfg)
+    composed = []
+    for experiment in parts:
+        overrides = [f"experiment={experiment}", *passed, f"output_dir={root / str(experiment)}"]
+        try:
+            pcfg = compose("eval", overrides=overrides, return_hydra_config=True)
+        except Exception as e:  # noqa: BLE001  (Hydra's composition errors have no common base worth naming)
+            raise ConfigError(f"parts: {experiment} does not compose ({' '.join(str(e).split())}); "
+                              f"parts name experiments of conf/experiment/.") from None
+        choices = dict(pcfg.hydra.runtime.choices)
+        with open_dict(pcfg):
+            del pcfg["hydra"]
+        if pcfg.get("parts"):
+            raise ConfigError(f"parts: {experiment} has parts of its own; a part must be a "
+                              "single study.")
+        composed.append((pcfg, choices, " ".join(["diffode eval", *overrides[:-1]])))
+    return composed
+
+
 @hydra_entry(config_name="eval")
 def main(cfg: DictConfig) -> None:
     from diffode.evaluation.runner import evaluate
 
+    parts = compose_parts(cfg)
     train_if_missing(cfg)
     evaluate(cfg)
+    for pcfg, choices, command in parts:
+        log.info("part %s: %s", pcfg.output_dir, command)
+        train_if_missing(pcfg)
+        evaluate(pcfg, choices=choices, command=command)
 
 
 if __name__ == "__main__":

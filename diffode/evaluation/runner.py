@@ -75,8 +75,9 @@ def settings_hash(cfg, condition: str = "none") -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) -> dict:
-    """Run (or resume) the sweep described by cfg; returns rows, paths and the summary."""
+def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, command: str | None = None) -> dict:
+    """Run (or resume) the sweep described by cfg; returns rows, paths and the summary. `command` (for the report)
+    defaults to the running Hydra job's."""
     from diffode.evaluation.families import families
     from diffode.evaluation.metrics import check_metrics, make_metrics
     from diffode.evaluation.report import markdown_table, write_report
@@ -128,7 +129,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
 
     summary = dict(source=cfg.source.kind, model=model.label, dataset=model.dataset, n_samples=n, seeds=seeds_label,
                    condition=condition, sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
-    command = "diffode eval " + " ".join(task_overrides())
+    command = command or "diffode eval " + " ".join(task_overrides())
     report = write_report(rows, names, out_dir, cfg.title, summary, command.strip(),
                           families(cells, cfg.sweep.get("usual_grid")))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
