@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .core.conditioning import Conditioned, batch_size as cond_batch, take
+from .core.guidance import Guidance, Guided
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
 from .core.schedules import DTYPE, EDM, Schedule
 from .spec import build
@@ -49,6 +50,7 @@ class Model:
     dataset: str  # the data it models (FID reference): digits, cifar10, gmm2d, ...
     gmm: object | None = None  # the GaussianMixture, for exact metrics
     info: dict = field(default_factory=dict)  # checkpoint hyper-parameters, path, ...
+    guidance: Guidance = field(default_factory=Guidance)  # classifier-free guidance (core/guidance.py): none
 
     @property
     def label(self) -> str:
@@ -61,8 +63,42 @@ class Model:
 
     @property
     def condition(self) -> dict:
-        """What artifacts and results record of how this model is conditioned."""
-        return {"num_classes": self.num_classes}
+        """What artifacts and results record of how this model is conditioned (and guided, when it is)."""
+        record = self.guidance.record()
+        return {"num_classes": self.num_classes} if record is None else {"num_classes": self.num_classes,
+                                                                          "guidance": record}
+
+    @property
+    def conditional(self) -> nn.Module:
+        """The denoiser called with its samples' conditions, D(x, sigma, cond=c): the network's, or guided."""
+        return Guided(self.denoiser, self.guidance) if self.guidance.active else self.denoiser
+
+    def guidance_errors(self, guidance: Guidance) -> list[str]:
+        """Why `guidance` cannot apply to this model (empty when it can), each naming the fix."""
+        errors = guidance.errors()
+        if guidance.guides and self.num_classes is None and getattr(self.denoiser, "null_condition", None) is None:
+            errors.append(f"guidance.scale={guidance.scale:g} but model {self.label} is unconditional (classifier-free "
+                          "guidance needs a conditional model trained with label dropout); set guidance.scale=null or "
+                          "load a class-conditional checkpoint (e.g. diffode train experiment=digits_cond).")
+        if guidance.threshold is not None and self.info.get("latent"):
+            errors.append(f"guidance.threshold={guidance.threshold:g}: dynamic thresholding clips a pixel-space data "
+                          f"prediction to [-1, 1]; model {self.label} samples latents, where it is unsuitable. Set "
+                          "guidance.threshold=null.")
+        return errors
+
+    def with_guidance(self, guidance: Guidance | None) -> "Model":
+        """This model guided by `guidance` (None: unguided); ValueError naming the fix when it cannot be."""
+        import dataclasses
+
+        guidance = Guidance() if guidance is None else guidance
+        errors = self.guidance_errors(guidance)
+        if errors:
+            raise ValueError(" ".join(errors))
+        return dataclasses.replace(self, guidance=guidance.normalized())
+
+    def labels(self, seeds) -> Tensor | None:
+        """One class label per seed for a class-conditional model (initial_labels), None for an unconditional one."""
+        return None if self.num_classes is None else initial_labels(self.num_classes, seeds)
 
     def check_condition(self, cond) -> None:
         """ValueError naming the fix when `cond` does not fit this model (before any compute)."""
@@ -78,11 +114,15 @@ class Model:
                                  f"use 0..{self.num_classes - 1}, or {self.num_classes} (the null label) for none.")
 
     def denoiser_for(self, cond=None):
-        """The plain D(x, sigma) for a batch whose samples have conditions `cond` (None: unconditional)."""
+        """The plain D(x, sigma) for a batch whose samples have conditions `cond` (None: unconditional), guided
+        when the model is (with_guidance)."""
         if cond is None:
+            if self.guidance.active:
+                raise ValueError(f"model {self.label} is guided ({self.guidance.describe()}): give each sample its "
+                                 "condition (cond=labels), e.g. Model.labels(seeds).")
             return self.denoiser
         self.check_condition(cond)
-        return Conditioned(self.denoiser, cond)
+        return Conditioned(self.conditional, cond)
 
     def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, cond=None, return_info: bool = False,
                **options):
