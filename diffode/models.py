@@ -7,7 +7,8 @@ parameters and hash). Kinds:
 
 - gmm:        the exact denoiser of a Gaussian mixture preset (core.denoisers.GMM_PRESETS), EDM schedule.
 - checkpoint: a diffode denoiser checkpoint (`load_denoiser`); path null is the shipped digits UNet.
-- diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained.
+- diffusers:  a UNet2DModel / UNet2DConditionModel + DDPM scheduler directory saved with save_pretrained, with an
+              optional AutoencoderKL in vae/ (latent diffusion: the model samples latents, `decode` makes images).
 
 The sigma range is the source's sigma_min / sigma_max when set, else the model's own (its schedule's).
 
@@ -51,6 +52,8 @@ class Model:
     gmm: object | None = None  # the GaussianMixture, for exact metrics
     info: dict = field(default_factory=dict)  # checkpoint hyper-parameters, path, ...
     guidance: Guidance = field(default_factory=Guidance)  # classifier-free guidance (core/guidance.py): none
+    decoder: nn.Module | None = None  # latent diffusion: latents -> images (decode / encode), e.g. a VAE
+    conditions: dict | None = None  # a table of text-like conditions {key: [N, ...]} sampled one row per seed
 
     @property
     def label(self) -> str:
@@ -60,6 +63,34 @@ class Model:
     def num_classes(self) -> int | None:
         """Class labels of a class-conditional model (None: unconditional)."""
         return getattr(self.denoiser, "num_classes", None)
+
+    @property
+    def takes_condition(self) -> bool:
+        """True for a conditional model: class labels, or another condition whose null it knows."""
+        from .core.guidance import knows_null
+
+        return self.num_classes is not None or knows_null(self.denoiser)
+
+    @property
+    def image_shape(self) -> tuple:
+        """The shape of one image: the sample's own, or what the decoder makes of a latent."""
+        return tuple(self.decoder.image_shape) if self.decoder is not None else tuple(self.shape)
+
+    def decode(self, z: Tensor, batch_size: int = 500) -> Tensor:
+        """Images of samples: the samples themselves, or the decoder's images of latents (batch by batch, no grad)."""
+        if self.decoder is None:
+            return z
+        p = next(self.decoder.parameters())
+        with torch.no_grad():
+            return torch.cat([self.decoder.decode(b.to(p.device)).to(torch.float32).cpu() for b in z.split(batch_size)])
+
+    def encode(self, x: Tensor, batch_size: int = 500) -> Tensor:
+        """Latents of images (a latent model), float64."""
+        if self.decoder is None:
+            return x
+        p = next(self.decoder.parameters())
+        with torch.no_grad():
+            return torch.cat([self.decoder.encode(b.to(p.device)).to(torch.float64).cpu() for b in x.split(batch_size)])
 
     @property
     def condition(self) -> dict:
@@ -76,11 +107,11 @@ class Model:
     def guidance_errors(self, guidance: Guidance) -> list[str]:
         """Why `guidance` cannot apply to this model (empty when it can), each naming the fix."""
         errors = guidance.errors()
-        if guidance.guides and self.num_classes is None and getattr(self.denoiser, "null_condition", None) is None:
+        if guidance.guides and not self.takes_condition:
             errors.append(f"guidance.scale={guidance.scale:g} but model {self.label} is unconditional (classifier-free "
                           "guidance needs a conditional model trained with label dropout); set guidance.scale=null or "
                           "load a class-conditional checkpoint (e.g. diffode train experiment=digits_cond).")
-        if guidance.threshold is not None and self.info.get("latent"):
+        if guidance.threshold is not None and self.decoder is not None:
             errors.append(f"guidance.threshold={guidance.threshold:g}: dynamic thresholding clips a pixel-space data "
                           f"prediction to [-1, 1]; model {self.label} samples latents, where it is unsuitable. Set "
                           "guidance.threshold=null.")
@@ -96,18 +127,32 @@ class Model:
             raise ValueError(" ".join(errors))
         return dataclasses.replace(self, guidance=guidance.normalized())
 
-    def labels(self, seeds) -> Tensor | None:
-        """One class label per seed for a class-conditional model (initial_labels), None for an unconditional one."""
-        return None if self.num_classes is None else initial_labels(self.num_classes, seeds)
+    def labels(self, seeds):
+        """One condition per seed: a class label (initial_labels) of a class-conditional model, a row of the
+        conditions table (drawn the same way) of a model with one, None for an unconditional model."""
+        if self.num_classes is not None:
+            return initial_labels(self.num_classes, seeds)
+        if self.conditions:
+            rows = initial_labels(cond_batch(self.conditions), seeds)
+            return take(self.conditions, rows)
+        return None
+
+    def describe_condition(self) -> str:
+        """How the evaluation conditions its samples (what results rows record)."""
+        if self.num_classes is not None:
+            return f"labels uniform over {self.num_classes} classes, one per seed"
+        if self.conditions:
+            return f"conditions: one of the table's {cond_batch(self.conditions)} rows per seed, uniform"
+        return "none"
 
     def check_condition(self, cond) -> None:
         """ValueError naming the fix when `cond` does not fit this model (before any compute)."""
         if cond is None:
             return
-        if self.num_classes is None:
+        if not self.takes_condition:
             raise ValueError(f"model {self.label} is unconditional (its network takes no labels) but a condition was "
                              "given; drop the labels or load a class-conditional checkpoint.")
-        if isinstance(cond, Tensor) and not cond.is_floating_point():
+        if isinstance(cond, Tensor) and not cond.is_floating_point() and self.num_classes is not None:
             bad = cond[(cond < 0) | (cond > self.num_classes)]
             if bad.numel():
                 raise ValueError(f"labels {sorted(set(bad.tolist()))[:5]} are out of range for model {self.label}: "
@@ -288,13 +333,19 @@ def load_model(src) -> Model:
         return Model(den, tuple(info["shape"]), info["schedule"], lo, hi, identity, str(info["dataset"]),
                      info={**info, "path": str(path.resolve())})
     if kind == "diffusers":
-        from .nets.diffusers_adapter import load_diffusers_unet
+        from .nets.diffusers_adapter import load_diffusers_unet, load_vae
 
         path = Path(str(_get(src, "path", ""))).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"source.path={str(path)!r} is not a directory; point it at a folder written by "
                                     "diffusers' save_pretrained (unet/ + scheduler/).")
-        den = load_diffusers_unet(path)
+        conditions = _tensors(_get(src, "conditions"), "source.conditions")
+        null = _tensors(_get(src, "null_condition"), "source.null_condition")
+        null = None if null is None else null["encoder_hidden_states"].reshape(
+            null["encoder_hidden_states"].shape[-2:])
+        classes = _get(src, "num_classes")
+        den = load_diffusers_unet(path, num_classes=None if classes is None else int(classes), null_embedding=null)
+        decoder = load_vae(path)
         cfg = den.net.unet.config
         size = cfg.sample_size
         shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
@@ -303,9 +354,26 @@ def load_model(src) -> Model:
         sha = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
         identity = {"kind": "diffusers", "name": path.name, "sha256": sha}
         return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
-                     info={"path": str(path.resolve())})
+                     info={"path": str(path.resolve()), "latent": decoder is not None}, decoder=decoder,
+                     conditions=conditions)
     raise ValueError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)} "
                      "(source=gmm2d | gmm16d | checkpoint | diffusers).")
+
+
+def _tensors(path, what: str) -> dict | None:
+    """A safetensors file of condition tensors (e.g. encoder_hidden_states [N, L, D]), or None without a path."""
+    if path in (None, ""):
+        return None
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}={str(p)!r} does not exist; give a .safetensors file with an "
+                                "'encoder_hidden_states' tensor ([N, L, D] for conditions, [L, D] for the null one).")
+    from safetensors.torch import load_file
+
+    t = load_file(str(p))
+    if "encoder_hidden_states" not in t:
+        raise ValueError(f"{what}={str(p)!r} has no 'encoder_hidden_states' tensor (it has {sorted(t)}).")
+    return t
 
 
 def initial_noise(shape: tuple, seeds, sigma_max: float, dtype=torch.float64) -> Tensor:

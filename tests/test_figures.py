@@ -204,7 +204,7 @@ def test_diffode_report_rerenders_a_finished_sweep_from_its_table(tmp_path, monk
     for name in pictures:
         (tmp_path / name).unlink()
     drawn = []
-    monkeypatch.setattr(render, "sample_cell", lambda c, *a: drawn.append(c.key) or torch.randn(64, 2))
+    monkeypatch.setattr(render, "sample_cell", lambda c, *a: drawn.append(c.key) or (torch.randn(64, 2), {}))
     reps = {f.name for f in (tmp_path / "samples").glob("*.png")}
     missing = samples_png(tmp_path, {"solver": "dpmpp_2m", "grid": "logsnr", "nfe": 10})  # a contact-sheet cell
     missing.unlink()

@@ -82,6 +82,9 @@ def settings_hash(cfg, condition: str = "none") -> str:
                 solver_options=cfg.sweep.get("solver_options"), grid_options=cfg.sweep.get("grid_options"))
     if condition != "none":
         keys["condition"] = condition
+    g = cfg.get("guidance") or {}
+    if g.get("interval") is not None or g.get("threshold") is not None:  # the scale is each row's own column
+        keys["guidance"] = {"interval": g.get("interval"), "threshold": g.get("threshold")}
     blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -92,8 +95,9 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
     from diffode.evaluation.metrics import check_metrics, make_metrics
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
-    from diffode.evaluation.sweep import build_cells, run_sweep, validate_cells
-    from diffode.models import checkpoint_path, initial_labels, initial_noise, load_model
+    from diffode.evaluation.sweep import build_cells, guided_models, run_sweep, validate_cells
+    from diffode.core.conditioning import to_device
+    from diffode.models import checkpoint_path, initial_noise, load_model
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -114,6 +118,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
                              "(FID needs a covariance) and batch_size >= 1.")
         cells = build_cells(cfg, _choices() if choices is None else choices)
         model = load_model(cfg.source)
+        guided = guided_models(cells, model, cfg)  # {scale: the model guided at it}; refuses bad guidance
         unreachable = validate_cells(cells, model, cfg)
         check_metrics(model, cfg)
         device = _device(cfg.get("device"))  # refused here when it does not exist
@@ -125,12 +130,14 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
     if model.gmm is not None:
         device = torch.device("cpu")  # the mixture is tiny
     model.denoiser = model.denoiser.to(device)
+    if model.decoder is not None:
+        model.decoder.to(device)
     x_T = initial_noise(model.shape, seeds, model.sigma_max).to(device)  # drawn on CPU: same noise on any device
-    # a class-conditional model samples one label per seed (uniform; the same labels in every cell)
-    labels = None if model.num_classes is None else initial_labels(model.num_classes, seeds).to(device)
-    condition = "none" if labels is None else f"labels uniform over {model.num_classes} classes, one per seed"
-    metrics = make_metrics(model, cfg, x_T)
-    names = [metrics.primary] + [m for m in ("fid", "rmse", "confident", "sw") if m != metrics.primary]
+    # a conditional model samples one label (or condition) per seed (uniform; the same in every cell)
+    labels = to_device(model.labels(seeds), device)
+    condition = model.describe_condition()
+    metrics = make_metrics(model, cfg, x_T, labels, guided)
+    names = [metrics.primary] + [m for m in ("fid", "accuracy", "rmse", "confident", "sw") if m != metrics.primary]
 
     table = ResultsTable(out_dir / "results.csv", settings_hash(cfg, condition))
     log.info("sweep: %d cells (%d unreachable), %d samples each, output %s", len(cells), len(unreachable), n, out_dir)
@@ -138,13 +145,17 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
                      labels, condition)
 
     summary = dict(source=cfg.source.kind, model=model.label, dataset=model.dataset, n_samples=n, seeds=seeds_label,
-                   condition=condition, sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
+                   condition=condition, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
+                   **guidance_summary(cfg, guided), **metrics.summary())
     command = "diffode eval " + " ".join(_overrides())
     report = write_report(rows, names, out_dir, cfg.title, summary, command.strip(),
                           families(cells, cfg.sweep.get("usual_grid")))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"\n{cfg.title} ({n} samples per cell; {out_dir})\n")
-    print(markdown_table(rows, metrics.primary))
+    for w in sorted({r.get("guidance") for r in rows}, key=lambda w: -1 if w is None else w):
+        if w is not None:
+            print(f"guidance scale w = {w:g}\n")
+        print(markdown_table([r for r in rows if r.get("guidance") == w], metrics.primary))
     result = dict(rows=rows, out_dir=str(out_dir), csv=str(table.path), report=str(report), summary=summary)
     if logger_kind(cfg) == "wandb":
         from diffode.evaluation.wandb_log import log_sweep
@@ -153,6 +164,17 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
         config = OmegaConf.to_container(cfg, resolve=True)
         result["wandb"] = log_sweep(rows, names, wcfg, out_dir, config, summary)
     return result
+
+
+def guidance_summary(cfg, guided: dict) -> dict:
+    """What summary.json says of the guidance (nothing for an unguided sweep)."""
+    if list(guided) == [None]:
+        return {}
+    g = cfg.guidance
+    return {"guidance_scales": [w for w in guided], "guidance_interval": g.get("interval"),
+            "guidance_threshold": g.get("threshold"),
+            "guidance_convention": "D = D_u + w (D_c - D_u): w = 1 conditional, w = 0 unconditional (w = 1 + Ho & "
+                                   "Salimans' w); a guided call is one forward of the stacked 2B batch"}
 
 
 def _device(name) -> torch.device:

@@ -127,10 +127,23 @@ def dynamic_threshold(x0: Tensor, quantile: float = THRESHOLD_QUANTILE) -> Tenso
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
+def _null_fn(denoiser):
+    for owner in (denoiser, getattr(denoiser, "net", None)):  # the denoiser, or the network it adapts
+        fn = getattr(owner, "null_condition", None)
+        if fn is not None and getattr(owner, "conditional", True):
+            return fn
+    return None
+
+
+def knows_null(denoiser) -> bool:
+    """True when the denoiser (or its network) says what its "no condition" is: it takes a condition."""
+    return _null_fn(denoiser) is not None
+
+
 def null_condition(denoiser, cond):
-    """The "no condition" of a batch with conditions `cond`: the denoiser's own null_condition(cond) when it
-    has one, else the null label num_classes for class labels."""
-    fn = getattr(denoiser, "null_condition", None)
+    """The "no condition" of a batch with conditions `cond`: the denoiser's (or its network's) own
+    null_condition(cond) when it has one, else the null label num_classes for class labels."""
+    fn = _null_fn(denoiser)
     if fn is not None:
         return fn(cond)
     K = getattr(denoiser, "num_classes", None)
@@ -225,3 +238,32 @@ class Guided(nn.Module):
         if self.guidance.threshold is not None:
             D = dynamic_threshold(D, self.guidance.threshold)
         return D, h
+
+
+def scales_of(value) -> list:
+    """guidance.scale of a config: None, a number, or a list of them (a sweep axis) -> a list (of None or floats)."""
+    if value is None or isinstance(value, (int, float, str)):
+        value = [value]
+    out = []
+    for v in value:
+        if v is None or (isinstance(v, str) and v.lower() in ("none", "null")):
+            out.append(None)
+            continue
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance.scale={v!r} is not a number; use a scale w >= 0, null, or a list such as "
+                             "guidance.scale=[1,2,4].") from None
+    return out
+
+
+def from_config(node) -> list[Guidance]:
+    """One Guidance per scale of a `guidance:` config node (scale: a number, null or a list; interval; threshold)."""
+    node = node or {}
+    get = node.get if hasattr(node, "get") else (lambda k, d=None: d)
+    interval = get("interval")
+    if interval is not None:
+        interval = [float(v) for v in interval]
+        if len(interval) != 2:
+            raise ValueError(f"guidance.interval={interval} must be two sigmas [lo, hi], e.g. guidance.interval=[0.28,2.9].")
+    return [Guidance(s, interval, get("threshold")) for s in scales_of(get("scale"))]

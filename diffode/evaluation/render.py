@@ -20,7 +20,7 @@ from diffode.evaluation.results import ResultsTable, cell_key, samples_png
 from diffode.evaluation.sweep import build_cells, sample_cell, save_samples_png
 
 log = logging.getLogger(__name__)
-METRICS = ("fid", "rmse", "confident", "sw")  # the order evaluate() reports them in, primary first
+METRICS = ("fid", "accuracy", "rmse", "confident", "sw")  # the order evaluate() reports them in, primary first
 
 
 def metric_names(rows: list[dict]) -> list[str]:
@@ -43,12 +43,14 @@ def draw_missing_samples(rows, fams, cells, cfg, out_dir: Path, metric: str) -> 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     model = load_model(cfg.source)
-    x_T = initial_noise(model.shape, range(int(cfg.seed), int(cfg.seed) + k), model.sigma_max)
+    seeds = range(int(cfg.seed), int(cfg.seed) + k)
+    x_T = initial_noise(model.shape, seeds, model.sigma_max)
+    labels = model.labels(seeds)  # a class-conditional model: the sweep's labels of these seeds
     written = []
     for r in todo:
         c = by_key[cell_key(r)]
         log.info("drawing %d samples of %s NFE %d for the contact sheet", k, c.label, c.nfe)
-        written.append(save_samples_png(sample_cell(c, model, x_T, cfg), samples_png(out_dir, r), k,
+        written.append(save_samples_png(model.decode(sample_cell(c, model, x_T, cfg, labels)[0]), samples_png(out_dir, r), k,
                                         f"{c.label}, NFE {c.nfe}"))
     return written
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-LOWER_IS_BETTER = {"fid": True, "rmse": True, "sw": True, "confident": False}
+LOWER_IS_BETTER = {"fid": True, "rmse": True, "sw": True, "confident": False, "accuracy": False}
 
 
 def _label(r):
@@ -108,7 +108,8 @@ def counts_note(rows: list[dict]) -> str:
     differ = [r for r in done if int(r["forwards"]) != int(r["nfe"])]
     if done and not differ:
         return note + " They are equal in every cell here."
-    return note + "".join(f" {_label(r)} at NFE {r['nfe']}: {int(r['forwards'])} forwards." for r in differ)
+    at = lambda r: "" if r.get("guidance") is None else f" (w = {float(r['guidance']):g})"  # noqa: E731
+    return note + "".join(f" {_label(r)}{at(r)} at NFE {r['nfe']}: {int(r['forwards'])} forwards." for r in differ)
 
 
 OTHER = "other cells"  # the panel of rows that no family of the sweep claims (e.g. kept from an earlier sweep)
@@ -217,6 +218,11 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
     if rendered_by:
         parts += [f"Figures and this report re-rendered from results.csv (no metric recomputed): `{rendered_by}`", ""]
     parts += [samples_note(rows), "", counts_note(rows), ""]
+    decode = [r["decode_time"] for r in rows if isinstance(r.get("decode_time"), (int, float))]
+    if decode:
+        parts += [f"Latent model: every cell's samples are latents, decoded to images for the metrics and pictures; the "
+                  f"decoder is not a denoiser call (not in NFE or forwards). Decoding took {sum(decode) / len(decode):.3g} "
+                  f"s per cell on average (column decode_time; wall_time is the sampling alone).", ""]
     if "reference" in summary:
         smallest = min((r["rmse"] for r in rows if _ok(r, "rmse")), default=None)
         times = smallest / max(summary['reference_self_rmse'], 1e-300) if smallest else None
@@ -228,18 +234,27 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
                   f"{summary['reference']}; its self-consistency (RMSE against NFE {summary['reference_check_nfe']}) is "
                   f"{summary['reference_self_rmse']:.3g}{ratio}. For a distilled student it is the distance to the "
                   f"teacher's reference solve.", ""]
+    if any(interval(r, "accuracy") for r in rows):
+        parts += [f"Class accuracy: the share of samples the digits classifier labels as the digit they were asked for "
+                  f"(labels drawn per seed); +- is half the width of its {100 * summary.get('fid_level', 0.95):.0f}% "
+                  "Wilson interval.", ""]
     if any(interval(r, "fid") for r in rows):
         parts += [f"FID +- is half the width of a {100 * summary.get('fid_level', 0.95):.0f}% bootstrap interval over "
                   f"the generated samples' features (B = {summary.get('fid_bootstrap')}); best per NFE in bold only "
                   "where its interval clears every other cell's, else the overlapping cells are marked as tied.", ""]
-    for m in metrics:
-        if not any(_ok(r, m) for r in rows):
-            continue
-        png = plot(rows, m, out_dir / f"{m}_vs_nfe.png", title if m == metrics[0] else "", families)
-        direction = "lower" if LOWER_IS_BETTER.get(m, True) else "higher"
-        parts += [f"## {m.upper()} ({direction} is better; best per NFE in bold)", "", markdown_table(rows, m), "",
-                  f"![{m} vs NFE]({png.name})", ""]
-    parts += _sheet(rows, families, metrics[0], out_dir) if metrics else []
+    from diffode.evaluation.guided_report import guided_parts, scales
+
+    if len(scales(rows)) > 1:  # a sweep over guidance scales: per scale, and against the scale
+        parts += guided_parts(rows, metrics, out_dir, title, summary)
+    else:
+        for m in metrics:
+            if not any(_ok(r, m) for r in rows):
+                continue
+            png = plot(rows, m, out_dir / f"{m}_vs_nfe.png", title if m == metrics[0] else "", families)
+            direction = "lower" if LOWER_IS_BETTER.get(m, True) else "higher"
+            parts += [f"## {m.upper()} ({direction} is better; best per NFE in bold)", "", markdown_table(rows, m), "",
+                      f"![{m} vs NFE]({png.name})", ""]
+        parts += _sheet(rows, families, metrics[0], out_dir) if metrics else []
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         parts += ["## Failed cells (NaN/Inf samples; not averaged)", ""]

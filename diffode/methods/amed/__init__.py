@@ -269,7 +269,8 @@ def build(options: dict, ctx: Context) -> AMEDModule:
     cfg = resolve(options, m)
     sigmas, teacher_sigmas = grids(options, m)
     _, val_sigmas = grids(options, m, int(options["val_refine"]))
-    module = AMEDModule(m.denoiser, m.shape, sigmas, teacher_sigmas, cfg, _feature_shape(options, m), val_sigmas)
+    module = AMEDModule(m.conditional, m.shape, sigmas, teacher_sigmas, cfg, _feature_shape(options, m), val_sigmas,
+                        num_classes=m.num_classes)
     module.student_name, module.options = options["student"], dict(options)
     if cfg.select in FID_SELECTS:  # the model's FID (conf/eval.yaml fid: features and reference data), no bootstrap
         from diffode.config import eval_fid_config

@@ -84,6 +84,7 @@ def trainer_overrides(options: dict) -> dict:
                  description="GITS time steps by dynamic programming over teacher trajectories (Chen et al., ICML 2024)")
 def build(options: dict, ctx: Context) -> GITSModule:
     m = ctx.teacher
-    module = GITSModule(m.denoiser, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, GITSConfig(**options))
+    module = GITSModule(m.conditional, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, GITSConfig(**options),
+                        num_classes=m.num_classes)
     module.fit_started = time.perf_counter()
     return module
