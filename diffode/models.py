@@ -291,11 +291,16 @@ def _get(src, key, default=None):
 
 
 def checkpoint_path(src) -> Path:
-    """The checkpoint a `checkpoint` source names (path null: the shipped digits UNet)."""
+    """The checkpoint a `checkpoint` source names (path null: the shipped digits UNet; asset:<name>: a file shipped
+    in diffode/assets, e.g. asset:digits_cond_unet.ckpt)."""
     from .config import asset
 
     p = _get(src, "path")
-    return asset(DIGITS_UNET) if p in (None, "") else Path(str(p)).expanduser()
+    if p in (None, ""):
+        return asset(DIGITS_UNET)
+    if str(p).startswith("asset:"):
+        return asset(str(p)[len("asset:"):])
+    return Path(str(p)).expanduser()
 
 
 def _range(src, lo: float, hi: float) -> tuple[float, float]:

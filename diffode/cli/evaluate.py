@@ -78,7 +78,7 @@ def settings_hash(cfg, condition: str = "none") -> str:
     enters only when there is one, so an unconditional sweep keeps the hash it always had (and resumes)."""
     keys = dict(source=cfg.source, n_samples=cfg.n_samples, seed=cfg.seed, afs=cfg.afs,
                 denoise_to_zero=cfg.denoise_to_zero, metric=cfg.metric, fid=cfg.fid, gmm=cfg.gmm_metrics,
-                reference=cfg.get("reference"),
+                reference=_reference_identity(cfg.get("reference")),
                 solver_options=cfg.sweep.get("solver_options"), grid_options=cfg.sweep.get("grid_options"))
     if condition != "none":
         keys["condition"] = condition
@@ -87,6 +87,13 @@ def settings_hash(cfg, condition: str = "none") -> str:
         keys["guidance"] = {"interval": g.get("interval"), "threshold": g.get("threshold")}
     blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _reference_identity(rcfg):
+    """The reference settings that change the numbers (reference.row only adds a row: not part of the hash)."""
+    if rcfg is None:
+        return None
+    return {k: v for k, v in OmegaConf.to_container(rcfg, resolve=True).items() if k != "row"}
 
 
 def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) -> dict:

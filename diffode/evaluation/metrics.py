@@ -201,6 +201,8 @@ def check_metrics(model: Model, cfg) -> None:
         except ValueError as e:
             raise ValueError(f"reference.solver: {e}") from None
         for key in ("nfe", "check_nfe"):
+            if key == "check_nfe" and rcfg.get(key) is None:
+                continue
             try:
                 check_sampling_config(name, int(rcfg[key]), str(rcfg.grid), schedule=model.schedule,
                                       sigma_min=model.sigma_min, sigma_max=model.sigma_max, **opts)
@@ -237,8 +239,9 @@ class ReferenceSolve:
                  cond=None):
         from diffode.config import solver_config
 
+        check = rcfg.get("check_nfe")
         self.spec = {"solver": str(rcfg.solver), "grid": str(rcfg.grid), "nfe": int(rcfg.nfe),
-                     "check_nfe": int(rcfg.check_nfe)}
+                     "check_nfe": None if check is None else int(check)}  # None: no self-consistency solve
         spec = {"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
                 "sigma": [model.sigma_min, model.sigma_max], **self.spec}
         if cond is not None:  # a conditional solve: its labels and guidance are part of what it is
@@ -250,18 +253,27 @@ class ReferenceSolve:
         self.path, self.cached = path, path.is_file()
         if self.cached:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            self.x_ref, self.self_rmse = blob["x_ref"], float(blob["self_rmse"])
+            self.x_ref = blob["x_ref"]
+            self.self_rmse = None if blob["self_rmse"] is None else float(blob["self_rmse"])
+            self.counts, self.seconds = blob.get("counts") or {"nfe": self.spec["nfe"]}, blob.get("seconds")
         else:
+            import time
+
             name, opts = solver_config(self.spec["solver"])
             solve = lambda nfe: model.sample(x_T, batch_size, f"reference NFE {nfe}" if progress else None,  # noqa: E731
-                                             cond=cond, solver=name, nfe=nfe, grid=self.spec["grid"], **opts)
-            log.info("reference solve: %s/%s at NFE %d (and %d for its self-consistency), %d samples",
+                                             cond=cond, return_info=True, solver=name, nfe=nfe, grid=self.spec["grid"],
+                                             **opts)
+            log.info("reference solve: %s/%s at NFE %d (and %s for its self-consistency), %d samples",
                      self.spec["solver"], self.spec["grid"], self.spec["nfe"], self.spec["check_nfe"], x_T.shape[0])
-            self.x_ref = solve(self.spec["nfe"]).cpu()
-            self.self_rmse = _rmse(solve(self.spec["check_nfe"]).cpu(), self.x_ref)
+            t0 = time.perf_counter()
+            x_ref, self.counts = solve(self.spec["nfe"])
+            self.x_ref, self.seconds = x_ref.cpu(), time.perf_counter() - t0
+            check = self.spec["check_nfe"]
+            self.self_rmse = None if check is None else _rmse(solve(check)[0].cpu(), self.x_ref)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
-            torch.save({"x_ref": self.x_ref, "self_rmse": self.self_rmse, "spec": self.spec}, tmp)
+            torch.save({"x_ref": self.x_ref, "self_rmse": self.self_rmse, "spec": self.spec, "counts": self.counts,
+                        "seconds": self.seconds}, tmp)
             tmp.replace(path)
 
     def rmse(self, samples: Tensor) -> float:

@@ -223,7 +223,10 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
         parts += [f"Latent model: every cell's samples are latents, decoded to images for the metrics and pictures; the "
                   f"decoder is not a denoiser call (not in NFE or forwards). Decoding took {sum(decode) / len(decode):.3g} "
                   f"s per cell on average (column decode_time; wall_time is the sampling alone).", ""]
-    if "reference" in summary:
+    if "reference" in summary and summary.get("reference_self_rmse") is None:
+        parts += [f"Solver error (RMSE) is measured against a reference solve of the same model from the same noise: "
+                  f"{summary['reference']} (its self-consistency was not measured: reference.check_nfe=null).", ""]
+    elif "reference" in summary:
         smallest = min((r["rmse"] for r in rows if _ok(r, "rmse")), default=None)
         times = smallest / max(summary['reference_self_rmse'], 1e-300) if smallest else None
         ratio = "" if times is None else f", {times:.3g}x below the smallest solver error in the table"

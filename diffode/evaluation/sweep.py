@@ -314,4 +314,32 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
                 table.add({**row, **values, "status": "ok", "message": ""})
         if on_cell_done is not None:
             on_cell_done(k, c)
+    rcfg = cfg.get("reference")
+    if rcfg is not None and rcfg.get("row") and getattr(metrics, "solve_ref", None):
+        reference_rows(metrics, model, x_T, table, cfg, out_dir, seeds_label, cond, condition)
     return table.rows
+
+
+def reference_rows(metrics, model, x_T, table, cfg, out_dir: Path, seeds_label: str, cond, condition: str) -> None:
+    """reference.row: each reference solve (one per guidance scale) as a row of its own, scored like a cell (the
+    converged column of the tables); its solver error is 0 by definition."""
+    from diffode.evaluation.results import cell_key
+
+    n = x_T.shape[0]
+    for w, ref in metrics.solve_ref.items():
+        row = dict(solver=ref.spec["solver"], grid=ref.spec["grid"], nfe=ref.spec["nfe"], n_samples=n,
+                   seeds=seeds_label, condition=condition)
+        if w is not None:
+            row["guidance"] = w
+        if cell_key(row) in table.done():
+            continue
+        images = model.decode(ref.x_ref)
+        values = metrics(images.to(x_T.device), x_T, labels=cond, guidance=w, state=ref.x_ref)
+        seconds = ref.seconds
+        row.update(forwards=ref.counts.get("forwards"), wall_time=seconds,
+                   samples_per_s=None if not seconds else n / seconds)
+        if int(cfg.save_images) > 0:
+            tag = "" if w is None else f", w={w:g}"
+            save_samples_png(images, samples_png(out_dir, row), int(cfg.save_images),
+                             f"{row['solver']}/{row['grid']}, NFE {row['nfe']}{tag} (reference)")
+        table.add({**row, **values, "status": "ok", "message": "the reference solve (reference.row=true)"})
