@@ -9,6 +9,8 @@ parameters and hash). Kinds:
 - checkpoint: a diffode denoiser checkpoint (`load_denoiser`); path null is the shipped digits UNet.
 - diffusers:  a UNet2DModel / UNet2DConditionModel + DDPM scheduler directory saved with save_pretrained, with an
               optional AutoencoderKL in vae/ (latent diffusion: the model samples latents, `decode` makes images).
+- edm:        an NVlabs EDM network: a converted checkpoint (diffode convert-edm; weights only), or the original
+              .pkl with trust_pickle: true (it executes the code inside: trusted files only). nets/edm.py.
 
 The sigma range is the source's sigma_min / sigma_max when set, else the model's own (its schedule's).
 
@@ -36,7 +38,7 @@ from .spec import build
 
 log = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("gmm", "checkpoint", "diffusers")
+SOURCE_KINDS = ("gmm", "checkpoint", "diffusers", "edm")
 DIGITS_UNET = "digits_unet.ckpt"  # in diffode/assets
 
 
@@ -361,8 +363,33 @@ def load_model(src) -> Model:
         return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
                      info={"path": str(path.resolve()), "latent": decoder is not None}, decoder=decoder,
                      conditions=conditions)
+    if kind == "edm":
+        return _edm_model(src)
     raise ValueError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)} "
-                     "(source=gmm2d | gmm16d | checkpoint | diffusers).")
+                     "(source=gmm2d | gmm16d | checkpoint | diffusers | edm).")
+
+
+def _edm_model(src) -> Model:
+    """An NVlabs EDM network (nets/edm.py) on EDM's sampling range [max(0.002, its sigma_min), min(80, its sigma_max)]."""
+    from .nets.edm import denoiser_of, load_edm_converted, load_edm_pickle
+
+    path = Path(str(_get(src, "path", ""))).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"source.path={str(path)!r} is not a file; give an EDM .pkl (with source.trust_pickle="
+                                "true, trusted files only) or a checkpoint written by `diffode convert-edm`.")
+    try:
+        if path.suffix == ".pkl":
+            den, rec = denoiser_of(load_edm_pickle(path, trust_embedded_code=bool(_get(src, "trust_pickle", False))))
+        else:
+            den, rec = load_edm_converted(path)
+    except PermissionError as e:
+        raise ValueError(str(e)) from None
+    lo, hi = _range(src, max(0.002, rec["sigma_min"]), min(80.0, rec["sigma_max"]))
+    schedule = EDM(lo, hi, rec["sigma_data"])
+    shape = (rec["img_channels"], rec["img_resolution"], rec["img_resolution"])
+    identity = {"kind": "edm", "name": path.stem, "sha256": file_sha256(path)}
+    return Model(den, shape, schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
+                 info={"path": str(path.resolve()), "precond": rec})
 
 
 def _tensors(path, what: str) -> dict | None:
