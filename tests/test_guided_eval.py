@@ -147,3 +147,18 @@ def test_gits_learns_for_a_guided_teacher_with_a_label_per_trajectory(tmp_path, 
         train(_train_cfg(tmp_path / "b", ckpt, "method=gits", "guidance.scale=[2,4]"))
     with pytest.raises(ConfigError, match="has none"):
         train(_train_cfg(tmp_path / "c", ckpt, "method=denoiser", "guidance.scale=2"))
+
+
+def test_wandb_gets_metrics_per_scale_and_against_the_scale(tmp_path, ckpt, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    from diffode.evaluation.wandb_log import read_offline_run
+
+    out = evaluate(_eval_cfg(tmp_path, ckpt, "guidance.scale=[1,2]", "sweep.nfes=[2,3]", "logger=wandb"))
+    run = read_offline_run(out["wandb"]["run_dir"])
+    rows = {(r["nfe"], r["guidance"]): r for r in read_rows(out["csv"])}
+    hist = {h["nfe"]: h for h in run["history"] if "nfe" in h}
+    assert hist[3]["fid/ddim/edm/w2"] == pytest.approx(rows[3, 2]["fid"])
+    assert hist[2]["accuracy/ddim/edm/w1"] == pytest.approx(rows[2, 1]["accuracy"])
+    assert hist[3]["forwards/ddim/edm/w2"] == 6
+    assert "chart/fid_vs_scale/nfe3_table" in run["summary"] and "chart/accuracy_vs_nfe_table" in run["summary"]
