@@ -162,3 +162,14 @@ def test_wandb_gets_metrics_per_scale_and_against_the_scale(tmp_path, ckpt, monk
     assert hist[2]["accuracy/ddim/edm/w1"] == pytest.approx(rows[2, 1]["accuracy"])
     assert hist[3]["forwards/ddim/edm/w2"] == 6
     assert "chart/fid_vs_scale/nfe3_table" in run["summary"] and "chart/accuracy_vs_nfe_table" in run["summary"]
+
+
+def test_each_scales_reference_solve_is_a_row_when_asked(tmp_path, ckpt):
+    out = evaluate(_eval_cfg(tmp_path, ckpt, "guidance.scale=[1,2]", "reference.enabled=true", "reference.nfe=5",
+                             "reference.check_nfe=null", "reference.row=true", "reference.solver=dpmpp_2m"))
+    rows = {(r["solver"], r["guidance"]): r for r in read_rows(out["csv"])}
+    for w in (1, 2):
+        ref = rows["dpmpp_2m", w]
+        assert ref["nfe"] == 5 and ref["rmse"] == 0 and ref["forwards"] == 5 * w and ref["fid"] > 0
+        assert rows["ddim", w]["rmse"] > 0
+    assert "self-consistency was not measured" in (tmp_path / "report.md").read_text()

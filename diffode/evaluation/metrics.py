@@ -86,6 +86,8 @@ class FIDMetrics:
         from diffode.metrics.fid import bootstrap_fid, features, quantize_uint8
 
         ref = None if self.solve_ref is None else self.solve_ref.get(guidance)
+        if callable(ref):  # a scale's reference, made when its first cell is scored
+            ref = self.solve_ref[guidance] = ref()
         out = {} if ref is None else {"rmse": ref.rmse(samples if state is None else state)}
         # As papers (and NVlabs/edm) do: FID of the images as they would be saved, clipped to
         # [-1, 1] and rounded to 8 bits, so out-of-range pixels cost what they cost in a PNG.
@@ -103,10 +105,11 @@ class FIDMetrics:
         return out
 
     def summary(self) -> dict:
-        refs = list((self.solve_ref or {}).values())
+        made = {w: r for w, r in (self.solve_ref or {}).items() if not callable(r)}
+        refs = list(made.values())
         extra = {} if not refs else refs[0].summary()
         if len(refs) > 1:
-            extra["reference_self_rmse_by_guidance"] = {str(w): r.self_rmse for w, r in self.solve_ref.items()}
+            extra["reference_self_rmse_by_guidance"] = {str(w): r.self_rmse for w, r in made.items()}
         return {**extra, "fid_bootstrap": self.bootstrap, "fid_level": self.level, "fid_features": self.features_name, "fid_reference": self.reference,
                 "fid_reference_n": int(self.ref["real_features_num_samples"]), "fid_stats": self.ref["path"]}
 
@@ -223,9 +226,11 @@ def make_metrics(model: Model, cfg, x_T: Tensor, labels: Tensor | None = None, g
         refs = None
         rcfg = cfg.get("reference")
         if rcfg is not None and rcfg.get("enabled", True):
-            refs = {w: ReferenceSolve(m, x_T, cfg.seed, rcfg, int(cfg.batch_size),
-                                      progress=bool(cfg.get("progress", False)), cond=labels)
-                    for w, m in (guided or {None: model}).items()}
+            make = lambda m: ReferenceSolve(m, x_T, cfg.seed, rcfg, int(cfg.batch_size),  # noqa: E731
+                                            progress=bool(cfg.get("progress", False)), cond=labels)
+            models = guided or {None: model}
+            # one scale: made now; a sweep over scales: each when its first cell is scored (scale by scale)
+            refs = {w: make(m) if len(models) == 1 else (lambda m=m: make(m)) for w, m in models.items()}
         return FIDMetrics(model, cfg.fid, x_T.device, reference=refs)
     raise ValueError(f"unknown metric {kind!r}; choose auto, fid or gmm")
 

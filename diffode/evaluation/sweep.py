@@ -96,11 +96,11 @@ def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
     extra_s, extra_g = _plain(s.get("solver_options")), _plain(s.get("grid_options"))
     scales = run_scales(cfg)
     cells, seen = [], set()
-    for a, g in pairs:
-        sname, sopts = one_solver[1:] if one_solver and a == one_solver[0] else solver_config(a)
-        gname, gopts = one_grid[1:] if one_grid and g == one_grid[0] else grid_config(g)
-        sopts, gopts = {**sopts, **extra_s.get(a, {})}, {**gopts, **extra_g.get(g, {})}
-        for w in scales:
+    for w in scales:  # scale by scale: a long sweep over scales finishes one scale's cells (and reference) at a time
+        for a, g in pairs:
+            sname, sopts = one_solver[1:] if one_solver and a == one_solver[0] else solver_config(a)
+            gname, gopts = one_grid[1:] if one_grid and g == one_grid[0] else grid_config(g)
+            sopts, gopts = {**sopts, **extra_s.get(a, {})}, {**gopts, **extra_g.get(g, {})}
             for n in nfes:
                 cell = Cell(a, g, n, sname, gname, sopts, gopts, guidance=w)
                 if cell.key not in seen:
@@ -312,11 +312,11 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
                     w = "" if c.guidance is None else f", w={c.guidance:g}"
                     save_samples_png(samples, samples_png(out_dir, row), int(cfg.save_images), f"{c.label}, NFE {c.nfe}{w}")
                 table.add({**row, **values, "status": "ok", "message": ""})
+        rcfg = cfg.get("reference")
+        if rcfg is not None and rcfg.get("row") and getattr(metrics, "solve_ref", None):
+            reference_rows(metrics, model, x_T, table, cfg, out_dir, seeds_label, cond, condition)
         if on_cell_done is not None:
             on_cell_done(k, c)
-    rcfg = cfg.get("reference")
-    if rcfg is not None and rcfg.get("row") and getattr(metrics, "solve_ref", None):
-        reference_rows(metrics, model, x_T, table, cfg, out_dir, seeds_label, cond, condition)
     return table.rows
 
 
@@ -327,6 +327,8 @@ def reference_rows(metrics, model, x_T, table, cfg, out_dir: Path, seeds_label: 
 
     n = x_T.shape[0]
     for w, ref in metrics.solve_ref.items():
+        if callable(ref):  # not made yet (a later scale of the sweep)
+            continue
         row = dict(solver=ref.spec["solver"], grid=ref.spec["grid"], nfe=ref.spec["nfe"], n_samples=n,
                    seeds=seeds_label, condition=condition)
         if w is not None:
