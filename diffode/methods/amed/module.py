@@ -269,18 +269,21 @@ class AMEDModule(L.LightningModule):
         return torch.optim.Adam(self.predictor.parameters(), lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
     # -- held-out loss ------------------------------------------------------------------------
-    def heldout(self) -> tuple[Tensor, list[Tensor], Tensor | None]:
+    def heldout(self) -> tuple[Tensor, list[Tensor]]:
+        """(x_T, the teacher's points) of the held-out trajectories; their labels: heldout_labels()."""
         if self._val is None:
             x_T = prior_sample((self.cfg.n_val, *self.shape), float(self.sigmas[0]),
                                generator=torch.Generator().manual_seed(VAL_SEED)).to(self.sigmas.device)
-            labels = self.labels(VAL_SEED, self.cfg.n_val)
-            self._val = (x_T, self.teacher_points(x_T, held_out=True, labels=labels), labels)
+            self._val = (x_T, self.teacher_points(x_T, held_out=True, labels=self.heldout_labels()))
         return self._val
+
+    def heldout_labels(self) -> Tensor | None:
+        return self.labels(VAL_SEED, self.cfg.n_val)
 
     def val_metrics(self) -> tuple[float, float]:
         """(held-out training objective summed over intervals, endpoint RMSE of the full student
         solve against the teacher's endpoint), with the current predictor, no update."""
-        x_T, teacher, labels = self.heldout()
+        (x_T, teacher), labels = self.heldout(), self.heldout_labels()
         with torch.no_grad():
             x0 = self.sample(x_T, labels=labels)
             if self.cfg.objective == "endpoint":  # the objective is this solve's own distance: no second solve
