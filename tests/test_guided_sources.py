@@ -128,7 +128,8 @@ def test_text_like_conditions_are_a_table_sampled_per_seed_and_guided_by_the_nul
     with initialize_config_module("diffode.conf", version_base="1.3"):
         cfg = compose("eval", overrides=["source=diffusers", *[f"source.{k}={v}" for k, v in src.items() if k != "kind"],
                                          "n_samples=12", "batch_size=12", "progress=false", "save_images=0",
-                                         "fid.bootstrap=5", "reference.enabled=false", "sweep.solvers=[ddim]",
+                                         "fid.bootstrap=5", "reference.nfe=4", "reference.check_nfe=null",
+                                         "reference.solver=dpmpp_2m", "sweep.solvers=[ddim]",
                                          "sweep.grids=[logsnr]", "sweep.nfes=[2]", "sweep.learned=[]",
                                          "guidance.scale=[1,2]", f"output_dir={tmp_path / 'eval'}"])
     rows = read_rows(evaluate(cfg)["csv"])

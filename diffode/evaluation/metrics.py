@@ -252,7 +252,8 @@ class ReferenceSolve:
         if cond is not None:  # a conditional solve: its labels and guidance are part of what it is
             from diffode.models import tensor_sha1
 
-            spec.update(condition=model.condition, labels=tensor_sha1(cond.cpu()))
+            parts = [cond[k] for k in sorted(cond)] if isinstance(cond, dict) else [cond]
+            spec.update(condition=model.condition, labels=tensor_sha1(*(t.cpu() for t in parts)))
         key = cache_key(spec)
         path = Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key}.pt"
         self.path, self.cached = path, path.is_file()
