@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from _tiny_models import conditional_checkpoint
 from diffode.artifacts import load_sampler, save_artifact
 from diffode.cli.errors import ConfigError
-from diffode.cli.evaluate import evaluate
+from diffode.evaluation.runner import evaluate
 from diffode.cli.train import train
 from diffode.evaluation.results import read_rows
 from diffode.models import initial_labels, initial_noise, load_model

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from diffode.cli.errors import ConfigError
-from diffode.cli.evaluate import evaluate
+from diffode.evaluation.runner import evaluate
 from diffode.core.guidance import Guidance
 from diffode.core.schedules import DTYPE
 from diffode.evaluation.results import read_rows

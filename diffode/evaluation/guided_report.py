@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from diffode.evaluation.report import LOWER_IS_BETTER, _cell, _label, _ok, best_per_nfe, interval, markdown_table
+from diffode.evaluation.tables import LOWER_IS_BETTER, _cell, _label, _ok, best_per_nfe, interval, markdown_table
 
 
 def _w(r) -> float | None:
