@@ -6,6 +6,10 @@ converged column (each scale's 100-NFE reference solve), and per NFE the ranking
 
     python experiments/guidance/table.py experiments/guidance/eval_guided
     python experiments/guidance/table.py experiments/guidance/eval_guided --compare experiments/guidance/eval_threshold experiments/guidance/eval_interval
+    python experiments/guidance/table.py experiments/guidance/eval_guided --learned experiments/guidance/eval_guided_learned
+
+With --learned, the learned samplers' cells of that sweep (LD3, AMED) against the best hand-crafted cell at the same
+scale and NFE, from both sweeps (the same seeds, labels and settings give the same numbers in either).
 """
 from __future__ import annotations
 
@@ -97,12 +101,39 @@ def compare(base, others: dict, metric="fid") -> str:
     return "\n".join(lines)
 
 
+LEARNED = ("ld3", "amed", "gits")
+
+
+def learned_table(base, learned) -> str:
+    """Per learned cell: the best hand-crafted FID at its scale and NFE, its own, and whether the intervals are
+    disjoint (a win or a loss) or overlap (a tie)."""
+    hand = [r for r in base + learned if r["grid"] not in LEARNED and r["solver"] != "dpmpp_3m"]
+    lines = ["| learned sampler | NFE | w | FID | best hand-crafted | its FID | difference | intervals |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in learned if r["grid"] in LEARNED), key=lambda r: (r["guidance"], r["nfe"], r["grid"])):
+        same = [h for h in hand if h["nfe"] == r["nfe"] and h["guidance"] == r["guidance"]]
+        if not same:
+            continue
+        b = min(same, key=lambda h: h["fid"])
+        verdict = ("disjoint, better" if r["fid_hi"] < b["fid_lo"] else "disjoint, worse" if r["fid_lo"] > b["fid_hi"]
+                   else "overlap")
+        lines.append(f"| {NAMES.get(r['solver'], r['solver'])}/{r['grid']} | {r['nfe']} | {r['guidance']:g} | "
+                     f"{cell(r, 'fid')} | {NAMES.get(b['solver'], b['solver'])}/{b['grid']} | {cell(b, 'fid')} | "
+                     f"{r['fid'] - b['fid']:+.3g} | {verdict} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("sweep")
     ap.add_argument("--compare", nargs="*", default=[])
+    ap.add_argument("--learned", default=None, help="a sweep with learned samplers' cells (sweep.learned)")
     a = ap.parse_args()
     rows = rows_of(a.sweep)
+    if a.learned:
+        print("## FID of the learned samplers vs the best hand-crafted cell (95% bootstrap intervals as +-)\n")
+        print(learned_table(rows, rows_of(a.learned)))
+        return
     print("## FID (95% bootstrap interval as +-)\n")
     print(main_table(rows, "fid"))
     print("\n## Class accuracy, % (95% Wilson interval)\n")
