@@ -147,6 +147,13 @@ class LearnedSampler:
     label = property(lambda self: self.manifest.get("label") or f"{self.solver}/{self.kind}")
 
     @property
+    def guidance(self):
+        """The guidance (core.guidance.Guidance) of the model it was learned for: its manifest's condition."""
+        from .core.guidance import from_record
+
+        return from_record((self.manifest.get("condition") or {}).get("guidance"))
+
+    @property
     def registry_solver(self) -> str:
         from .config import solver_config
 
@@ -177,6 +184,16 @@ class LearnedSampler:
             raise ValueError(f"artifact {where} was made for another model ({why}: made for "
                              f"{m['model'].get('name') or m['model'].get('kind')}, used with {model.label}); "
                              "train it for this model or evaluate it with the source it names.")
+        learned, used = self.guidance, model.guidance.normalized()
+        if learned != used:
+            what = [f"{k} {getattr(learned, k)!r} vs {getattr(used, k)!r}" for k in ("scale", "interval", "threshold")
+                    if getattr(learned, k) != getattr(used, k)]
+            fix = "guidance.scale=null" if learned.scale is None else f"guidance.scale={learned.scale:g}"
+            raise ValueError(f"artifact {where} was learned for a model guided with {learned.describe()} but is used "
+                             f"with {used.describe()} (differ: {'; '.join(what)}); evaluate it with {fix}"
+                             f"{'' if learned.interval is None else f' guidance.interval={list(learned.interval)}'}"
+                             f"{'' if learned.threshold is None else f' guidance.threshold={learned.threshold:g}'}, "
+                             "or learn one for this guidance.")
         if nfe is not None and int(nfe) != self.nfe:
             raise ValueError(f"artifact {where} samples with nfe={self.nfe}, not nfe={nfe}; use it at nfe={self.nfe} "
                              "or train one for that NFE.")

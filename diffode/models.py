@@ -7,7 +7,10 @@ parameters and hash). Kinds:
 
 - gmm:        the exact denoiser of a Gaussian mixture preset (core.denoisers.GMM_PRESETS), EDM schedule.
 - checkpoint: a diffode denoiser checkpoint (`load_denoiser`); path null is the shipped digits UNet.
-- diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained.
+- diffusers:  a UNet2DModel / UNet2DConditionModel + DDPM scheduler directory saved with save_pretrained, with an
+              optional AutoencoderKL in vae/ (latent diffusion: the model samples latents, `decode` makes images).
+- edm:        an NVlabs EDM network: a converted checkpoint (diffode convert-edm; weights only), or the original
+              .pkl with trust_pickle: true (it executes the code inside: trusted files only). nets/edm.py.
 
 The sigma range is the source's sigma_min / sigma_max when set, else the model's own (its schedule's).
 
@@ -28,13 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from .core.conditioning import Conditioned, batch_size as cond_batch, take
+from .core.guidance import Guidance, Guided
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
 from .core.schedules import DTYPE, EDM, Schedule
 from .spec import build
 
 log = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("gmm", "checkpoint", "diffusers")
+SOURCE_KINDS = ("gmm", "checkpoint", "diffusers", "edm")
 DIGITS_UNET = "digits_unet.ckpt"  # in diffode/assets
 
 
@@ -49,6 +53,9 @@ class Model:
     dataset: str  # the data it models (FID reference): digits, cifar10, gmm2d, ...
     gmm: object | None = None  # the GaussianMixture, for exact metrics
     info: dict = field(default_factory=dict)  # checkpoint hyper-parameters, path, ...
+    guidance: Guidance = field(default_factory=Guidance)  # classifier-free guidance (core/guidance.py): none
+    decoder: nn.Module | None = None  # latent diffusion: latents -> images (decode / encode), e.g. a VAE
+    conditions: dict | None = None  # a table of text-like conditions {key: [N, ...]} sampled one row per seed
 
     @property
     def label(self) -> str:
@@ -60,29 +67,109 @@ class Model:
         return getattr(self.denoiser, "num_classes", None)
 
     @property
+    def takes_condition(self) -> bool:
+        """True for a conditional model: class labels, or another condition whose null it knows."""
+        from .core.guidance import knows_null
+
+        return self.num_classes is not None or knows_null(self.denoiser)
+
+    @property
+    def image_shape(self) -> tuple:
+        """The shape of one image: the sample's own, or what the decoder makes of a latent."""
+        return tuple(self.decoder.image_shape) if self.decoder is not None else tuple(self.shape)
+
+    def decode(self, z: Tensor, batch_size: int = 500) -> Tensor:
+        """Images of samples: the samples themselves, or the decoder's images of latents (batch by batch, no grad)."""
+        if self.decoder is None:
+            return z
+        p = next(self.decoder.parameters())
+        with torch.no_grad():
+            return torch.cat([self.decoder.decode(b.to(p.device)).to(torch.float32).cpu() for b in z.split(batch_size)])
+
+    def encode(self, x: Tensor, batch_size: int = 500) -> Tensor:
+        """Latents of images (a latent model), float64."""
+        if self.decoder is None:
+            return x
+        p = next(self.decoder.parameters())
+        with torch.no_grad():
+            return torch.cat([self.decoder.encode(b.to(p.device)).to(torch.float64).cpu() for b in x.split(batch_size)])
+
+    @property
     def condition(self) -> dict:
-        """What artifacts and results record of how this model is conditioned."""
-        return {"num_classes": self.num_classes}
+        """What artifacts and results record of how this model is conditioned (and guided, when it is)."""
+        record = self.guidance.record()
+        return {"num_classes": self.num_classes} if record is None else {"num_classes": self.num_classes,
+                                                                          "guidance": record}
+
+    @property
+    def conditional(self) -> nn.Module:
+        """The denoiser called with its samples' conditions, D(x, sigma, cond=c): the network's, or guided."""
+        return Guided(self.denoiser, self.guidance) if self.guidance.active else self.denoiser
+
+    def guidance_errors(self, guidance: Guidance) -> list[str]:
+        """Why `guidance` cannot apply to this model (empty when it can), each naming the fix."""
+        errors = guidance.errors()
+        if guidance.guides and not self.takes_condition:
+            errors.append(f"guidance.scale={guidance.scale:g} but model {self.label} is unconditional (classifier-free "
+                          "guidance needs a conditional model trained with label dropout); set guidance.scale=null or "
+                          "load a class-conditional checkpoint (e.g. diffode train experiment=digits_cond).")
+        if guidance.threshold is not None and self.decoder is not None:
+            errors.append(f"guidance.threshold={guidance.threshold:g}: dynamic thresholding clips a pixel-space data "
+                          f"prediction to [-1, 1]; model {self.label} samples latents, where it is unsuitable. Set "
+                          "guidance.threshold=null.")
+        return errors
+
+    def with_guidance(self, guidance: Guidance | None) -> "Model":
+        """This model guided by `guidance` (None: unguided); ValueError naming the fix when it cannot be."""
+        import dataclasses
+
+        guidance = Guidance() if guidance is None else guidance
+        errors = self.guidance_errors(guidance)
+        if errors:
+            raise ValueError(" ".join(errors))
+        return dataclasses.replace(self, guidance=guidance.normalized())
+
+    def labels(self, seeds):
+        """One condition per seed: a class label (initial_labels) of a class-conditional model, a row of the
+        conditions table (drawn the same way) of a model with one, None for an unconditional model."""
+        if self.num_classes is not None:
+            return initial_labels(self.num_classes, seeds)
+        if self.conditions:
+            rows = initial_labels(cond_batch(self.conditions), seeds)
+            return take(self.conditions, rows)
+        return None
+
+    def describe_condition(self) -> str:
+        """How the evaluation conditions its samples (what results rows record)."""
+        if self.num_classes is not None:
+            return f"labels uniform over {self.num_classes} classes, one per seed"
+        if self.conditions:
+            return f"conditions: one of the table's {cond_batch(self.conditions)} rows per seed, uniform"
+        return "none"
 
     def check_condition(self, cond) -> None:
         """ValueError naming the fix when `cond` does not fit this model (before any compute)."""
         if cond is None:
             return
-        if self.num_classes is None:
+        if not self.takes_condition:
             raise ValueError(f"model {self.label} is unconditional (its network takes no labels) but a condition was "
                              "given; drop the labels or load a class-conditional checkpoint.")
-        if isinstance(cond, Tensor) and not cond.is_floating_point():
+        if isinstance(cond, Tensor) and not cond.is_floating_point() and self.num_classes is not None:
             bad = cond[(cond < 0) | (cond > self.num_classes)]
             if bad.numel():
                 raise ValueError(f"labels {sorted(set(bad.tolist()))[:5]} are out of range for model {self.label}: "
                                  f"use 0..{self.num_classes - 1}, or {self.num_classes} (the null label) for none.")
 
     def denoiser_for(self, cond=None):
-        """The plain D(x, sigma) for a batch whose samples have conditions `cond` (None: unconditional)."""
+        """The plain D(x, sigma) for a batch whose samples have conditions `cond` (None: unconditional), guided
+        when the model is (with_guidance)."""
         if cond is None:
+            if self.guidance.active:
+                raise ValueError(f"model {self.label} is guided ({self.guidance.describe()}): give each sample its "
+                                 "condition (cond=labels), e.g. Model.labels(seeds).")
             return self.denoiser
         self.check_condition(cond)
-        return Conditioned(self.denoiser, cond)
+        return Conditioned(self.conditional, cond)
 
     def plan(self, **options):
         """The Plan (diffode.core.sample) of sample()'s options (solver, nfe, grid, ...) on this model's schedule
@@ -225,11 +312,16 @@ def _get(src, key, default=None):
 
 
 def checkpoint_path(src) -> Path:
-    """The checkpoint a `checkpoint` source names (path null: the shipped digits UNet)."""
+    """The checkpoint a `checkpoint` source names (path null: the shipped digits UNet; asset:<name>: a file shipped
+    in diffode/assets, e.g. asset:digits_cond_unet.ckpt)."""
     from .config import asset
 
     p = _get(src, "path")
-    return asset(DIGITS_UNET) if p in (None, "") else Path(str(p)).expanduser()
+    if p in (None, ""):
+        return asset(DIGITS_UNET)
+    if str(p).startswith("asset:"):
+        return asset(str(p)[len("asset:"):])
+    return Path(str(p)).expanduser()
 
 
 def _range(src, lo: float, hi: float) -> tuple[float, float]:
@@ -270,13 +362,19 @@ def load_model(src) -> Model:
         return Model(den, tuple(info["shape"]), info["schedule"], lo, hi, identity, str(info["dataset"]),
                      info={**info, "path": str(path.resolve())})
     if kind == "diffusers":
-        from .nets.diffusers_adapter import load_diffusers_unet
+        from .nets.diffusers_adapter import load_diffusers_unet, load_vae
 
         path = Path(str(_get(src, "path", ""))).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"source.path={str(path)!r} is not a directory; point it at a folder written by "
                                     "diffusers' save_pretrained (unet/ + scheduler/).")
-        den = load_diffusers_unet(path)
+        conditions = _tensors(_get(src, "conditions"), "source.conditions")
+        null = _tensors(_get(src, "null_condition"), "source.null_condition")
+        null = None if null is None else null["encoder_hidden_states"].reshape(
+            null["encoder_hidden_states"].shape[-2:])
+        classes = _get(src, "num_classes")
+        den = load_diffusers_unet(path, num_classes=None if classes is None else int(classes), null_embedding=null)
+        decoder = load_vae(path)
         cfg = den.net.unet.config
         size = cfg.sample_size
         shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
@@ -285,9 +383,51 @@ def load_model(src) -> Model:
         sha = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
         identity = {"kind": "diffusers", "name": path.name, "sha256": sha}
         return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
-                     info={"path": str(path.resolve())})
+                     info={"path": str(path.resolve()), "latent": decoder is not None}, decoder=decoder,
+                     conditions=conditions)
+    if kind == "edm":
+        return _edm_model(src)
     raise ValueError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)} "
-                     "(source=gmm2d | gmm16d | checkpoint | diffusers).")
+                     "(source=gmm2d | gmm16d | checkpoint | diffusers | edm).")
+
+
+def _edm_model(src) -> Model:
+    """An NVlabs EDM network (nets/edm.py) on EDM's sampling range [max(0.002, its sigma_min), min(80, its sigma_max)]."""
+    from .nets.edm import denoiser_of, load_edm_converted, load_edm_pickle
+
+    path = Path(str(_get(src, "path", ""))).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"source.path={str(path)!r} is not a file; give an EDM .pkl (with source.trust_pickle="
+                                "true, trusted files only) or a checkpoint written by `diffode convert-edm`.")
+    try:
+        if path.suffix == ".pkl":
+            den, rec = denoiser_of(load_edm_pickle(path, trust_embedded_code=bool(_get(src, "trust_pickle", False))))
+        else:
+            den, rec = load_edm_converted(path)
+    except PermissionError as e:
+        raise ValueError(str(e)) from None
+    lo, hi = _range(src, max(0.002, rec["sigma_min"]), min(80.0, rec["sigma_max"]))
+    schedule = EDM(lo, hi, rec["sigma_data"])
+    shape = (rec["img_channels"], rec["img_resolution"], rec["img_resolution"])
+    identity = {"kind": "edm", "name": path.stem, "sha256": file_sha256(path)}
+    return Model(den, shape, schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
+                 info={"path": str(path.resolve()), "precond": rec})
+
+
+def _tensors(path, what: str) -> dict | None:
+    """A safetensors file of condition tensors (e.g. encoder_hidden_states [N, L, D]), or None without a path."""
+    if path in (None, ""):
+        return None
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}={str(p)!r} does not exist; give a .safetensors file with an "
+                                "'encoder_hidden_states' tensor ([N, L, D] for conditions, [L, D] for the null one).")
+    from safetensors.torch import load_file
+
+    t = load_file(str(p))
+    if "encoder_hidden_states" not in t:
+        raise ValueError(f"{what}={str(p)!r} has no 'encoder_hidden_states' tensor (it has {sorted(t)}).")
+    return t
 
 
 def initial_noise(shape: tuple, seeds, sigma_max: float, dtype=torch.float64) -> Tensor:

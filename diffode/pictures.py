@@ -43,9 +43,10 @@ def to_uint8(x) -> np.ndarray:
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def image_grid(x, padding: int = 1) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> uint8 [H', W', C] grid (C = 1 or 3), white between the images."""
-    return tile(to_uint8(x), padding=padding)
+def image_grid(x, padding: int = 1, nrow: int | None = None) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [H', W', C] grid (C = 1 or 3), `nrow` images per row (default:
+    square), white between the images."""
+    return tile(to_uint8(x), nrow=nrow, padding=padding)
 
 
 def upscale_factor(width: int, min_px: int = MIN_PX) -> int:

@@ -9,6 +9,10 @@
     diffode report [the run's overrides] output_dir=<run dir>
                                                 rewrite a finished eval's report.md and figures from
                                                 its results.csv (no cell is sampled again)
+    diffode convert-edm <edm.pkl> <out.pt> --trust
+                                                an NVlabs EDM network pickle -> a diffode checkpoint without
+                                                code (reading the pickle runs its embedded code: trusted
+                                                files only, said by --trust); then source=edm source.path=<out.pt>
     diffode fetch-weights inception|lpips-vgg|lpips-alex|all
                                                 download pretrained weights into the torch cache
                                                 (on a machine with internet)
@@ -46,6 +50,16 @@ def main(argv: list[str] | None = None) -> None:
         _hydra_main("diffode.cli.report", rest, "diffode-report")
     elif cmd == "main":  # the added override goes last: Hydra's argparse takes no flag (-m) after an override
         _hydra_main("diffode.cli.evaluate", [*rest, "experiment=eval_main"], "diffode-main")
+    elif cmd == "convert-edm":
+        from diffode.nets.edm import convert_edm_pickle
+
+        files = [a for a in rest if a != "--trust"]
+        if len(files) != 2:
+            sys.exit("diffode convert-edm <edm.pkl> <out.pt> --trust: give the pickle and the output path.")
+        try:
+            print(convert_edm_pickle(files[0], files[1], trust_embedded_code="--trust" in rest))
+        except (PermissionError, ValueError, FileNotFoundError) as e:
+            sys.exit(f"diffode convert-edm: {e}")
     elif cmd == "fetch-weights":
         from diffode.metrics.weights import fetch
 
@@ -57,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         if cmd in group_options("method"):
             _hydra_main("diffode.cli.train", [*rest, f"method={cmd}"], f"diffode-{cmd}")
             return
-        sys.exit(f"diffode: unknown command {cmd!r}; the commands are train, eval, main, report, fetch-weights and the "
+        sys.exit(f"diffode: unknown command {cmd!r}; the commands are train, eval, main, report, convert-edm, fetch-weights and the "
                  f"methods {', '.join(group_options('method'))}.\n\n{USAGE}")
 
 

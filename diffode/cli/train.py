@@ -54,6 +54,7 @@ def prepare(cfg: DictConfig):
             ctx.teacher = load_model(cfg.source)
         except (ValueError, FileNotFoundError) as e:
             errors.append(f"source: {e}")
+    errors += _guide_teacher(cfg, ctx, spec)
     if spec.needs_data:
         try:
             ctx.datamodule = instantiate(cfg.dataset, seed=cfg.seed)
@@ -75,6 +76,31 @@ def prepare(cfg: DictConfig):
     if errors:
         raise ConfigError(f"invalid config for method={spec.name}: " + " ".join(errors))
     return spec, config, ctx
+
+
+def _guide_teacher(cfg: DictConfig, ctx, spec) -> list[str]:
+    """The teacher guided as `guidance:` says (one scale: teacher and student learn at the same scale)."""
+    from diffode.core.guidance import from_config
+
+    try:
+        gs = from_config(cfg.get("guidance"))
+    except ValueError as e:
+        return [str(e)]
+    if len(gs) != 1:
+        return [f"guidance.scale={[g.scale for g in gs]}: a teacher is guided at one scale; train one run per scale "
+                "(e.g. -m guidance.scale=2,4)."]
+    if not gs[0].active:
+        return []
+    if not spec.needs_teacher:
+        return [f"guidance ({gs[0].describe()}) guides a teacher, but method={spec.name} has none; remove the "
+                "guidance.* overrides."]
+    if ctx.teacher is None:
+        return []
+    try:
+        ctx.teacher = ctx.teacher.with_guidance(gs[0])
+    except ValueError as e:
+        return [str(e)]
+    return []
 
 
 def train(cfg: DictConfig) -> dict:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from diffode.pictures import figure
 
-AXIS = {"fid": "FID", "rmse": "solver error (RMSE)", "confident": "confident share", "sw": "sliced W2"}
+AXIS = {"fid": "FID", "rmse": "solver error (RMSE)", "confident": "confident share", "sw": "sliced W2",
+        "accuracy": "class accuracy"}
 MARKERS = "osD^v<>P"
 
 # A panel: (title, {label: [(nfe, value, (lo, hi) or None), ...]}), points sorted by NFE.
@@ -44,8 +45,9 @@ def _draw_panel(ax, title: str, lines: dict, env: list[tuple[int, float]]) -> No
 
 
 def metric_figure(panels: list[Panel], env: list[tuple[int, float]], path: Path, metric: str, title: str = "",
-                  lower_is_better: bool = True) -> Path:
-    """<metric> vs NFE, one panel per family (shared axes), the all-cells envelope `env` in each."""
+                  lower_is_better: bool = True, xlabel: str = "NFE (denoiser calls)") -> Path:
+    """<metric> vs NFE (or vs what `xlabel` names), one panel per family (shared axes), the all-cells envelope
+    `env` in each."""
     from matplotlib.ticker import NullFormatter, NullLocator
 
     ncols = 1 if len(panels) == 1 else 2
@@ -63,16 +65,16 @@ def metric_figure(panels: list[Panel], env: list[tuple[int, float]], path: Path,
     ax = axes[0]
     if values and min(values) > 0 and max(values) > 10 * min(values):
         ax.set_yscale("log")
-    if nfes and max(nfes) > 8 * min(nfes):
+    if nfes and min(nfes) > 0 and max(nfes) > 8 * min(nfes):
         ax.set_xscale("log")
     if nfes and len(nfes) <= 16:  # every evaluated NFE is a tick, written as a plain number
-        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.set_xticks(nfes, [f"{n:g}" for n in nfes])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
     direction = "lower" if lower_is_better else "higher"
     fig.suptitle(f"{title or AXIS.get(metric, metric) + ' vs NFE'}  ({direction} is better; grey: best of all "
-                 "cells at each NFE)", fontsize=11)
-    fig.supxlabel("NFE (denoiser calls)", fontsize=10)
+                 f"cells at each {xlabel.split(' (')[0]})", fontsize=11)
+    fig.supxlabel(xlabel, fontsize=10)
     fig.supylabel(AXIS.get(metric, metric), fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

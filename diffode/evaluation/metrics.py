@@ -53,18 +53,22 @@ def real_images(name: str, data_root: str | None = None) -> Tensor:
 
 
 class FIDMetrics:
-    """FID against cached real-data statistics (+ the digits classifier's confident share)."""
+    """FID against cached real-data statistics (+ the digits classifier's confident share, and for samples drawn
+    with class labels the share it labels as asked, with a Wilson interval).
+
+    reference: the ReferenceSolve of the solver error, or {guidance scale: ReferenceSolve} for a sweep over
+    guidance scales (each scale's cells against the same model's solve at that scale)."""
 
     primary = "fid"
 
-    def __init__(self, model: Model, fcfg, device=torch.device("cpu"), reference: "ReferenceSolve | None" = None):
+    def __init__(self, model: Model, fcfg, device=torch.device("cpu"), reference=None):
         from diffode.metrics.fid import get_feature_net, reference_stats
 
-        solve_ref = reference
+        solve_ref = reference if isinstance(reference, dict) or reference is None else {None: reference}
         reference, features = fid_choices(model, fcfg)
         self.features_name = features
         self.device = device
-        self.net = get_feature_net(features, dim=math.prod(model.shape)).to(device)
+        self.net = get_feature_net(features, dim=math.prod(model.image_shape)).to(device)
         self.batch_size = int(fcfg.batch_size)
         self.ref = reference_stats(f"{reference}", self.net,
                                    lambda: real_images(reference, fcfg.get("data_root")).to(device),
@@ -75,10 +79,16 @@ class FIDMetrics:
         log.info("FID reference %s / %s: %d images (%s)", reference, features,
                  int(self.ref["real_features_num_samples"]), "cached" if self.ref["cached"] else "computed")
 
-    def __call__(self, samples: Tensor, x_T: Tensor) -> dict:
+    def __call__(self, samples: Tensor, x_T: Tensor, labels: Tensor | None = None, guidance=None,
+                 state: Tensor | None = None) -> dict:
+        """Metrics of the images `samples`; state: the solver's samples when they are not the images (latents),
+        what the solver error is measured on."""
         from diffode.metrics.fid import bootstrap_fid, features, quantize_uint8
 
-        out = {} if self.solve_ref is None else {"rmse": self.solve_ref.rmse(samples)}
+        ref = None if self.solve_ref is None else self.solve_ref.get(guidance)
+        if callable(ref):  # a scale's reference, made when its first cell is scored
+            ref = self.solve_ref[guidance] = ref()
+        out = {} if ref is None else {"rmse": ref.rmse(samples if state is None else state)}
         # As papers (and NVlabs/edm) do: FID of the images as they would be saved, clipped to
         # [-1, 1] and rounded to 8 bits, so out-of-range pixels cost what they cost in a PNG.
         samples = quantize_uint8(samples).float() / 127.5 - 1
@@ -88,10 +98,18 @@ class FIDMetrics:
             from diffode.metrics.digits_classifier import confident_share
 
             out["confident"] = confident_share(samples.cpu())
+            if labels is not None and isinstance(labels, Tensor) and not labels.is_floating_point():
+                from diffode.metrics.digits_classifier import class_accuracy
+
+                out.update(class_accuracy(samples.cpu(), labels.cpu(), self.level))
         return out
 
     def summary(self) -> dict:
-        extra = {} if self.solve_ref is None else self.solve_ref.summary()
+        made = {w: r for w, r in (self.solve_ref or {}).items() if not callable(r)}
+        refs = list(made.values())
+        extra = {} if not refs else refs[0].summary()
+        if len(refs) > 1:
+            extra["reference_self_rmse_by_guidance"] = {str(w): r.self_rmse for w, r in made.items()}
         return {**extra, "fid_bootstrap": self.bootstrap, "fid_level": self.level, "fid_features": self.features_name, "fid_reference": self.reference,
                 "fid_reference_n": int(self.ref["real_features_num_samples"]), "fid_stats": self.ref["path"]}
 
@@ -111,7 +129,7 @@ class GMMMetrics:
         self.floor = sw_noise_floor(self.gmm, x_T.shape[0], repeats=int(gcfg.floor_repeats),
                                     n_projections=self.n_proj, seed=self.seed)
 
-    def __call__(self, samples: Tensor, x_T: Tensor) -> dict:
+    def __call__(self, samples: Tensor, x_T: Tensor, labels=None, guidance=None, state=None) -> dict:
         from diffode.metrics.gmm import endpoint_rmse, sliced_wasserstein
 
         samples = samples.cpu()
@@ -155,15 +173,15 @@ def check_metrics(model: Model, cfg) -> None:
         if model.gmm is None:
             raise ValueError("metric=gmm needs an exact mixture (source=gmm2d or source=gmm16d); use metric=fid for images.")
         return
-    if len(model.shape) != 3:
+    if len(model.image_shape) != 3:
         raise ValueError(f"metric=fid needs images but the model makes samples of shape {tuple(model.shape)}; evaluate "
                          "an exact mixture (source=gmm2d | gmm16d, metric=gmm) or an image model.")
     reference, features = fid_choices(model, cfg.fid)
     if features not in ("inception", "digits", "flatten"):
         raise ValueError(f"unknown fid.features={features!r}; choose auto, inception, digits or flatten (the pixels "
                          "themselves: no weights needed).")
-    if features == "digits" and tuple(model.shape) != (1, 8, 8):
-        raise ValueError(f"fid.features=digits is the 8x8 digits classifier but the model makes {tuple(model.shape)} "
+    if features == "digits" and tuple(model.image_shape) != (1, 8, 8):
+        raise ValueError(f"fid.features=digits is the 8x8 digits classifier but the model makes {tuple(model.image_shape)} "
                          "images; use fid.features=inception.")
     if features == "inception":
         require_weights("inception")
@@ -186,6 +204,8 @@ def check_metrics(model: Model, cfg) -> None:
         except ValueError as e:
             raise ValueError(f"reference.solver: {e}") from None
         for key in ("nfe", "check_nfe"):
+            if key == "check_nfe" and rcfg.get(key) is None:
+                continue
             try:
                 check_sampling_config(name, int(rcfg[key]), str(rcfg.grid), schedule=model.schedule,
                                       sigma_min=model.sigma_min, sigma_max=model.sigma_max, **opts)
@@ -194,18 +214,24 @@ def check_metrics(model: Model, cfg) -> None:
                                  f"cell's RMSE is measured against): {e}") from None
 
 
-def make_metrics(model: Model, cfg, x_T: Tensor):
+def make_metrics(model: Model, cfg, x_T: Tensor, labels: Tensor | None = None, guided: dict | None = None):
+    """The sweep's metrics. labels: the samples' class labels (conditional models); guided: {guidance scale: the
+    model guided at it} of a sweep over scales (default: {None: model})."""
     kind = metric_kind(model, cfg)
     if kind == "gmm":
         if model.gmm is None:
             raise ValueError("metric=gmm needs model.source=gmm (an exact mixture); use metric=fid for images")
         return GMMMetrics(model, cfg.gmm_metrics, x_T)
     if kind == "fid":
-        ref = None
+        refs = None
         rcfg = cfg.get("reference")
         if rcfg is not None and rcfg.get("enabled", True):
-            ref = ReferenceSolve(model, x_T, cfg.seed, rcfg, int(cfg.batch_size), progress=bool(cfg.get("progress", False)))
-        return FIDMetrics(model, cfg.fid, x_T.device, reference=ref)
+            make = lambda m: ReferenceSolve(m, x_T, cfg.seed, rcfg, int(cfg.batch_size),  # noqa: E731
+                                            progress=bool(cfg.get("progress", False)), cond=labels)
+            models = guided or {None: model}
+            # one scale: made now; a sweep over scales: each when its first cell is scored (scale by scale)
+            refs = {w: make(m) if len(models) == 1 else (lambda m=m: make(m)) for w, m in models.items()}
+        return FIDMetrics(model, cfg.fid, x_T.device, reference=refs)
     raise ValueError(f"unknown metric {kind!r}; choose auto, fid or gmm")
 
 
@@ -214,29 +240,46 @@ class ReferenceSolve:
     same solver at a lower NFE): the yardstick of every cell's solver error. Cached on disk per
     (model identity, seeds, sigma range, reference spec)."""
 
-    def __init__(self, model: Model, x_T: Tensor, seed: int, rcfg, batch_size: int, progress: bool = False):
+    def __init__(self, model: Model, x_T: Tensor, seed: int, rcfg, batch_size: int, progress: bool = False,
+                 cond=None):
         from diffode.config import solver_config
 
+        check = rcfg.get("check_nfe")
         self.spec = {"solver": str(rcfg.solver), "grid": str(rcfg.grid), "nfe": int(rcfg.nfe),
-                     "check_nfe": int(rcfg.check_nfe)}
-        key = cache_key({"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
-                         "sigma": [model.sigma_min, model.sigma_max], **self.spec})
+                     "check_nfe": None if check is None else int(check)}  # None: no self-consistency solve
+        spec = {"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
+                "sigma": [model.sigma_min, model.sigma_max], **self.spec}
+        if cond is not None:  # a conditional solve: its labels and guidance are part of what it is
+            from diffode.models import tensor_sha1
+
+            parts = [cond[k] for k in sorted(cond)] if isinstance(cond, dict) else [cond]
+            spec.update(condition=model.condition, labels=tensor_sha1(*(t.cpu() for t in parts)))
+        key = cache_key(spec)
         path = Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key}.pt"
         self.path, self.cached = path, path.is_file()
         if self.cached:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            self.x_ref, self.self_rmse = blob["x_ref"], float(blob["self_rmse"])
+            self.x_ref = blob["x_ref"]
+            self.self_rmse = None if blob["self_rmse"] is None else float(blob["self_rmse"])
+            self.counts, self.seconds = blob.get("counts") or {"nfe": self.spec["nfe"]}, blob.get("seconds")
         else:
+            import time
+
             name, opts = solver_config(self.spec["solver"])
             solve = lambda nfe: model.sample(x_T, batch_size, f"reference NFE {nfe}" if progress else None,  # noqa: E731
-                                             solver=name, nfe=nfe, grid=self.spec["grid"], **opts)
-            log.info("reference solve: %s/%s at NFE %d (and %d for its self-consistency), %d samples",
+                                             cond=cond, return_info=True, solver=name, nfe=nfe, grid=self.spec["grid"],
+                                             **opts)
+            log.info("reference solve: %s/%s at NFE %d (and %s for its self-consistency), %d samples",
                      self.spec["solver"], self.spec["grid"], self.spec["nfe"], self.spec["check_nfe"], x_T.shape[0])
-            self.x_ref = solve(self.spec["nfe"]).cpu()
-            self.self_rmse = _rmse(solve(self.spec["check_nfe"]).cpu(), self.x_ref)
+            t0 = time.perf_counter()
+            x_ref, self.counts = solve(self.spec["nfe"])
+            self.x_ref, self.seconds = x_ref.cpu(), time.perf_counter() - t0
+            check = self.spec["check_nfe"]
+            self.self_rmse = None if check is None else _rmse(solve(check)[0].cpu(), self.x_ref)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
-            torch.save({"x_ref": self.x_ref, "self_rmse": self.self_rmse, "spec": self.spec}, tmp)
+            torch.save({"x_ref": self.x_ref, "self_rmse": self.self_rmse, "spec": self.spec, "counts": self.counts,
+                        "seconds": self.seconds}, tmp)
             tmp.replace(path)
 
     def rmse(self, samples: Tensor) -> float:

@@ -20,7 +20,7 @@ from diffode.evaluation.results import ResultsTable, cell_key, samples_png
 from diffode.evaluation.sweep import build_cells, sample_cell, save_samples_png, validate_cells
 
 log = logging.getLogger(__name__)
-METRICS = ("fid", "rmse", "confident", "sw")  # the order evaluate() reports them in, primary first
+METRICS = ("fid", "accuracy", "rmse", "confident", "sw")  # the order evaluate() reports them in, primary first
 
 
 def metric_names(rows: list[dict]) -> list[str]:
@@ -44,12 +44,14 @@ def draw_missing_samples(rows, fams, cells, cfg, out_dir: Path, metric: str) -> 
         torch.set_num_threads(int(cfg.threads))
     model = load_model(cfg.source)
     planned, _ = validate_cells([by_key[cell_key(r)] for r in todo], model, cfg)
-    x_T = initial_noise(model.shape, range(int(cfg.seed), int(cfg.seed) + k), model.sigma_max)
+    seeds = range(int(cfg.seed), int(cfg.seed) + k)
+    x_T = initial_noise(model.shape, seeds, model.sigma_max)
+    labels = model.labels(seeds)  # a class-conditional model: the sweep's labels of these seeds
     written = []
     for r, c in zip(todo, planned):
         log.info("drawing %d samples of %s NFE %d for the contact sheet", k, c.label, c.nfe)
-        samples, _ = sample_cell(c, model, x_T, cfg)
-        written.append(save_samples_png(samples, samples_png(out_dir, r), k, f"{c.label}, NFE {c.nfe}"))
+        samples, _ = sample_cell(c, model, x_T, cfg, labels)
+        written.append(save_samples_png(model.decode(samples), samples_png(out_dir, r), k, f"{c.label}, NFE {c.nfe}"))
     return written
 
 

@@ -7,89 +7,11 @@ otherwise every cell whose interval overlaps the best one's is marked as tied. F
 unreachable cells are shown as such, never as numbers."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-LOWER_IS_BETTER = {"fid": True, "rmse": True, "sw": True, "confident": False}
-
-
-def _label(r):
-    return f"{r['solver']}/{r['grid']}"
-
-
-def _ok(r, metric):
-    v = r.get(metric)
-    return r.get("status") == "ok" and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def best_per_nfe(rows: list[dict], metric: str) -> dict[int, dict]:
-    sign = 1 if LOWER_IS_BETTER.get(metric, True) else -1
-    best = {}
-    for r in rows:
-        if _ok(r, metric) and (r["nfe"] not in best or sign * r[metric] < sign * best[r["nfe"]][metric]):
-            best[r["nfe"]] = r
-    return best
-
-
-def interval(r: dict, metric: str) -> tuple[float, float] | None:
-    lo, hi = r.get(f"{metric}_lo"), r.get(f"{metric}_hi")
-    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
-    return (float(lo), float(hi)) if ok else None
-
-
-def winners(rows: list[dict], metric: str) -> dict[int, list[dict]]:
-    """Per NFE: [best] when its interval is clear of every other cell's, else the best and every cell
-    whose interval overlaps the best one's (a tie). Metrics without intervals: the best alone."""
-    best = best_per_nfe(rows, metric)
-    out = {}
-    for n, b in best.items():
-        ib = interval(b, metric)
-        tied = [b]
-        if ib is not None:
-            for r in rows:
-                ir = interval(r, metric)
-                if r is not b and int(r["nfe"]) == n and _ok(r, metric) and ir and ir[0] <= ib[1] and ib[0] <= ir[1]:
-                    tied.append(r)
-        out[n] = tied
-    return out
-
-
-def _cell(r: dict, metric: str) -> str:
-    iv = interval(r, metric)
-    if iv is None:
-        return f"{r[metric]:.4g}"
-    return f"{r[metric]:.4g} ± {(iv[1] - iv[0]) / 2:.2g}"
-
-
-def markdown_table(rows: list[dict], metric: str) -> str:
-    labels = list(dict.fromkeys(_label(r) for r in sorted(rows, key=lambda r: (r["solver"], r["grid"]))))
-    nfes = sorted({int(r["nfe"]) for r in rows})
-    by = {(_label(r), int(r["nfe"])): r for r in rows}
-    wins = winners(rows, metric)
-    lines = ["| solver/grid | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-             "|---|" + "---|" * len(nfes)]
-    for lab in labels:
-        cells = []
-        for n in nfes:
-            r = by.get((lab, n))
-            if r is None:
-                cells.append("")
-            elif r.get("status") == "unreachable":
-                cells.append("n/a")
-            elif not _ok(r, metric):
-                cells.append("failed")
-            else:
-                s = _cell(r, metric)
-                w = wins.get(n, [])
-                cells.append((f"**{s}**" if len(w) == 1 else f"*{s}* (tie)") if any(x is r for x in w) else s)
-        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-
-    def best_label(n):
-        w = wins.get(n)
-        return "-" if not w else _label(w[0]) if len(w) == 1 else "tie: " + ", ".join(_label(x) for x in w)
-
-    lines.append("| **best** | " + " | ".join(best_label(n) for n in nfes) + " |")
-    return "\n".join(lines)
+from diffode.evaluation.tables import (  # noqa: F401  (re-exported: the report's table helpers)
+    LOWER_IS_BETTER, _cell, _label, _ok, best_per_nfe, interval, markdown_table, winners,
+)
 
 
 def samples_note(rows: list[dict]) -> str:
@@ -108,7 +30,8 @@ def counts_note(rows: list[dict]) -> str:
     differ = [r for r in done if int(r["forwards"]) != int(r["nfe"])]
     if done and not differ:
         return note + " They are equal in every cell here."
-    return note + "".join(f" {_label(r)} at NFE {r['nfe']}: {int(r['forwards'])} forwards." for r in differ)
+    at = lambda r: "" if r.get("guidance") is None else f" (w = {float(r['guidance']):g})"  # noqa: E731
+    return note + "".join(f" {_label(r)}{at(r)} at NFE {r['nfe']}: {int(r['forwards'])} forwards." for r in differ)
 
 
 OTHER = "other cells"  # the panel of rows that no family of the sweep claims (e.g. kept from an earlier sweep)
@@ -217,7 +140,15 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
     if rendered_by:
         parts += [f"Figures and this report re-rendered from results.csv (no metric recomputed): `{rendered_by}`", ""]
     parts += [samples_note(rows), "", counts_note(rows), ""]
-    if "reference" in summary:
+    decode = [r["decode_time"] for r in rows if isinstance(r.get("decode_time"), (int, float))]
+    if decode:
+        parts += [f"Latent model: every cell's samples are latents, decoded to images for the metrics and pictures; the "
+                  f"decoder is not a denoiser call (not in NFE or forwards). Decoding took {sum(decode) / len(decode):.3g} "
+                  f"s per cell on average (column decode_time; wall_time is the sampling alone).", ""]
+    if "reference" in summary and summary.get("reference_self_rmse") is None:
+        parts += [f"Solver error (RMSE) is measured against a reference solve of the same model from the same noise: "
+                  f"{summary['reference']} (its self-consistency was not measured: reference.check_nfe=null).", ""]
+    elif "reference" in summary:
         smallest = min((r["rmse"] for r in rows if _ok(r, "rmse")), default=None)
         times = smallest / max(summary['reference_self_rmse'], 1e-300) if smallest else None
         ratio = "" if times is None else f", {times:.3g}x below the smallest solver error in the table"
@@ -228,18 +159,27 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
                   f"{summary['reference']}; its self-consistency (RMSE against NFE {summary['reference_check_nfe']}) is "
                   f"{summary['reference_self_rmse']:.3g}{ratio}. For a distilled student it is the distance to the "
                   f"teacher's reference solve.", ""]
+    if any(interval(r, "accuracy") for r in rows):
+        parts += [f"Class accuracy: the share of samples the digits classifier labels as the digit they were asked for "
+                  f"(labels drawn per seed); +- is half the width of its {100 * summary.get('fid_level', 0.95):.0f}% "
+                  "Wilson interval.", ""]
     if any(interval(r, "fid") for r in rows):
         parts += [f"FID +- is half the width of a {100 * summary.get('fid_level', 0.95):.0f}% bootstrap interval over "
                   f"the generated samples' features (B = {summary.get('fid_bootstrap')}); best per NFE in bold only "
                   "where its interval clears every other cell's, else the overlapping cells are marked as tied.", ""]
-    for m in metrics:
-        if not any(_ok(r, m) for r in rows):
-            continue
-        png = plot(rows, m, out_dir / f"{m}_vs_nfe.png", title if m == metrics[0] else "", families)
-        direction = "lower" if LOWER_IS_BETTER.get(m, True) else "higher"
-        parts += [f"## {m.upper()} ({direction} is better; best per NFE in bold)", "", markdown_table(rows, m), "",
-                  f"![{m} vs NFE]({png.name})", ""]
-    parts += _sheet(rows, families, metrics[0], out_dir) if metrics else []
+    from diffode.evaluation.guided_report import guided_parts, scales
+
+    if len(scales(rows)) > 1:  # a sweep over guidance scales: per scale, and against the scale
+        parts += guided_parts(rows, metrics, out_dir, title, summary)
+    else:
+        for m in metrics:
+            if not any(_ok(r, m) for r in rows):
+                continue
+            png = plot(rows, m, out_dir / f"{m}_vs_nfe.png", title if m == metrics[0] else "", families)
+            direction = "lower" if LOWER_IS_BETTER.get(m, True) else "higher"
+            parts += [f"## {m.upper()} ({direction} is better; best per NFE in bold)", "", markdown_table(rows, m), "",
+                      f"![{m} vs NFE]({png.name})", ""]
+        parts += _sheet(rows, families, metrics[0], out_dir) if metrics else []
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         parts += ["## Failed cells (NaN/Inf samples; not averaged)", ""]

@@ -18,13 +18,17 @@ BASE_COLUMNS = ["solver", "grid", "nfe", "status", "n_samples", "seeds", "wall_t
 DONE = ("ok", "failed", "unreachable")
 
 
-def cell_key(row: dict) -> tuple[str, str, int]:
-    return (str(row["solver"]), str(row["grid"]), int(row["nfe"]))
+def cell_key(row: dict) -> tuple:
+    """(solver, grid, nfe), and the guidance scale of a guided cell (sweep.Cell.key)."""
+    w = row.get("guidance")
+    return (str(row["solver"]), str(row["grid"]), int(row["nfe"])) + (() if w is None else (float(w),))
 
 
 def samples_png(out_dir: str | Path, row: dict) -> Path:
-    """Where a sweep saves a cell's sample grid (row: a results row, or solver / grid / nfe)."""
-    return Path(out_dir) / "samples" / f"{row['solver']}__{row['grid']}__nfe{int(row['nfe']):02d}.png"
+    """Where a sweep saves a cell's sample grid (row: a results row, or solver / grid / nfe [/ guidance])."""
+    w = row.get("guidance")
+    tail = "" if w is None else f"__w{float(w):g}"
+    return Path(out_dir) / "samples" / f"{row['solver']}__{row['grid']}__nfe{int(row['nfe']):02d}{tail}.png"
 
 
 def _parse(v: str):

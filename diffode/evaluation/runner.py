@@ -67,12 +67,22 @@ def settings_hash(cfg, condition: str = "none") -> str:
     enters only when there is one, so an unconditional sweep keeps the hash it always had (and resumes)."""
     keys = dict(source=cfg.source, n_samples=cfg.n_samples, seed=cfg.seed, afs=cfg.afs,
                 denoise_to_zero=cfg.denoise_to_zero, metric=cfg.metric, fid=cfg.fid, gmm=cfg.gmm_metrics,
-                reference=cfg.get("reference"),
+                reference=_reference_identity(cfg.get("reference")),
                 solver_options=cfg.sweep.get("solver_options"), grid_options=cfg.sweep.get("grid_options"))
     if condition != "none":
         keys["condition"] = condition
+    g = cfg.get("guidance") or {}
+    if g.get("interval") is not None or g.get("threshold") is not None:  # the scale is each row's own column
+        keys["guidance"] = {"interval": g.get("interval"), "threshold": g.get("threshold")}
     blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _reference_identity(rcfg):
+    """The reference settings that change the numbers (reference.row only adds a row: not part of the hash)."""
+    if rcfg is None:
+        return None
+    return {k: v for k, v in OmegaConf.to_container(rcfg, resolve=True).items() if k != "row"}
 
 
 def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, command: str | None = None) -> dict:
@@ -82,9 +92,10 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
     from diffode.evaluation.metrics import check_metrics, make_metrics
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
-    from diffode.evaluation.sweep import build_cells, run_sweep, validate_cells
+    from diffode.core.conditioning import to_device
+    from diffode.evaluation.sweep import build_cells, guided_models, run_sweep, validate_cells
     from diffode.extras import config_errors as extras_missing
-    from diffode.models import initial_labels, initial_noise, load_model
+    from diffode.models import initial_noise, load_model
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -104,6 +115,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
                              "(FID needs a covariance) and batch_size >= 1.")
         cells = build_cells(cfg, _choices() if choices is None else choices)
         model = load_model(cfg.source)
+        guided = guided_models(cells, model, cfg)  # {scale: the model guided at it}; refuses bad guidance
         cells, unreachable = validate_cells(cells, model, cfg)
         check_metrics(model, cfg)
         device = _device(cfg.get("device"))  # refused here when it does not exist
@@ -115,12 +127,14 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
     if model.gmm is not None:
         device = torch.device("cpu")  # the mixture is tiny
     model.denoiser = model.denoiser.to(device)
+    if model.decoder is not None:
+        model.decoder.to(device)
     x_T = initial_noise(model.shape, seeds, model.sigma_max).to(device)  # drawn on CPU: same noise on any device
-    # a class-conditional model samples one label per seed (uniform; the same labels in every cell)
-    labels = None if model.num_classes is None else initial_labels(model.num_classes, seeds).to(device)
-    condition = "none" if labels is None else f"labels uniform over {model.num_classes} classes, one per seed"
-    metrics = make_metrics(model, cfg, x_T)
-    names = [metrics.primary] + [m for m in ("fid", "rmse", "confident", "sw") if m != metrics.primary]
+    # a conditional model samples one label (or condition) per seed (uniform; the same in every cell)
+    labels = to_device(model.labels(seeds), device)
+    condition = model.describe_condition()
+    metrics = make_metrics(model, cfg, x_T, labels, guided)
+    names = [metrics.primary] + [m for m in ("fid", "accuracy", "rmse", "confident", "sw") if m != metrics.primary]
 
     table = ResultsTable(out_dir / "results.csv", settings_hash(cfg, condition))
     log.info("sweep: %d cells (%d unreachable), %d samples each, output %s", len(cells), len(unreachable), n, out_dir)
@@ -128,13 +142,17 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
                      labels, condition)
 
     summary = dict(source=cfg.source.kind, model=model.label, dataset=model.dataset, n_samples=n, seeds=seeds_label,
-                   condition=condition, sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
+                   condition=condition, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
+                   **guidance_summary(cfg, guided), **metrics.summary())
     command = command or "diffode eval " + " ".join(task_overrides())
     report = write_report(rows, names, out_dir, cfg.title, summary, command.strip(),
                           families(cells, cfg.sweep.get("usual_grid")))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"\n{cfg.title} ({n} samples per cell; {out_dir})\n")
-    print(markdown_table(rows, metrics.primary))
+    for w in sorted({r.get("guidance") for r in rows}, key=lambda w: -1 if w is None else w):
+        if w is not None:
+            print(f"guidance scale w = {w:g}\n")
+        print(markdown_table([r for r in rows if r.get("guidance") == w], metrics.primary))
     result = dict(rows=rows, out_dir=str(out_dir), csv=str(table.path), report=str(report), summary=summary)
     if logger_kind(cfg) == "wandb":
         from diffode.evaluation.wandb_log import log_sweep
@@ -143,6 +161,17 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
         config = OmegaConf.to_container(cfg, resolve=True)
         result["wandb"] = log_sweep(rows, names, wcfg, out_dir, config, summary)
     return result
+
+
+def guidance_summary(cfg, guided: dict) -> dict:
+    """What summary.json says of the guidance (nothing for an unguided sweep)."""
+    if list(guided) == [None]:
+        return {}
+    g = cfg.guidance
+    return {"guidance_scales": [w for w in guided], "guidance_interval": g.get("interval"),
+            "guidance_threshold": g.get("threshold"),
+            "guidance_convention": "D = D_u + w (D_c - D_u): w = 1 conditional, w = 0 unconditional (w = 1 + Ho & "
+                                   "Salimans' w); a guided call is one forward of the stacked 2B batch"}
 
 
 def _device(name) -> torch.device:

@@ -36,11 +36,12 @@ class Cell:
     solver_options: dict = field(default_factory=dict, hash=False, compare=False)
     grid_options: dict = field(default_factory=dict, hash=False, compare=False)
     sampler: object = field(default=None, hash=False, compare=False)  # a LearnedSampler, for artifact cells
+    guidance: float | None = None  # the guidance scale w of a conditional model (None: unguided)
     plan: object = field(default=None, hash=False, compare=False)  # its diffode.core.sample.Plan (validate_cells)
 
     @property
     def key(self):
-        return (self.solver, self.grid, self.nfe)
+        return (self.solver, self.grid, self.nfe) + (() if self.guidance is None else (self.guidance,))
 
     @property
     def label(self):
@@ -99,22 +100,55 @@ def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
     if not pairs and not learned:
         raise ValueError("the sweep has no cells; set sweep.solvers and sweep.grids, solver= and grid=, or sweep.learned")
     extra_s, extra_g = _plain(s.get("solver_options")), _plain(s.get("grid_options"))
+    scales = run_scales(cfg)
     cells, seen = [], set()
-    for a, g in pairs:
-        sname, sopts = one_solver[1:] if one_solver and a == one_solver[0] else solver_config(a)
-        gname, gopts = one_grid[1:] if one_grid and g == one_grid[0] else grid_config(g)
-        sopts, gopts = {**sopts, **extra_s.get(a, {})}, {**gopts, **extra_g.get(g, {})}
-        for n in nfes:
-            if (a, g, n) not in seen:
-                seen.add((a, g, n))
-                cells.append(Cell(a, g, n, sname, gname, sopts, gopts))
+    for w in scales:  # scale by scale: a long sweep over scales finishes one scale's cells (and reference) at a time
+        for a, g in pairs:
+            sname, sopts = one_solver[1:] if one_solver and a == one_solver[0] else solver_config(a)
+            gname, gopts = one_grid[1:] if one_grid and g == one_grid[0] else grid_config(g)
+            sopts, gopts = {**sopts, **extra_s.get(a, {})}, {**gopts, **extra_g.get(g, {})}
+            for n in nfes:
+                cell = Cell(a, g, n, sname, gname, sopts, gopts, guidance=w)
+                if cell.key not in seen:
+                    seen.add(cell.key)
+                    cells.append(cell)
     for p in [a for entry in learned for a in expand_artifacts(entry)]:
-        cell = learned_cell(p)
+        cell = learned_cell(p, scales)
         if cell.key in seen:
             raise ValueError(f"sweep.learned: two cells {cell.label} nfe={cell.nfe}; keep one artifact per label and NFE")
         seen.add(cell.key)
         cells.append(cell)
     return cells
+
+
+def run_scales(cfg) -> list:
+    """The guidance scales of a sweep (guidance.scale: null, a number or a list): one set of cells each."""
+    from diffode.core.guidance import scales_of
+
+    return list(dict.fromkeys(scales_of((cfg.get("guidance") or {}).get("scale"))))
+
+
+def cell_model(cell: Cell, model, cfg):
+    """The model a cell samples: `model` guided at the cell's scale, with the sweep's interval and threshold."""
+    from diffode.core.guidance import Guidance, from_config
+
+    run = from_config(cfg.get("guidance"))[0]
+    return model.with_guidance(Guidance(cell.guidance, run.interval, run.threshold))
+
+
+def guided_models(cells: list[Cell], model, cfg) -> dict:
+    """{guidance scale: the model guided at it} for the scales of the sweep's cells; ValueError naming the fix when
+    the guidance cannot apply (an unconditional model, a negative scale, an empty interval...)."""
+    out, errors = {}, []
+    for c in cells:
+        if c.guidance not in out:
+            try:
+                out[c.guidance] = cell_model(c, model, cfg)
+            except ValueError as e:
+                errors.append(str(e))
+    if errors:
+        raise ValueError(" ".join(dict.fromkeys(errors)))
+    return out
 
 
 def resolve_path(p) -> Path:
@@ -146,14 +180,17 @@ def expand_artifacts(entry) -> list[Path]:
     return [path]
 
 
-def learned_cell(path) -> Cell:
-    """The cell of an artifact: its label (<solver>/<kind>, pd/4, ...) at its own NFE."""
+def learned_cell(path, scales=(None,)) -> Cell:
+    """The cell of an artifact: its label (<solver>/<kind>, pd/4, ...) at its own NFE, at the guidance scale it
+    was learned for when the sweep has that scale (else at the sweep's first, which validation then refuses)."""
     from diffode.artifacts import load_sampler
 
     sampler = load_sampler(resolve_path(path))
     first, _, second = sampler.label.partition("/")
+    w = sampler.guidance.scale  # None: learned unguided, the w = 1 cells of a sweep over scales
+    w = w if w in scales else 1.0 if w is None and 1.0 in scales else scales[0]
     return Cell(first, second or sampler.kind, sampler.nfe, sampler.registry_solver, "artifact",
-                dict(sampler.manifest.get("solver_options") or {}), {"path": str(sampler.path)}, sampler)
+                dict(sampler.manifest.get("solver_options") or {}), {"path": str(sampler.path)}, sampler, guidance=w)
 
 
 def validate_cells(cells: list[Cell], model, cfg) -> tuple[list[Cell], dict]:
@@ -171,9 +208,14 @@ def validate_cells(cells: list[Cell], model, cfg) -> tuple[list[Cell], dict]:
     planned, unreachable = [], {}
     errors = {}  # (label, message) -> NFEs, so a problem is said once, not per NFE
     for c in cells:
+        try:
+            m = cell_model(c, model, cfg)
+        except ValueError as e:
+            errors.setdefault((c.label, str(e)), []).append(c.nfe)
+            continue
         if c.sampler is not None:
             try:
-                planned.append(replace(c, plan=c.sampler.check(model)))
+                planned.append(replace(c, plan=c.sampler.check(m)))
             except ValueError as e:
                 errors.setdefault((c.label, str(e)), []).append(c.nfe)
             continue
@@ -190,8 +232,8 @@ def validate_cells(cells: list[Cell], model, cfg) -> tuple[list[Cell], dict]:
                        "sweep.nfes or set sweep.skip_unreachable=true")
                 errors.setdefault((c.label, why), []).append(c.nfe)
                 continue
-            planned.append(replace(c, plan=model.plan(solver=c.solver_name, nfe=c.nfe, grid=c.grid_name,
-                                                      grid_options=c.grid_options, **flags, **c.solver_options)))
+            planned.append(replace(c, plan=m.plan(solver=c.solver_name, nfe=c.nfe, grid=c.grid_name,
+                                                  grid_options=c.grid_options, **flags, **c.solver_options)))
         except ValueError as e:
             errors.setdefault((c.label, str(e)), []).append(c.nfe)
     if errors:
@@ -215,7 +257,9 @@ def cell_flags(cell: Cell, cfg) -> dict:
 
 def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[torch.Tensor, dict]:
     """The cell's samples from x_T (one condition per row in `cond`, or None) along its plan (validate_cells),
-    and its per-sample counts dict(nfe=denoiser calls, forwards=network passes)."""
+    and its per-sample counts dict(nfe=denoiser calls, forwards=network passes). The model is guided at the cell's
+    scale (cell_model)."""
+    model = cell_model(cell, model, cfg)
     if cell.sampler is None:
         return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, plan=cell.plan)
     from diffode.core.conditioning import take
@@ -266,6 +310,8 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
     n = x_T.shape[0]
     for k, c in enumerate(tqdm(todo, desc="sweep", unit="cell", disable=not cfg.progress)):
         row = dict(solver=c.solver, grid=c.grid, nfe=c.nfe, n_samples=n, seeds=seeds_label, condition=condition)
+        if c.guidance is not None:
+            row["guidance"] = c.guidance
         if cfg.afs == "auto" and c.sampler is None:  # which cells took the analytic first step
             row["afs"] = cell_flags(c, cfg)["afs"]
         if c.key in unreachable:
@@ -286,10 +332,45 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
                 table.add({**row, "status": "failed", "message": err[:300]})
                 log.warning("cell %s nfe=%d failed: %s", c.label, c.nfe, err)
             else:
-                values = metrics(samples, x_T)
+                state, t1 = samples, time.perf_counter()
+                samples = model.decode(samples)  # latents -> images (not an NFE; timed on its own)
+                if model.decoder is not None:
+                    row["decode_time"] = time.perf_counter() - t1
+                values = metrics(samples, x_T, labels=cond, guidance=c.guidance, state=state)
                 if int(cfg.save_images) > 0:
-                    save_samples_png(samples, samples_png(out_dir, row), int(cfg.save_images), f"{c.label}, NFE {c.nfe}")
+                    w = "" if c.guidance is None else f", w={c.guidance:g}"
+                    save_samples_png(samples, samples_png(out_dir, row), int(cfg.save_images), f"{c.label}, NFE {c.nfe}{w}")
                 table.add({**row, **values, "status": "ok", "message": ""})
+        rcfg = cfg.get("reference")
+        if rcfg is not None and rcfg.get("row") and getattr(metrics, "solve_ref", None):
+            reference_rows(metrics, model, x_T, table, cfg, out_dir, seeds_label, cond, condition)
         if on_cell_done is not None:
             on_cell_done(k, c)
     return table.rows
+
+
+def reference_rows(metrics, model, x_T, table, cfg, out_dir: Path, seeds_label: str, cond, condition: str) -> None:
+    """reference.row: each reference solve (one per guidance scale) as a row of its own, scored like a cell (the
+    converged column of the tables); its solver error is 0 by definition."""
+    from diffode.evaluation.results import cell_key
+
+    n = x_T.shape[0]
+    for w, ref in metrics.solve_ref.items():
+        if callable(ref):  # not made yet (a later scale of the sweep)
+            continue
+        row = dict(solver=ref.spec["solver"], grid=ref.spec["grid"], nfe=ref.spec["nfe"], n_samples=n,
+                   seeds=seeds_label, condition=condition)
+        if w is not None:
+            row["guidance"] = w
+        if cell_key(row) in table.done():
+            continue
+        images = model.decode(ref.x_ref)
+        values = metrics(images.to(x_T.device), x_T, labels=cond, guidance=w, state=ref.x_ref)
+        seconds = ref.seconds
+        row.update(forwards=ref.counts.get("forwards"), wall_time=seconds,
+                   samples_per_s=None if not seconds else n / seconds)
+        if int(cfg.save_images) > 0:
+            tag = "" if w is None else f", w={w:g}"
+            save_samples_png(images, samples_png(out_dir, row), int(cfg.save_images),
+                             f"{row['solver']}/{row['grid']}, NFE {row['nfe']}{tag} (reference)")
+        table.add({**row, **values, "status": "ok", "message": "the reference solve (reference.row=true)"})

@@ -57,7 +57,7 @@ def log_sweep(rows: list[dict], metrics: list[str], wcfg, out_dir: Path, config:
                 if int(r["nfe"]) == n and r.get("status") == "ok":
                     for m in [*metrics, "forwards"]:
                         if _finite(r.get(m)):
-                            point[f"{m}/{r['solver']}/{r['grid']}"] = r[m]
+                            point[f"{m}/{r['solver']}/{r['grid']}{_at(r)}"] = r[m]
             run.log(point)
         for m in metrics:
             series = _series(rows, m)
@@ -65,7 +65,13 @@ def log_sweep(rows: list[dict], metrics: list[str], wcfg, out_dir: Path, config:
                 labels = list(series)
                 run.log({f"chart/{m}_vs_nfe": wandb.plot.line_series(
                     xs=[[p[0] for p in series[k]] for k in labels], ys=[[p[1] for p in series[k]] for k in labels],
-                    keys=labels, title=f"{m.upper()} vs NFE", xname="nfe")})
+                    keys=labels, title=f"{m.upper()} vs NFE (per guidance scale)" if _guided(rows) else
+                    f"{m.upper()} vs NFE", xname="nfe")})
+            for n, by_scale in _scale_series(rows, m).items():  # a sweep over guidance scales: m vs w per NFE
+                labels = list(by_scale)
+                run.log({f"chart/{m}_vs_scale/nfe{n}": wandb.plot.line_series(
+                    xs=[[p[0] for p in by_scale[k]] for k in labels], ys=[[p[1] for p in by_scale[k]] for k in labels],
+                    keys=labels, title=f"{m.upper()} vs guidance scale at NFE {n}", xname="guidance scale w")})
         images = sorted((Path(out_dir) / "samples").glob("*.png"))
         if images:
             run.log({"samples": [wandb.Image(str(p), caption=p.stem) for p in images]})
@@ -80,12 +86,33 @@ def log_sweep(rows: list[dict], metrics: list[str], wcfg, out_dir: Path, config:
     return info
 
 
+def _at(r) -> str:
+    """The key suffix of a guided cell: its scale."""
+    return "" if r.get("guidance") is None else f"/w{float(r['guidance']):g}"
+
+
+def _guided(rows) -> bool:
+    return any(r.get("guidance") is not None for r in rows)
+
+
 def _series(rows, metric):
     out = {}
     for r in rows:
         if r.get("status") == "ok" and _finite(r.get(metric)):
-            out.setdefault(f"{r['solver']}/{r['grid']}", []).append((int(r["nfe"]), float(r[metric])))
+            out.setdefault(f"{r['solver']}/{r['grid']}{_at(r)}", []).append((int(r["nfe"]), float(r[metric])))
     return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def _scale_series(rows, metric) -> dict:
+    """{nfe: {solver/grid: [(scale, value)]}} of the guided cells, for sweeps over two scales or more."""
+    if len({float(r["guidance"]) for r in rows if r.get("guidance") is not None}) < 2:
+        return {}
+    out = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("guidance") is not None and _finite(r.get(metric)):
+            line = out.setdefault(int(r["nfe"]), {}).setdefault(f"{r['solver']}/{r['grid']}", [])
+            line.append((float(r["guidance"]), float(r[metric])))
+    return {n: {k: sorted(v) for k, v in sorted(d.items())} for n, d in sorted(out.items())}
 
 
 def _finite(v) -> bool:

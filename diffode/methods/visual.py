@@ -13,23 +13,35 @@ from ..pictures import image_grid as _grid
 log = logging.getLogger(__name__)
 
 
+def class_rows(num_classes: int, n: int) -> torch.Tensor:
+    """Labels for a sample grid of a class-conditional model: one row per class, n // num_classes (at least
+    one) samples of each, row after row."""
+    per = max(1, n // num_classes)
+    return torch.arange(num_classes).repeat_interleave(per)
+
+
 @torch.no_grad()
 def draw_samples(denoiser, shape, n: int, schedule, seed: int = 0, nfe: int = 35, solver: str = "heun",
-                 grid: str = "edm") -> torch.Tensor | None:
-    """Deterministic reference samples: x_T = sigma_max z with a fixed seed, then a high-NFE ODE solve."""
+                 grid: str = "edm", cond=None) -> torch.Tensor | None:
+    """Deterministic reference samples: x_T = sigma_max z with a fixed seed, then a high-NFE ODE solve.
+    cond: one condition per sample (class labels of a class-conditional net; n is then len(cond))."""
+    from ..core.conditioning import batch_size, bind
     from ..core.sample import sample
 
+    n = n if cond is None else batch_size(cond)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, *shape, generator=g, dtype=torch.float64)
     p = next(denoiser.parameters())
     x_T = (schedule.sigma_max * z).to(p.device)
-    x0 = sample(denoiser, x_T, solver=solver, nfe=nfe, grid=grid, schedule=schedule)
+    cond = None if cond is None else cond.to(p.device)
+    x0 = sample(bind(denoiser, cond), x_T, solver=solver, nfe=nfe, grid=grid, schedule=schedule)
     return x0.float().cpu()
 
 
-def image_grid(x: torch.Tensor, title: str = "") -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> an RGB uint8 grid at least 512 px wide (nearest-neighbour), titled."""
-    return readable(_grid(x), title)
+def image_grid(x: torch.Tensor, title: str = "", nrow: int | None = None) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> an RGB uint8 grid at least 512 px wide (nearest-neighbour), titled;
+    `nrow` images per row (default: square)."""
+    return readable(_grid(x, nrow=nrow), title)
 
 
 def scatter_over_density(x: torch.Tensor, gmm, path: Path, title: str = "") -> np.ndarray:

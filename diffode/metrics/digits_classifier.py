@@ -166,6 +166,24 @@ def confident_share(images: Tensor, thr: float = 0.9) -> float:
     return float((predict_proba(images).max(-1).values >= thr).float().mean())
 
 
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k / n (sound near 0 and 1, unlike p +- z sqrt(p(1-p)/n))."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def class_accuracy(images: Tensor, labels: Tensor, level: float = 0.95) -> dict:
+    """How often the classifier calls a sample the digit it was asked for: accuracy with its Wilson interval."""
+    hits = int((predict_proba(images).argmax(-1) == labels.to(torch.long)).sum())
+    lo, hi = wilson_interval(hits, len(labels), level)
+    return {"accuracy": hits / len(labels), "accuracy_lo": lo, "accuracy_hi": hi}
+
+
 if __name__ == "__main__":
     import sys
 

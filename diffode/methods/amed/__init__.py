@@ -260,7 +260,8 @@ def build(cfg: AMEDConfig, ctx: Context):
     from .module import AMEDModule
 
     m = ctx.teacher
-    module = AMEDModule(m.denoiser, m.shape, cfg.sigmas, cfg.teacher_sigmas, cfg, cfg.feature_shape, cfg.val_sigmas)
+    module = AMEDModule(m.conditional, m.shape, cfg.sigmas, cfg.teacher_sigmas, cfg, cfg.feature_shape, cfg.val_sigmas,
+                        num_classes=m.num_classes)
     module.student_name = cfg.options.student
     module.options = {k: v for k, v in asdict(cfg.options).items() if k != "name"}  # the artifact's training record
     if cfg.select in FID_SELECTS:  # the model's FID (conf/eval.yaml fid: features and reference data), no bootstrap

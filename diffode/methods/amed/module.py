@@ -32,6 +32,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffode.core.conditioning import bind
 from diffode.core.sample import prior_sample, sample
 from diffode.core.solvers import get_solver
 from diffode.core.stage import Stage
@@ -95,10 +96,12 @@ class _Replay:
 
 class AMEDModule(L.LightningModule):
     def __init__(self, denoiser: nn.Module, shape, sigmas: Tensor, teacher_sigmas: Tensor, cfg: AMEDConfig,
-                 feature_shape=None, val_sigmas: Tensor | None = None):
+                 feature_shape=None, val_sigmas: Tensor | None = None, num_classes: int | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.shape = cfg, tuple(shape)
+        # a class-conditional model (D(x, sigma, cond=labels), guided or not): every trajectory has its own label
+        self.num_classes = num_classes
         for p in denoiser.parameters():
             p.requires_grad_(False)
         self.denoiser = denoiser.eval()
@@ -145,23 +148,32 @@ class AMEDModule(L.LightningModule):
         g = torch.Generator().manual_seed(self.cfg.seed + index * world + rank)
         return prior_sample((n, *self.shape), float(self.sigmas[0]), generator=g).to(self.sigmas.device)
 
+    def labels(self, seed: int, n: int) -> Tensor | None:
+        """n class labels, uniform, from a generator of their own (None for an unconditional model)."""
+        if self.num_classes is None:
+            return None
+        from diffode.models import LABEL_SEED
+
+        g = torch.Generator().manual_seed(LABEL_SEED + seed)
+        return torch.randint(self.num_classes, (n,), generator=g).to(self.sigmas.device)
+
     # -- teacher and student ------------------------------------------------------------------
     @torch.no_grad()
-    def teacher_points(self, x_T: Tensor, held_out: bool = False) -> list[Tensor]:
+    def teacher_points(self, x_T: Tensor, held_out: bool = False, labels=None) -> list[Tensor]:
         """x*_n at the student's sigmas[n], n = 0..N (x*_0 = x_T), on the training teacher's grid or the
         held-out target's finer one."""
         grid, at = (self.val_sigmas, self.val_at) if held_out else (self.teacher_sigmas, self.teacher_at)
-        _, traj = sample(self.denoiser, x_T, self.cfg.teacher, nfe=None, grid=grid, return_trajectory=True,
+        _, traj = sample(bind(self.denoiser, labels), x_T, self.cfg.teacher, nfe=None, grid=grid, return_trajectory=True,
                          **self.cfg.teacher_options)
         return [x_T] + [traj[j - 1] for j in at]  # traj[i]: the state at grid[i + 1]
 
-    def student_interval(self, n: int, x_start: Tensor, x_T: Tensor, recorded: list) -> Tensor:
+    def student_interval(self, n: int, x_start: Tensor, x_T: Tensor, recorded: list, labels=None) -> Tensor:
         """The student's state at sigmas[n + 1] after interval n (graph through the predictor at n)."""
         c = self.cfg
         if not get_solver(c.student).multistep:
-            return sample(self.denoiser, x_start, c.student, nfe=None, grid=self.sigmas, start=n, stop=n + 1,
+            return sample(bind(self.denoiser, labels), x_start, c.student, nfe=None, grid=self.sigmas, start=n, stop=n + 1,
                           afs=c.afs and n == 0, midpoints=self.predictor, **c.student_options)
-        return sample(self.denoiser, x_T, c.student, nfe=None, grid=self.sigmas, stop=n + 1, afs=c.afs,
+        return sample(bind(self.denoiser, labels), x_T, c.student, nfe=None, grid=self.sigmas, stop=n + 1, afs=c.afs,
                       midpoints=_Replay(self.predictor, n, recorded), **c.student_options)
 
     @property
@@ -178,21 +190,21 @@ class AMEDModule(L.LightningModule):
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
         opt.step()
 
-    def interval_losses(self, x_T: Tensor, teacher: list[Tensor], update: bool) -> list[Tensor]:
+    def interval_losses(self, x_T: Tensor, teacher: list[Tensor], update: bool, labels=None) -> list[Tensor]:
         """The losses on one batch (n_losses of them); with update, one optimizer step after each.
         objective interval: per interval n, d(x_student(sigma_{n+1}), x*_{n+1}) (module docstring);
         endpoint: d(x_student(sigma_N), x*_N) of the whole student solve, the gradient through every step;
         d: cfg.distance (the paper's |a - b|^2 by default)."""
         sq = self.distance
         if self.cfg.objective == "endpoint":
-            loss = sq(self.sample(x_T), teacher[-1])
+            loss = sq(self.sample(x_T, labels=labels), teacher[-1])
             if update:
                 self._update(loss)
             return [loss.detach()]
         recorded: list[Stage] = []
         losses = []
         for n in range(self.cfg.steps):
-            loss = sq(self.student_interval(n, teacher[n], x_T, recorded), teacher[n + 1])
+            loss = sq(self.student_interval(n, teacher[n], x_T, recorded, labels), teacher[n + 1])
             if update:
                 self._update(loss)
             losses.append(loss.detach())
@@ -202,8 +214,9 @@ class AMEDModule(L.LightningModule):
         index = int(batch.reshape(-1)[0])
         rank, world = self.global_rank, self.trainer.world_size
         x_T = self.latents(index, self.batch_per_rank(), rank, world)
-        teacher = self.teacher_points(x_T)
-        losses = torch.stack(self.interval_losses(x_T, teacher, update=True))
+        labels = self.labels(self.cfg.seed + index * world + rank, x_T.shape[0])
+        teacher = self.teacher_points(x_T, labels=labels)
+        losses = torch.stack(self.interval_losses(x_T, teacher, update=True, labels=labels))
         if world > 1:  # the global batch's losses, so every rank records (and checkpoints) the same history
             losses = self.trainer.strategy.reduce(losses, reduce_op="mean")
         self.train_loss[index] = losses.to(self.train_loss)
@@ -217,42 +230,50 @@ class AMEDModule(L.LightningModule):
 
     # -- held-out loss ------------------------------------------------------------------------
     def heldout(self) -> tuple[Tensor, list[Tensor]]:
+        """(x_T, the teacher's points) of the held-out trajectories; their labels: heldout_labels()."""
         if self._val is None:
             x_T = prior_sample((self.cfg.n_val, *self.shape), float(self.sigmas[0]),
                                generator=torch.Generator().manual_seed(VAL_SEED)).to(self.sigmas.device)
-            self._val = (x_T, self.teacher_points(x_T, held_out=True))
+            self._val = (x_T, self.teacher_points(x_T, held_out=True, labels=self.heldout_labels()))
         return self._val
+
+    def heldout_labels(self) -> Tensor | None:
+        return self.labels(VAL_SEED, self.cfg.n_val)
 
     def val_metrics(self) -> tuple[float, float]:
         """(held-out training objective summed over intervals, endpoint RMSE of the full student
         solve against the teacher's endpoint), with the current predictor, no update."""
-        x_T, teacher = self.heldout()
+        (x_T, teacher), labels = self.heldout(), self.heldout_labels()
         with torch.no_grad():
-            x0 = self.sample(x_T)
+            x0 = self.sample(x_T, labels=labels)
             if self.cfg.objective == "endpoint":  # the objective is this solve's own distance: no second solve
                 loss = float(self.distance(x0, teacher[-1]))
             else:
-                loss = float(torch.stack(self.interval_losses(x_T, teacher, update=False)).sum())
+                loss = float(torch.stack(self.interval_losses(x_T, teacher, update=False, labels=labels)).sum())
         rmse = float((x0 - teacher[-1]).pow(2).mean().sqrt())
         return loss, rmse
 
-    def sample(self, x_T: Tensor, predictor: AMEDPredictor | None = None) -> Tensor:
-        """The trained sampler: the student with the predictor (default: the one being trained), NFE cfg.nfe."""
+    def sample(self, x_T: Tensor, predictor: AMEDPredictor | None = None, labels=None) -> Tensor:
+        """The trained sampler: the student with the predictor (default: the one being trained), NFE cfg.nfe;
+        labels: one per sample of a class-conditional model."""
         c = self.cfg
-        return sample(self.denoiser, x_T, c.student, nfe=c.nfe, grid=self.sigmas, afs=c.afs,
+        return sample(bind(self.denoiser, labels), x_T, c.student, nfe=c.nfe, grid=self.sigmas, afs=c.afs,
                       midpoints=self.predictor if predictor is None else predictor,
                       **c.student_options)
 
     def heldout_fid(self) -> float:
         """select=fid: the FID of the student's samples from val_fid_n held-out latents (seeds VAL_FID_SEED..,
         one per sample as `diffode eval` draws them, never a table's seeds), in batches of cfg.batch."""
-        from diffode.models import initial_noise
+        from diffode.models import initial_labels, initial_noise
 
+        seeds = range(VAL_FID_SEED, VAL_FID_SEED + self.cfg.val_fid_n)
         if self._fid_x_T is None:
-            self._fid_x_T = initial_noise(self.shape, range(VAL_FID_SEED, VAL_FID_SEED + self.cfg.val_fid_n),
-                                          float(self.sigmas[0]))
+            self._fid_x_T = initial_noise(self.shape, seeds, float(self.sigmas[0]))
+        y = None if self.num_classes is None else initial_labels(self.num_classes, seeds).to(self.sigmas.device)
+        bs = self.cfg.batch
         with torch.no_grad():
-            x0 = torch.cat([self.sample(xb.to(self.sigmas.device)).cpu() for xb in self._fid_x_T.split(self.cfg.batch)])
+            x0 = torch.cat([self.sample(xb.to(self.sigmas.device), labels=None if y is None else y[k * bs:(k + 1) * bs]).cpu()
+                            for k, xb in enumerate(self._fid_x_T.split(bs))])
         return float(self.fid(x0.float()))
 
     def record_validation(self, slot: int):

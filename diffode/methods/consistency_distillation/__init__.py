@@ -196,7 +196,7 @@ def build(cfg: CDConfig, ctx: Context):
     spec, state = build_student(cfg, ctx)
     reg, solver_opts = solver_config(str(cfg.teacher_solver))
     m = ctx.teacher
-    module = ConsistencyDistillationModule(m.denoiser, spec, state, m.shape, m.sigma_min, m.sigma_max,
+    module = ConsistencyDistillationModule(m.conditional, spec, state, m.shape, m.sigma_min, m.sigma_max,
                                            cfg, seed=ctx.seed, teacher_solver=reg, teacher_options=solver_opts,
                                            out_dir=str(ctx.out_dir))
     module.fit_started = time.perf_counter()

@@ -144,23 +144,26 @@ class ConsistencyDistillationModule(L.LightningModule):
         return path
 
     # -- validation: fixed noise, the EMA student ------------------------------------------------------
-    def reference(self, device) -> tuple[Tensor, Tensor]:
-        """(x_T, the teacher's reference solve from it): n_val fixed noises, computed once."""
+    def reference(self, device) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(x_T, the teacher's reference solve from it, the labels it ran under for a class-conditional teacher):
+        n_val fixed noises (and labels), computed once."""
         if self._val_cache is None:
             g = torch.Generator().manual_seed(10_000_019 + self.seed)
             x_T = self.sigma_max * torch.randn((self.cfg.n_val, *self.shape), generator=g, dtype=DTYPE)
+            K = getattr(self.teacher, "num_classes", None)
+            y = None if K is None else torch.randint(K, (self.cfg.n_val,), generator=g).to(device)
             with torch.no_grad():
-                ref = sample(self.teacher, x_T.to(device), solver="heun", nfe=self.cfg.reference_nfe, grid="edm",
-                             sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-            self._val_cache = (x_T.to(device), ref)
+                ref = sample(bind(self.teacher, y), x_T.to(device), solver="heun", nfe=self.cfg.reference_nfe,
+                             grid="edm", sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+            self._val_cache = (x_T.to(device), ref, y)
         return self._val_cache
 
     @torch.no_grad()
     def distillation_error(self, f: nn.Module, steps: int = 1) -> float:
         """l2 (per-coordinate mean) of the `steps`-step consistency sample to the teacher's reference solve."""
-        x_T, ref = self.reference(self.device)
+        x_T, ref, y = self.reference(self.device)
         sig = sampling_sigmas(self.cfg, steps, self.sigma_min, self.sigma_max).to(x_T.device)
-        x = sample(f, x_T.to(torch.float32), solver="consistency", nfe=steps, grid=sig,
+        x = sample(bind(f, y), x_T.to(torch.float32), solver="consistency", nfe=steps, grid=sig,
                    generator=torch.Generator().manual_seed(7), clip=self.cfg.clip)
         return float(l2(x.to(DTYPE), ref).mean())
 

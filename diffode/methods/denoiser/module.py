@@ -128,8 +128,11 @@ class DenoiserModule(L.LightningModule):
         if hp.n_samples <= 0:  # method.n_samples=0: no sample grids
             return
         self.denoiser.eval()
+        # a class-conditional net: one row per class (its conditional samples, no guidance)
+        K = self.denoiser.num_classes
+        labels = None if K is None else visual.class_rows(K, hp.n_samples)
         x = visual.draw_samples(self.denoiser, tuple(hp.data["shape"]), hp.n_samples, self.schedule,
-                                seed=hp.sample_seed, nfe=hp.sample_nfe)
+                                seed=hp.sample_seed, nfe=hp.sample_nfe, cond=labels)
         self.denoiser.train(self.training)
         if x is None:
             return
@@ -137,7 +140,9 @@ class DenoiserModule(L.LightningModule):
         if x.ndim == 2 and x.shape[1] == 2 and self.analytic is not None:
             arr = visual.scatter_over_density(x, self.analytic, out / f"scatter_{step:07d}.png", f"step {step}")
         elif x.ndim == 4:
-            arr = visual.image_grid(x, f"step {step}: heun/edm, NFE {hp.sample_nfe}")
+            rows = "" if K is None else ", one row per class 0..%d" % (K - 1)
+            arr = visual.image_grid(x, f"step {step}: heun/edm, NFE {hp.sample_nfe}{rows}",
+                                    nrow=None if K is None else len(labels) // K)
             visual.save_png(arr, out / f"grid_{step:07d}.png")
         else:
             return

@@ -85,6 +85,7 @@ def build(cfg: GITSConfig, ctx: Context):
     from .module import GITSModule
 
     m = ctx.teacher
-    module = GITSModule(m.denoiser, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, cfg)
+    module = GITSModule(m.conditional, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, cfg,
+                        num_classes=m.num_classes)
     module.fit_started = time.perf_counter()
     return module

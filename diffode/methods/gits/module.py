@@ -36,7 +36,9 @@ def student_steps(solver: str, nfe: int, extra: dict) -> int:
 
 class GITSModule(L.LightningModule):
     def __init__(self, denoiser: nn.Module, shape, schedule, sigma_min: float, sigma_max: float, model_id: dict,
-                 cfg: GITSConfig):
+                 cfg: GITSConfig, num_classes: int | None = None):
+        """denoiser: D(x, sigma), or D(x, sigma, cond=labels) of a class-conditional model (num_classes; guided or
+        not): each warm-up trajectory then runs under the label `diffode eval` draws for its seed."""
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.shape, self.schedule, self.model_id = cfg, tuple(shape), schedule, model_id
@@ -44,6 +46,7 @@ class GITSModule(L.LightningModule):
         for p in denoiser.parameters():
             p.requires_grad_(False)
         self.denoiser = denoiser.eval()
+        self.num_classes = num_classes
         t = cfg.teacher
         self.fine = make_grid(t.grid, t.steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max, **t.grid_options)
         self.cost_sum = torch.zeros(len(self.fine), len(self.fine), dtype=torch.float64)
@@ -66,9 +69,13 @@ class GITSModule(L.LightningModule):
         x_T = warmup_noise(seeds, self.shape, self.sigma_max).to(self.device)
         t = self.cfg.teacher
         from diffode.config import solver_config
+        from diffode.core.conditioning import bind
+        from diffode.models import initial_labels
 
+        labels = None if self.num_classes is None else initial_labels(self.num_classes, seeds).to(self.device)
         reg, opts = solver_config(t.solver)
-        xs, ds = teacher_trajectory(self.denoiser, x_T, self.fine.to(self.device), reg, **{**opts, **t.options})
+        xs, ds = teacher_trajectory(bind(self.denoiser, labels), x_T, self.fine.to(self.device), reg,
+                                    **{**opts, **t.options})
         n = x_T.shape[0]
         C = cost_matrix(xs, ds, self.fine.to(self.device), self.cfg.metric).cpu()
         finite = torch.isfinite(C)

@@ -87,4 +87,5 @@ def build(cfg: LD3Config, ctx: Context):
     if cfg.init_grid not in ("uniform", "best"):
         init = make_grid(cfg.init_grid, steps_for_nfe(cfg), m.schedule, sigma_min=m.sigma_min, sigma_max=m.sigma_max,
                          **cfg.init_grid_options)
-    return LD3Module(m.denoiser, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, cfg, init_sigmas=init)
+    return LD3Module(m.conditional, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, cfg, init_sigmas=init,
+                     num_classes=m.num_classes, condition=m.condition)

@@ -27,7 +27,7 @@ from diffode.metrics.distance import make_distance
 from diffode.models import schedule_spec
 
 from .options import LD3Config
-from .teacher import cached_pairs, make_pairs
+from .teacher import cached_pairs, make_pairs, pair_labels
 
 
 def steps_for_nfe(cfg: LD3Config) -> int:
@@ -50,11 +50,18 @@ class Checkpointed(nn.Module):
         return checkpoint(self.denoiser, x, sigma, use_reentrant=False)
 
 
+def _rows(labels, idx):
+    return None if labels is None else labels[idx]
+
+
 # -- the LightningModule --------------------------------------------------------------------
 
 class LD3Module(L.LightningModule):
     def __init__(self, denoiser: nn.Module, shape, schedule, sigma_min: float, sigma_max: float,
-                 model_id: dict, cfg: LD3Config, init_sigmas: Tensor | None = None):
+                 model_id: dict, cfg: LD3Config, init_sigmas: Tensor | None = None,
+                 num_classes: int | None = None, condition: dict | None = None):
+        """denoiser: D(x, sigma), or D(x, sigma, cond=labels) of a class-conditional model (num_classes; guided or
+        not, as `condition` records), whose pairs then each have a label (teacher.pair_labels)."""
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.shape, self.schedule, self.model_id = cfg, tuple(shape), schedule, model_id
@@ -64,7 +71,7 @@ class LD3Module(L.LightningModule):
         for p in denoiser.parameters():
             p.requires_grad_(False)
         self.denoiser = denoiser.eval()
-        self.student_denoiser = Checkpointed(denoiser) if cfg.checkpointing else denoiser
+        self.num_classes, self.condition = num_classes, condition
         self.grid = LearnedGrid(self.steps, sigma_min, sigma_max, cfg.space, schedule, init=init_sigmas,
                                 decoupled=cfg.decoupled, win_rate=cfg.win_rate)
         self.dist = make_distance(cfg.distance, lpips_net=cfg.lpips_net, random_backbone=cfg.lpips_random_backbone)
@@ -80,9 +87,12 @@ class LD3Module(L.LightningModule):
     # -- data --------------------------------------------------------------------------
     def teacher_spec(self) -> dict:
         c = self.cfg
-        return {"model": self.model_id, "teacher": asdict(c.teacher), "seed": c.seed, "count": c.n_pairs,
+        spec = {"model": self.model_id, "teacher": asdict(c.teacher), "seed": c.seed, "count": c.n_pairs,
                 "shape": list(self.shape), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
                 "schedule": schedule_spec(self.schedule)}
+        if self.num_classes is not None:  # the pairs' labels and the teacher's guidance are part of what they are
+            spec["condition"] = self.condition
+        return spec
 
     def on_fit_start(self):
         self.fit_started = time.perf_counter()  # the training time the artifact records includes the teacher pairs
@@ -94,7 +104,7 @@ class LD3Module(L.LightningModule):
         teacher = asdict(self.cfg.teacher)
         make = lambda: make_pairs(self.denoiser, self.shape, self.cfg.n_pairs, self.cfg.seed, teacher,  # noqa: E731
                                   self.schedule, self.sigma_min, self.sigma_max, rank, world, self.all_gather,
-                                  device=self.device)
+                                  device=self.device, num_classes=self.num_classes)
         z, x0, self.pairs_path = cached_pairs(self.cfg.cache_dir or cache_dir("ld3_pairs"), self.teacher_spec(), make, rank, barrier)
         self.set_pairs(z, x0)
         if self.cfg.init_grid == "best":
@@ -123,8 +133,9 @@ class LD3Module(L.LightningModule):
         n_train = z.shape[0] - n_val
         if n_train < 1 or n_val < 1:
             raise ValueError(f"{z.shape[0]} pairs with val_fraction={self.cfg.val_fraction} leave an empty split")
-        self.z, self.x0 = z[:n_train], x0[:n_train]
-        self.z_val, self.x0_val = z[n_train:], x0[n_train:]
+        y = None if self.num_classes is None else pair_labels(self.num_classes, self.cfg.seed, range(z.shape[0]))
+        self.z, self.x0, self.y = z[:n_train], x0[:n_train], _rows(y, slice(0, n_train))
+        self.z_val, self.x0_val, self.y_val = z[n_train:], x0[n_train:], _rows(y, slice(n_train, None))
         self.z_soft = self.z.clone()  # x'_T / sigma_max, optimised inside the ball, kept across rounds
 
     def train_dataloader(self):
@@ -133,20 +144,23 @@ class LD3Module(L.LightningModule):
                                            shuffle=True, generator=g)
 
     # -- the student -------------------------------------------------------------------
-    def solve(self, z: Tensor, sigmas: Tensor, net_sigmas: Tensor | None) -> Tensor:
+    def solve(self, z: Tensor, sigmas: Tensor, net_sigmas: Tensor | None, labels=None) -> Tensor:
+        from diffode.core.conditioning import bind
         from diffode.core.sample import sample
 
+        den = bind(self.denoiser, None if labels is None else labels.to(self.device))
         # Checkpointing only pays when a graph is kept; validation and teacher-free solves skip it.
-        den = self.student_denoiser if torch.is_grad_enabled() else self.denoiser
+        if self.cfg.checkpointing and torch.is_grad_enabled():
+            den = Checkpointed(den)
         return sample(den, self.sigma_max * z, solver=self.solver_name, nfe=self.cfg.nfe,
                       grid=sigmas, net_sigmas=net_sigmas if self.cfg.decoupled else None,
                       schedule=self.schedule, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
                       **self.solver_options)
 
-    def loss(self, z: Tensor, x0: Tensor) -> Tensor:
-        """Per-sample d(student(sigma_max z), x0) on the current grid."""
+    def loss(self, z: Tensor, x0: Tensor, labels=None) -> Tensor:
+        """Per-sample d(student(sigma_max z), x0) on the current grid (labels: the pairs' own)."""
         sigmas, net_sigmas = self.grid()
-        return self.dist(self.solve(z.to(self.device), sigmas, net_sigmas), x0.to(self.device))
+        return self.dist(self.solve(z.to(self.device), sigmas, net_sigmas, labels), x0.to(self.device))
 
     # -- optimisation ------------------------------------------------------------------
     def configure_optimizers(self):
@@ -163,7 +177,7 @@ class LD3Module(L.LightningModule):
         idx = idx.cpu()
         soft = self.radius > 0
         z = self.z_soft[idx].clone().to(self.device).requires_grad_(soft)
-        per = self.loss(z, self.x0[idx])
+        per = self.loss(z, self.x0[idx], _rows(self.y, idx))
         loss = per.mean()
         opt_xi.zero_grad()
         opt_c.zero_grad()
@@ -185,13 +199,14 @@ class LD3Module(L.LightningModule):
     def update_latents(self, idx: Tensor, z_new: Tensor, loss_before: Tensor):
         """Project the SGD step into the ball; keep it only for samples whose loss went down."""
         z_new = project_ball(z_new, self.z[idx].to(z_new), self.radius)
-        better = self.loss(z_new, self.x0[idx]) < loss_before
+        better = self.loss(z_new, self.x0[idx], _rows(self.y, idx)) < loss_before
         self.z_soft[idx[better.cpu()]] = z_new[better].to(self.z_soft)
 
     @torch.no_grad()
     def val_loss(self) -> float:
-        per = [self.loss(z, x0) for z, x0 in zip(self.z_val.split(self.cfg.val_batch_size),
-                                                 self.x0_val.split(self.cfg.val_batch_size))]
+        bs = self.cfg.val_batch_size
+        per = [self.loss(z, x0, _rows(self.y_val, slice(k * bs, (k + 1) * bs)))
+               for k, (z, x0) in enumerate(zip(self.z_val.split(bs), self.x0_val.split(bs)))]
         return float(torch.cat(per).mean())
 
     def validate_and_schedule(self, log: bool = True):

@@ -22,17 +22,27 @@ def start_noise(indices, shape, seed: int) -> Tensor:
     return torch.stack(out) if out else torch.empty(0, *shape, dtype=DTYPE)
 
 
+def pair_labels(num_classes: int, seed: int, indices) -> Tensor:
+    """The class label of each pair index: the label `diffode eval` would draw for the seed of its noise."""
+    from diffode.models import initial_labels
+
+    return initial_labels(num_classes, [seed + int(i) for i in indices])
+
+
 def solve_teacher(denoiser, z: Tensor, teacher: dict, schedule, sigma_min: float, sigma_max: float,
-                  batch_size: int = 256) -> Tensor:
+                  batch_size: int = 256, cond=None) -> Tensor:
+    """The teacher's x_0 from sigma_max z; cond: one condition per row of z (a conditional denoiser)."""
     from diffode.config import solver_config
+    from diffode.core.conditioning import bind, take
     from diffode.core.sample import sample
 
     name, options = solver_config(teacher["solver"])  # a solver config name, like every command's
     options = {**options, **dict(teacher.get("options") or {})}
     outs = []
     with torch.no_grad():
-        for zb in z.split(batch_size):
-            outs.append(sample(denoiser, sigma_max * zb, solver=name, nfe=teacher["nfe"],
+        for k, zb in enumerate(z.split(batch_size)):
+            D = bind(denoiser, take(cond, slice(k * batch_size, (k + 1) * batch_size)))
+            outs.append(sample(D, sigma_max * zb, solver=name, nfe=teacher["nfe"],
                                grid=teacher["grid"], grid_options=dict(teacher.get("grid_options") or {}),
                                schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max,
                                **options).to(DTYPE))
@@ -41,12 +51,15 @@ def solve_teacher(denoiser, z: Tensor, teacher: dict, schedule, sigma_min: float
 
 def make_pairs(denoiser, shape, count: int, seed: int, teacher: dict, schedule, sigma_min: float,
                sigma_max: float, rank: int = 0, world: int = 1,
-               all_gather: Callable[[Tensor], Tensor] | None = None, device=None) -> tuple[Tensor, Tensor]:
-    """(z, x_0): z [count, *shape] unit-variance start noise (x_T = sigma_max z) and the teacher's x_0."""
+               all_gather: Callable[[Tensor], Tensor] | None = None, device=None,
+               num_classes: int | None = None) -> tuple[Tensor, Tensor]:
+    """(z, x_0): z [count, *shape] unit-variance start noise (x_T = sigma_max z) and the teacher's x_0; a
+    class-conditional teacher (num_classes) solves pair i under its label pair_labels(num_classes, seed, [i])."""
     per_rank = -(-count // world)
     idx = list(range(rank, per_rank * world, world))  # padded so every rank solves the same number
     z = start_noise(idx, shape, seed).to(device)  # drawn on the CPU: the same numbers on every machine
-    x0 = solve_teacher(denoiser, z, teacher, schedule, sigma_min, sigma_max)
+    cond = None if num_classes is None else pair_labels(num_classes, seed, idx).to(device)
+    x0 = solve_teacher(denoiser, z, teacher, schedule, sigma_min, sigma_max, cond=cond)
     if world > 1:
         z_all, x0_all = all_gather(z), all_gather(x0)  # [world, per_rank, ...]
         # rank r holds indices r, r + world, ...: interleave back into index order.

@@ -82,13 +82,16 @@ def check(options: PDOptions, ctx: Context) -> list[str]:
 
 # -- export ----------------------------------------------------------------------------------
 
-def distillation_error(D_student, D_teacher, sigmas_student, sigmas_teacher, x_T) -> dict:
+def distillation_error(D_student, D_teacher, sigmas_student, sigmas_teacher, x_T, labels=None) -> dict:
     """RMSE per coordinate of the student's DDIM sample, and of the teacher's DDIM at the student's grid,
-    against the original teacher's DDIM sample on the n0-step grid, all from the same noise."""
+    against the original teacher's DDIM sample on the n0-step grid, all from the same noise (and labels: D_teacher
+    is then the conditional call D(x, sigma, cond=...), guided or not, and so is the student)."""
     import torch
 
     import diffode
+    from diffode.core.conditioning import bind
 
+    D_student, D_teacher = bind(D_student, labels), bind(D_teacher, labels)
     with torch.no_grad():
         ref = diffode.sample(D_teacher, x_T, solver="ddim", nfe=None, grid=sigmas_teacher)
         stu = diffode.sample(D_student, x_T, solver="ddim", nfe=None, grid=sigmas_student)
@@ -108,6 +111,7 @@ def export(module, ctx: Context) -> dict:
     options = {k: v for k, v in dict(hp).items() if k not in ("teacher",)}
     n_eval, seed = getattr(module, "eval_noise", (0, 0))
     x_T = initial_noise(tuple(m.shape), range(seed, seed + n_eval), m.sigma_max) if n_eval else None
+    labels = m.labels(range(seed, seed + n_eval)) if n_eval else None
     out = {}
     for k, n in enumerate(module.steps):
         path = module.students_dir() / f"{n}.ckpt"
@@ -118,7 +122,7 @@ def export(module, ctx: Context) -> dict:
         sigmas = torch.tensor(record["sigmas"], dtype=torch.float64)
         metrics = {}
         if x_T is not None:
-            metrics = distillation_error(student, m.denoiser, sigmas, module.grid(hp.n0), x_T)
+            metrics = distillation_error(student, m.conditional, sigmas, module.grid(hp.n0), x_T, labels)
         art = save_student_artifact(Path(ctx.out_dir) / "artifacts" / f"pd_{n}", student, info["hparams"], kind="pd",
                                     solver="ddim", nfe=n, sigmas=sigmas, model=m, label=f"pd/{n}",
                                     training={**options, **record}, metrics=metrics)
@@ -150,6 +154,7 @@ def build(options: PDOptions, ctx: Context):
             if k not in ("name", "grid", "grid_options", "eval_samples", "eval_seed")}
     module = ProgressiveDistillationModule(teacher=teacher_hparams(m), teacher_state=m.denoiser.state_dict(),
                                            grid=kind, grid_options=gopts, sigma_min=m.sigma_min,
-                                           sigma_max=m.sigma_max, seed=ctx.seed, out_dir=str(ctx.out_dir), **opts)
+                                           sigma_max=m.sigma_max, seed=ctx.seed, out_dir=str(ctx.out_dir),
+                                           guidance=m.guidance.record(), **opts)
     module.eval_noise = (options.eval_samples, options.eval_seed)  # for export only
     return module

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from ...core import distillation as pd
 from ...core.conditioning import bind
 from ...core.denoisers import ModelDenoiser
+from ...core.guidance import Guided, from_record
 from ...core.grids import make_grid
 from ...core.schedules import DTYPE
 from ...spec import build
@@ -41,7 +42,10 @@ class ProgressiveDistillationModule(L.LightningModule):
     def __init__(self, teacher: dict, n0: int, n_final: int, updates_per_stage, grid: str, grid_options: dict,
                  weighting: str, student_output: str, lr: float, betas, grad_clip: float, sigma_min: float,
                  sigma_max: float, seed: int = 0, out_dir: str | None = None,
-                 teacher_state: dict | None = None):
+                 teacher_state: dict | None = None, guidance: dict | None = None):
+        """guidance: the record (core.guidance.Guidance.record) of the checkpoint's classifier-free guidance: stage 0
+        distils the guided teacher, so every student is a one-forward model of the guided one (Meng et al. 2023,
+        at one fixed scale)."""
         super().__init__()
         self.save_hyperparameters(ignore=["teacher_state", "out_dir"])
         self.steps = pd.stage_steps(n0, n_final)  # the students' N, one per stage
@@ -96,7 +100,8 @@ class ProgressiveDistillationModule(L.LightningModule):
         return {"method": "progressive_distillation", "steps": self.steps[k], "teacher_steps": 2 * self.steps[k],
                 "n0": hp.n0, "stage": k + 1, "updates": self.updates[k], "grid": hp.grid,
                 "grid_options": dict(hp.grid_options), "sigmas": [float(s) for s in self.grid(self.steps[k])],
-                "weighting": hp.weighting, "teacher_prediction": hp.teacher["prediction"], "output": self.output}
+                "weighting": hp.weighting, "teacher_prediction": hp.teacher["prediction"], "output": self.output,
+                "guidance": hp.get("guidance")}
 
     def on_train_batch_start(self, batch, batch_idx):
         if int(self.stage) > 0:  # a resumed run: the teacher is a student (its prediction is not saved)
@@ -130,13 +135,18 @@ class ProgressiveDistillationModule(L.LightningModule):
         labels = None if items[0][1] is None else torch.stack([torch.as_tensor(y) for _, y in items])
         return torch.stack([x for x, _ in items]), labels
 
+    def stage_teacher(self, k: int):
+        """Stage k's teacher: the checkpoint, guided (when it is) at stage 0; the previous student after."""
+        g = from_record(self.hparams.get("guidance"))
+        return Guided(self.teacher, g) if k == 0 and g.active else self.teacher
+
     def loss(self, x0: torch.Tensor, generator: torch.Generator, k: int, labels=None) -> torch.Tensor:
         """The stage-k loss; a class-conditional teacher and its student see each sample's label."""
         x0 = x0.to(DTYPE)
         cond = condition_for(self.teacher, labels)
         st, sm, ss = pd.draw_points(self.grids[k], x0.shape[0], generator)
         eps = torch.randn(x0.shape, generator=generator, dtype=DTYPE).to(x0.device)
-        return pd.pd_loss(bind(self.student, cond), bind(self.teacher, cond), x0, eps, st.to(x0.device),
+        return pd.pd_loss(bind(self.student, cond), bind(self.stage_teacher(k), cond), x0, eps, st.to(x0.device),
                           sm.to(x0.device), ss.to(x0.device), self.hparams.weighting)
 
     def training_step(self, batch, batch_idx):
