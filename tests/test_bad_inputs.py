@@ -118,7 +118,7 @@ CASES = [
     ("eval", ["solver=heun", "grid=edm", "nfe=4", "device=nosuch"], ["device='nosuch'", "device=cpu"]),
     # diffode train (method=denoiser, the default)
     ("train", ["method.lr=-1"], ["method.lr=-1 must be positive"]),
-    ("train", ["method.prediction=nosuch"], ["method.prediction='nosuch'", "eps, x0, v, edm"]),
+    ("train", ["method.prediction=nosuch"], ["method.prediction='nosuch'", "eps, x0, v, velocity, edm"]),
     ("train", ["method.ema.decay=1.5"], ["method.ema.decay=1.5", "[0, 1)"]),
     ("train", ["method.sample_nfe=3"], ["method.sample_nfe=3", "reachable"]),
     ("train", ["+method.bogus=1"], ["method.bogus", "conf/method/denoiser.yaml"]),

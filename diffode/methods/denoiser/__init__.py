@@ -1,4 +1,4 @@
-"""Denoiser training (eps / x0 / v / EDM losses): `diffode train method=denoiser` (the default).
+"""Denoiser training (eps / x0 / v / flow-matching velocity / EDM losses): `diffode train method=denoiser` (the default).
 
 Needs data and a network (conf/dataset/, conf/net/, conf/schedule/); exports denoiser_ema.ckpt, the
 small EMA-weights checkpoint every `source=checkpoint` loads, and a final EMA sample grid.
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...core.denoisers import PREDICTIONS, straight_path
 from ...models import export_denoiser, load_denoiser  # noqa: F401  (the loader lives with the model sources)
+from ...spec import build as build_spec
 from ..registry import Context, register_method
 from .module import DenoiserModule, NonFiniteLossError  # noqa: F401
-
-PREDICTIONS = ("eps", "x0", "v", "edm")
 
 
 def _net_spec(ctx: Context) -> dict:
@@ -34,6 +34,15 @@ def check(options: dict, ctx: Context) -> list[str]:
     errors = []
     if options.get("prediction") not in PREDICTIONS:
         errors.append(f"method.prediction={options.get('prediction')!r} is unknown; choose one of {', '.join(PREDICTIONS)}.")
+    schedule = None
+    try:
+        schedule = build_spec(dict(ctx.schedule))
+    except (ValueError, TypeError) as e:
+        errors.append(f"schedule: {e}")
+    if schedule is not None and options.get("prediction") == "velocity" and not straight_path(schedule):
+        errors.append(f"method.prediction=velocity is flow matching's eps - x0, the velocity of the straight path "
+                      f"alpha + sigma = 1, but schedule={schedule.name} curves; use schedule=flow (a flow-matching "
+                      "model), or method.prediction=v for the VP velocity of Salimans & Ho.")
     if options.get("t_sampling") not in ("auto", "uniform", "lognormal"):
         errors.append(f"method.t_sampling={options.get('t_sampling')!r} is unknown; choose auto, uniform or lognormal.")
     if options.get("prediction") == "edm" and options.get("t_sampling") == "uniform":
@@ -93,7 +102,7 @@ def export(module: DenoiserModule, ctx: Context) -> dict:
 
 
 @register_method("denoiser", needs_data=True, check=check, export=export,
-                 description="train a denoiser (eps / x0 / v / EDM)")
+                 description="train a denoiser (eps / x0 / v / velocity / EDM)")
 def build(options: dict, ctx: Context) -> DenoiserModule:
     module = DenoiserModule(net=_net_spec(ctx), schedule=dict(ctx.schedule), data=ctx.datamodule.info(),
                             seed=ctx.seed, out_dir=str(ctx.out_dir), **options)
