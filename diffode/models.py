@@ -5,7 +5,10 @@ the denoiser D(x, sigma) in VE coordinates, the shape of one sample, the schedul
 samples on, and its identity (what artifacts record and check: a checkpoint's sha256, a mixture's
 parameters and hash). Kinds:
 
-- gmm:        the exact denoiser of a Gaussian mixture preset (core.denoisers.GMM_PRESETS), EDM schedule.
+- gmm:        the exact denoiser of a Gaussian mixture preset (core.denoisers.GMM_PRESETS), EDM schedule; with
+              `schedule` (a conf/schedule/ node) and `prediction`, the mixture's exact network of that
+              parameterization under that schedule (core/mixture_nets.py) wrapped like a trained one, e.g. the
+              exact flow-matching model (conf/source/gmm2d_flow.yaml).
 - checkpoint: a diffode denoiser checkpoint (`load_denoiser`); path null is the shipped digits UNet.
 - diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained.
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from .core.conditioning import Conditioned, batch_size as cond_batch, take
@@ -221,6 +225,17 @@ def _range(src, lo: float, hi: float) -> tuple[float, float]:
     return lo, hi
 
 
+def _exact_network(gmm, src) -> tuple[ModelDenoiser, Schedule]:
+    """The mixture's exact network of source.prediction under source.schedule, wrapped as a trained one is."""
+    from .core.mixture_nets import MixtureNet
+
+    spec = _get(src, "schedule")
+    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+    schedule = build(spec)
+    prediction = str(_get(src, "prediction", "eps"))
+    return ModelDenoiser(MixtureNet(gmm, schedule, prediction), schedule, prediction).eval(), schedule
+
+
 def load_model(src) -> Model:
     """A Model from a source config (conf/source/<name>.yaml node or a plain dict with `kind`)."""
     kind = _get(src, "kind")
@@ -230,10 +245,13 @@ def load_model(src) -> Model:
             raise ValueError(f"unknown mixture preset {preset!r}; choose one of {', '.join(GMM_PRESETS)}.")
         params = dict(GMM_PRESETS[preset])
         gmm = make_gmm(**params)
-        schedule = EDM()
-        lo, hi = _range(src, schedule.sigma_min, schedule.sigma_max)
         identity = {"kind": "gmm", "name": preset, "params": params, "hash": tensor_sha1(gmm.mu, gmm.lam, gmm.log_pi)}
-        return Model(gmm, (gmm.dim,), schedule, lo, hi, identity, preset, gmm=gmm)
+        denoiser, schedule = gmm, EDM()
+        if _get(src, "schedule") is not None:
+            denoiser, schedule = _exact_network(gmm, src)
+            identity.update(name=f"{preset}_{schedule.name}", prediction=denoiser.prediction)
+        lo, hi = _range(src, schedule.sigma_min, schedule.sigma_max)
+        return Model(denoiser, (gmm.dim,), schedule, lo, hi, identity, preset, gmm=gmm)
     if kind == "checkpoint":
         path = checkpoint_path(src)
         if not path.is_file():
