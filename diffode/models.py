@@ -10,7 +10,9 @@ parameters and hash). Kinds:
               parameterization under that schedule (core/mixture_nets.py) wrapped like a trained one, e.g. the
               exact flow-matching model (conf/source/gmm2d_flow.yaml).
 - checkpoint: a diffode denoiser checkpoint (`load_denoiser`); path null is the shipped digits UNet.
-- diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained.
+- diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained, or a flow-matching
+              SD3Transformer2DModel + FlowMatchEuler scheduler (transformer/ + scheduler/): flow schedule,
+              velocity parameterization (nets/diffusers_flow.py).
 
 The sigma range is the source's sigma_min / sigma_max when set, else the model's own (its schedule's).
 
@@ -267,21 +269,28 @@ def load_model(src) -> Model:
                      info={**info, "path": str(path.resolve())})
     if kind == "diffusers":
         from .nets.diffusers_adapter import load_diffusers_unet
+        from .nets.diffusers_flow import is_flow_folder, load_diffusers_flow
 
         path = Path(str(_get(src, "path", ""))).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"source.path={str(path)!r} is not a directory; point it at a folder written by "
-                                    "diffusers' save_pretrained (unet/ + scheduler/).")
-        den = load_diffusers_unet(path)
-        cfg = den.net.unet.config
-        size = cfg.sample_size
-        shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
+                                    "diffusers' save_pretrained (unet/ + scheduler/, or transformer/ + scheduler/ "
+                                    "of a flow model).")
+        extra = {}
+        if is_flow_folder(path):  # a flow-matching transformer (SD3): flow schedule, velocity
+            den, extra = load_diffusers_flow(path)
+            shape = tuple(extra["shape"])
+        else:
+            den = load_diffusers_unet(path)
+            cfg = den.net.unet.config
+            size = cfg.sample_size
+            shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
         lo, hi = _range(src, den.schedule.sigma_min, den.schedule.sigma_max)
         weights = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin"))
         sha = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
         identity = {"kind": "diffusers", "name": path.name, "sha256": sha}
         return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
-                     info={"path": str(path.resolve())})
+                     info={"path": str(path.resolve()), **extra})
     raise ValueError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)} "
                      "(source=gmm2d | gmm16d | checkpoint | diffusers).")
 
