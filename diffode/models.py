@@ -212,11 +212,16 @@ def _get(src, key, default=None):
 
 
 def checkpoint_path(src) -> Path:
-    """The checkpoint a `checkpoint` source names (path null: the shipped digits UNet)."""
+    """The checkpoint a `checkpoint` source names (path null: the shipped digits UNet; asset:<file>: one shipped
+    in diffode/assets)."""
     from .config import asset
 
     p = _get(src, "path")
-    return asset(DIGITS_UNET) if p in (None, "") else Path(str(p)).expanduser()
+    if p in (None, ""):
+        return asset(DIGITS_UNET)
+    if str(p).startswith("asset:"):  # a checkpoint shipped in diffode/assets (asset:digits_flow.ckpt)
+        return asset(str(p)[len("asset:"):])
+    return Path(str(p)).expanduser()
 
 
 def _range(src, lo: float, hi: float) -> tuple[float, float]:
