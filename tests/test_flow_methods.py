@@ -135,3 +135,14 @@ def test_reflow_straightens_the_exact_flow_mixture(tmp_path):
     man = load_sampler(res["exported"]["rectified_1"]).manifest["metrics"]
     assert man["rmse_vs_teacher"] < 0.5 * man["teacher_euler_rmse_vs_teacher"], man
     assert man["straightness_2rf"] < 0.5 * man["straightness_teacher"], man
+
+
+def test_consistency_distillation_of_a_flow_model(tmp_path, flow_mlp):
+    res = train(cfg(tmp_path, f"source.path={flow_mlp}", "method=consistency_distillation", "dataset=gmm2d",
+                    "dataset.n_train=64", "dataset.batch_size=16", "trainer.max_steps=3", "method.n_val=8",
+                    "method.reference_nfe=10", "method.sample_steps=[1,2]", "trainer.limit_val_batches=1",
+                    "sample_every_n_steps=3", "logger=none", "threads=1"))
+    paths = list(res["exported"].values())
+    m = load_model({"kind": "checkpoint", "path": str(flow_mlp)})
+    artifacts_load_and_sample(paths, m)
+    assert load_sampler(paths[0]).student.denoiser.prediction == "velocity"

@@ -12,7 +12,8 @@ Liu, Gong & Liu (ICLR 2023, "Flow straight and fast"), and InstaFlow (Liu et al.
    Euler steps stay on the line from z to x0.
 
 Stages are a pure function of the global step (stage 0: reflow for `reflow_updates`; stage 1 + j: student of
-distill_steps[j] for `distill_updates`), as in progressive distillation, so one fit runs them all and a resumed
+distill_steps[j] for `distill_updates`; Adam, its learning rate falling linearly to 0 within each stage, no EMA),
+as in progressive distillation, so one fit runs them all and a resumed
 job continues mid-stage: the checkpoint holds the student, the reflowed model and the stage counter, and every
 step's pair indices and times come from a generator seeded by (seed, step, rank). Each stage starts Adam afresh;
 each distillation stage starts from the reflowed model's weights. Students are written to <out_dir>/students/.
@@ -213,7 +214,14 @@ class ReflowModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return torch.optim.Adam(self.student.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+        opt = torch.optim.Adam(self.student.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor),
+                                                   "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """Linear from 1 to 0 within each stage (as progressive distillation's); each stage starts again at 1."""
+        k = self.stage_of(step)
+        return 1.0 - (step - self.starts[k]) / max(self.updates[k], 1)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
