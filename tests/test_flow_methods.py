@@ -146,3 +146,40 @@ def test_consistency_distillation_of_a_flow_model(tmp_path, flow_mlp):
     m = load_model({"kind": "checkpoint", "path": str(flow_mlp)})
     artifacts_load_and_sample(paths, m)
     assert load_sampler(paths[0]).student.denoiser.prediction == "velocity"
+
+
+def _fit(module, max_steps, out_dir, ckpt_path=None, record=None):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Rec(L.Callback):
+        def on_train_batch_end(self, trainer, m, outputs, batch, batch_idx):
+            record.append((trainer.global_step - 1, float(outputs["loss"])))
+
+    module.epoch_updates = 4
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                                   every_n_epochs=1, save_on_train_epoch_end=True), Rec()],
+                        default_root_dir=str(out_dir))
+    trainer.fit(module, ckpt_path=ckpt_path)
+
+
+def test_reflow_resumed_mid_distillation_ends_with_the_same_students(tmp_path):
+    """Stages 6 (reflow) + 4 + 4 (1- and 2-step students): a run killed at step 8, in the first distillation,
+    and resumed from its last checkpoint gives the same losses and the same students as an uninterrupted one."""
+    def module(out):
+        spec, options, ctx = prepare(cfg(out, *FLOW_MIXTURE, *TINY_REFLOW, f"method.cache_dir={tmp_path / 'cache'}"))
+        return spec.build(options, ctx)
+
+    full, part = [], []
+    _fit(module(tmp_path / "full"), 14, tmp_path / "full", record=full)
+    _fit(module(tmp_path / "part"), 8, tmp_path / "part", record=part)
+    _fit(module(tmp_path / "part"), 14, tmp_path / "part", ckpt_path=str(tmp_path / "part" / "checkpoints" / "last.ckpt"),
+         record=part)
+    assert [s for s, _ in full] == [s for s, _ in part] == list(range(14))
+    assert [v for _, v in full] == [v for _, v in part]
+    for name in ("rectified", "1", "2"):
+        a = torch.load(tmp_path / "full" / "students" / f"{name}.ckpt", weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "part" / "students" / f"{name}.ckpt", weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -208,9 +208,12 @@ class ReflowModule(L.LightningModule):
         return total / len(times)
 
     # -- optimisation --------------------------------------------------------------------------
+    epoch_updates = 100  # an epoch paces this many updates: checkpoints (at epoch ends) come that often
+
     def train_dataloader(self):
         # paces the loop only: every step draws its pair indices from its own generator (resume-exact)
-        return torch.utils.data.DataLoader(torch.arange(max(self.total_updates, 1)), batch_size=1)
+        return torch.utils.data.DataLoader(torch.arange(max(min(self.total_updates, self.epoch_updates), 1)),
+                                           batch_size=1)
 
     def configure_optimizers(self):
         hp = self.hparams
