@@ -183,3 +183,24 @@ def test_reflow_resumed_mid_distillation_ends_with_the_same_students(tmp_path):
         a = torch.load(tmp_path / "full" / "students" / f"{name}.ckpt", weights_only=True)["state_dict"]
         b = torch.load(tmp_path / "part" / "students" / f"{name}.ckpt", weights_only=True)["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_each_distillation_stage_starts_from_the_rectified_flow(tmp_path):
+    spec, options, ctx = prepare(cfg(tmp_path, *FLOW_MIXTURE, *TINY_REFLOW))
+    m = spec.build(options, ctx)
+
+    def perturb():
+        with torch.no_grad():
+            for p in m.student.parameters():
+                p.add_(torch.randn_like(p))
+        return {k: v.clone() for k, v in m.student.state_dict().items()}
+
+    reflowed = perturb()
+    m._finish_stage()  # end of reflow: the student becomes the rectified flow
+    assert all(torch.equal(m.rectified.state_dict()[k], v) for k, v in reflowed.items())
+    one_step = perturb()
+    m._finish_stage()  # end of the 1-step student: saved, and the 2-step one starts from the rectified flow again
+    assert all(torch.equal(m.student.state_dict()[k], v) for k, v in reflowed.items())
+    saved = torch.load(tmp_path / "students" / "1.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[f"denoiser.{k}"], v) for k, v in one_step.items())
+    assert int(m.stage) == 2
