@@ -22,6 +22,8 @@ shipped, on its float32 sigmas, where float32 round-off is what is left. Rows (d
                           the model output of the uncorrected state (order 1 to t = 0 returns that output):
                           the correction never reaches the sample, exactly as diffode skips it on its last step.
   UniPC's start        1 - 1e-6 (VE sigma ~1e6), not a point of its shifted grid; diffode takes the points as given.
+  DPM's timesteps      int64(1000 t): a diffusers pipeline conditions the network on the truncated t while the
+                          solver steps with the exact one; diffode conditions on the exact t (measured below).
 """
 from __future__ import annotations
 
@@ -155,3 +157,22 @@ def test_unipc_with_flow_sigmas_is_unipc_bh2_up_to_its_last_positive_sigma(diffu
     # and the sample: diffusers' last step returns the output at that (uncorrected) state, as denoise_to_zero does
     out = ours("unipc_bh2", z, sig[:-1], order=2, lower_order_final=False, denoise_to_zero=True)
     torch.testing.assert_close(out, final, rtol=0, atol=tol)
+
+
+def test_dpm_solver_pipelines_condition_the_net_on_truncated_timesteps(diffusers64):
+    """Named difference: with use_flow_sigmas DPMSolverMultistep's timesteps are int64(1000 t), and a pipeline
+    hands the network those (t truncated by up to 1e-3) while the solver steps with the exact t; diffode conditions
+    the network on the t of the point it evaluates. Driving the exact model with the truncated t moves the sample
+    by far more than round-off."""
+    z = _z()
+    n = 10
+    exact, _, sig = run_peer(_dpm(diffusers64, 2, n), z, n)
+    s = _dpm(diffusers64, 2, n)
+    s.set_timesteps(n)
+    assert s.timesteps.dtype == torch.int64 and [int(v) for v in s.timesteps] == [int(1000 * float(t)) for t in sig[:-1]]
+    x = z.clone()
+    for i, ts in enumerate(s.timesteps):
+        t = float(ts) / 1000  # what the network sees in a diffusers pipeline
+        u = (x - GMM.denoise(x, 1 - t, t)) / t
+        x = s.step(u, ts, x).prev_sample
+    assert float((x - exact).abs().max()) > 5e-4  # measured 1.1e-3 (RMS 5e-4), 1e8 x the round-off
