@@ -257,3 +257,34 @@ def test_bad_shifts_are_refused(kw, match):
 def test_a_given_grid_takes_no_shift():
     with pytest.raises(ValueError, match="takes no shift"):
         make_grid("explicit", 2, Flow(), sigmas=[100.0, 1.0, 0.01], shift=3.0)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+def test_lognormal_sigma_under_the_flow_schedule_is_sd3s_logit_normal_t():
+    """t_sampling=lognormal with (p_mean, p_std) = (m, s) draws t = sigmoid(m + s n): SD3's logit-normal(m, s)."""
+    from diffode.methods.denoiser.losses import t_lognormal
+
+    sch = Flow(t_min=1e-12, t_max=1 - 1e-12)
+    t = t_lognormal(sch, 4096, torch.Generator().manual_seed(0), p_mean=0.3, p_std=1.2)
+    n = torch.randn(4096, dtype=F64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(t, torch.sigmoid(0.3 + 1.2 * n), rtol=1e-12, atol=1e-15)
+
+
+def test_the_velocity_loss_is_flow_matching_and_a_weighted_denoiser_loss():
+    """|u - (eps - x0)|^2 at x_t = (1 - t) x0 + t eps; in denoiser terms |D - x0|^2 / t^2 (D = x_t - t u)."""
+    from diffode.methods.denoiser.losses import velocity_loss
+
+    class Net(nn.Module):
+        def forward(self, x, c):
+            return torch.tanh(x) * (c[:, None] / 1000)
+
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(2, 64, 3, dtype=F64, generator=g)
+    t = torch.rand(64, dtype=F64, generator=g) * 0.98 + 0.01
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * eps
+    u = Net()(x_t, 1000 * t)
+    loss = velocity_loss(Net(), Flow(), x0, t, eps)
+    torch.testing.assert_close(loss, (u - (eps - x0)).square().mean(), rtol=1e-14, atol=0)
+    D = x_t - t[:, None] * u
+    torch.testing.assert_close(loss, ((D - x0).square() / t[:, None] ** 2).mean(), rtol=1e-12, atol=0)
