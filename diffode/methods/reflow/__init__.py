@@ -87,8 +87,7 @@ def check(options: dict, ctx: Context) -> list[str]:
         errors.append(f"method.distill_steps={o.get('distill_steps')} must be a list of step counts >= 1, e.g. [1, 2].")
     if not all(isinstance(k, int) and k >= 1 for k in list(o.get("rectified_steps") or [])):
         errors.append(f"method.rectified_steps={o.get('rectified_steps')} must be a list of step counts >= 1.")
-    if stage_updates(o.get("reflow_updates") or 0, o.get("distill_updates") or 0, ks) and \
-            sum(stage_updates(o.get("reflow_updates") or 0, o.get("distill_updates") or 0, ks)) < 1:
+    if sum(stage_updates(o.get("reflow_updates") or 0, o.get("distill_updates") or 0, ks)) < 1:
         errors.append("method.reflow_updates + distill_updates x len(distill_steps) must be >= 1.")
     if o.get("t_sampling") not in T_SAMPLING:
         errors.append(f"method.t_sampling={o.get('t_sampling')!r} is unknown; choose uniform (Liu et al.) or lognormal "
@@ -110,8 +109,7 @@ def check(options: dict, ctx: Context) -> list[str]:
                           "k: use time_uniform (the flow models' own), logsnr or edm.")
         else:
             for k in set(ks) | set(o.get("rectified_steps") or []):
-                make_grid(kind, int(k), None if m is None else m.schedule, sigma_min=m.sigma_min,
-                          sigma_max=m.sigma_max, **gopts)
+                make_grid(kind, int(k), m.schedule, sigma_min=m.sigma_min, sigma_max=m.sigma_max, **gopts)
     except ValueError as e:
         errors.append(f"method.grid={o.get('grid')}: {e}")
     net, _ = _teacher_net(m)
