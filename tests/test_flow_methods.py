@@ -127,14 +127,16 @@ def test_the_reflow_loss_is_flow_matching_on_the_coupled_pairs(tmp_path):
 
 def test_reflow_straightens_the_exact_flow_mixture(tmp_path):
     """After reflow, one Euler step from z lands near the teacher's solve from z; the teacher's own one Euler step
-    lands on the mixture's mean (its velocity at t_max points there), far from it."""
+    lands on the mixture's mean (its velocity at t_max points there), far from it. Straightness (Liu et al.):
+    E_t |(z - x0) - u(x_t, t)|^2 on the held-out pairs, which the exact teacher's curved paths make large."""
     res = train(cfg(tmp_path, *FLOW_MIXTURE, "method=reflow", f"+method.student_net={MLP.replace('32', '64')}",
-                    "method.n_pairs=1024", "method.val_pairs=128", "method.reflow_updates=400",
+                    "method.n_pairs=1024", "method.val_pairs=128", "method.reflow_updates=150",
                     "method.distill_updates=0", "method.distill_steps=[]", "method.rectified_steps=[1]",
                     "method.batch_size=128", "method.lr=3e-3", "method.teacher.nfe=12"))
     man = load_sampler(res["exported"]["rectified_1"]).manifest["metrics"]
-    assert man["rmse_vs_teacher"] < 0.5 * man["teacher_euler_rmse_vs_teacher"], man
-    assert man["straightness_2rf"] < 0.5 * man["straightness_teacher"], man
+    # measured: 1-step RMSE 0.13 against the teacher's 0.68; straightness 0.018 against 0.26
+    assert man["rmse_vs_teacher"] < 0.3 * man["teacher_euler_rmse_vs_teacher"], man
+    assert man["straightness_2rf"] < 0.2 * man["straightness_teacher"], man
 
 
 def test_consistency_distillation_of_a_flow_model(tmp_path, flow_mlp):
