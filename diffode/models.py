@@ -90,16 +90,29 @@ class Model:
         self.check_condition(cond)
         return Conditioned(self.denoiser, cond)
 
+    def plan(self, **options):
+        """The Plan (diffode.core.sample) of sample()'s options (solver, nfe, grid, ...) on this model's schedule
+        and sigma range: every check of the sampling setup, before any compute."""
+        from .core.sample import check_sampling_config
+
+        return check_sampling_config(schedule=self.schedule, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+                                     **options)
+
     def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, cond=None, return_info: bool = False,
-               **options):
+               plan=None, **options):
         """`diffode.sample` of x_T on this model's schedule and sigma range, batch by batch, without
         gradients (memory only: a sample does not depend on its batch). `cond`: one condition per row of
         x_T (bound per batch). `progress` names a bar over the batches (None: no bar); options are
-        sample()'s (solver, nfe, grid, ...). return_info: also dict(nfe, forwards) per sample."""
+        sample()'s (solver, nfe, grid, ...), planned once for every batch, or `plan` is the one made
+        beforehand (self.plan). return_info: also dict(nfe, forwards) per sample."""
         from tqdm import tqdm
 
-        from .core.sample import sample
+        from .core.sample import run_plan
 
+        if plan is not None and options:
+            raise ValueError(f"Model.sample takes a plan or the sampling options that make one, not both (got "
+                             f"{sorted(options)} with the plan); make the plan with them: model.plan(...).")
+        plan = self.plan(**options) if plan is None else plan
         if cond is not None and cond_batch(cond) != x_T.shape[0]:
             raise ValueError(f"{cond_batch(cond)} conditions for {x_T.shape[0]} samples; give one per sample")
         n, bs = x_T.shape[0], int(batch_size)
@@ -107,8 +120,7 @@ class Model:
         with torch.no_grad():
             for lo in tqdm(range(0, n, bs), desc=progress, unit="batch", disable=progress is None):
                 part = slice(lo, min(lo + bs, n))
-                x, info = sample(self.denoiser_for(take(cond, part)), x_T[part], schedule=self.schedule,
-                                 sigma_min=self.sigma_min, sigma_max=self.sigma_max, return_info=True, **options)
+                x, info = run_plan(self.denoiser_for(take(cond, part)), x_T[part], plan, return_info=True)
                 out.append(x)
                 counts = {k: max(counts.get(k, 0), info[k]) for k in ("nfe", "forwards")}
         x = torch.cat(out)
@@ -174,8 +186,15 @@ def load_denoiser(ckpt_path, ema: bool = True, map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the path of a .ckpt written by "
                                 "`diffode train` (<run dir>/checkpoints/last.ckpt or denoiser_ema.ckpt)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hp = ckpt["hyper_parameters"]
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        hp = ckpt["hyper_parameters"]
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged or foreign file)
+        # torch's own text for a foreign pickle suggests weights_only=False, which diffode never does
+        why = "not a torch zip file, or a damaged one" if not isinstance(e, KeyError) else f"no {e} in it"
+        raise ValueError(f"{str(path)!r} is not a readable diffode checkpoint ({type(e).__name__}: {why}); pass a "
+                         "checkpoint written by `diffode train` (denoiser_ema.ckpt or checkpoints/last.ckpt), or "
+                         "copy it again if it was damaged.") from None
     if ema or "current_model_state" not in ckpt:
         if ema and not ckpt.get("ema", "current_model_state" in ckpt):
             log.warning("%s holds no EMA weights; loading the raw weights", path)
@@ -250,7 +269,10 @@ def load_model(src) -> Model:
         preset = _get(src, "preset")
         if preset not in GMM_PRESETS:
             raise ValueError(f"unknown mixture preset {preset!r}; choose one of {', '.join(GMM_PRESETS)}.")
-        params = dict(GMM_PRESETS[preset])
+        params = {**GMM_PRESETS[preset], **dict(_get(src, "params", {}))}  # source.params: a variant of the preset
+        if set(params) - set(GMM_PRESETS[preset]):
+            raise ValueError(f"source.params {sorted(set(params) - set(GMM_PRESETS[preset]))}: a mixture takes "
+                             f"{', '.join(GMM_PRESETS[preset])}, e.g. +source.params.spread=0.7.")
         gmm = make_gmm(**params)
         identity = {"kind": "gmm", "name": preset, "params": params, "hash": tensor_sha1(gmm.mu, gmm.lam, gmm.log_pi)}
         denoiser, schedule = gmm, EDM()

@@ -194,7 +194,7 @@ def _cfg(tmp_path, *overrides):
 def test_diffode_report_rerenders_a_finished_sweep_from_its_table(tmp_path, monkeypatch):
     import diffode.evaluation.render as render
     from diffode.cli.errors import ConfigError
-    from diffode.cli.evaluate import evaluate
+    from diffode.evaluation.runner import evaluate
     from diffode.cli.report import report
 
     torch.set_num_threads(1)
@@ -204,7 +204,8 @@ def test_diffode_report_rerenders_a_finished_sweep_from_its_table(tmp_path, monk
     for name in pictures:
         (tmp_path / name).unlink()
     drawn = []
-    monkeypatch.setattr(render, "sample_cell", lambda c, *a: drawn.append(c.key) or torch.randn(64, 2))
+    real = render.sample_cell  # drawn along the cell's plan: validated, as evaluate() does
+    monkeypatch.setattr(render, "sample_cell", lambda c, *a: drawn.append(c.key) or real(c, *a))
     reps = {f.name for f in (tmp_path / "samples").glob("*.png")}
     missing = samples_png(tmp_path, {"solver": "dpmpp_2m", "grid": "logsnr", "nfe": 10})  # a contact-sheet cell
     missing.unlink()

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 MLP = "{_target_: diffode.nets.mlp.MLP, dim: 2, hidden: 32, depth: 2}"
 FLOW_MIXTURE = ["source=gmm2d_flow", "logger=none", "threads=1"]
-TINY_REFLOW = ["method=reflow", f"+method.student_net={MLP}", "method.n_pairs=64", "method.val_pairs=16",
+TINY_REFLOW = ["method=reflow", f"method.student_net={MLP}", "method.n_pairs=64", "method.val_pairs=16",
                "method.reflow_updates=6", "method.distill_updates=4", "method.batch_size=16", "method.teacher.nfe=8"]
 
 
@@ -121,7 +121,7 @@ def test_the_reflow_loss_is_flow_matching_on_the_coupled_pairs(tmp_path):
     u = net(x_t.float(), (1000 * t).float()).double()
     torch.testing.assert_close(module.loss(z, x0, t).double(), (u - (z - x0)).square().mean(), rtol=1e-5, atol=1e-7)
     # a distillation stage trains at its k-step grid's start times only
-    times = module.stage_times(1 + options["distill_steps"].index(1))
+    times = module.stage_times(1 + options.distill_steps.index(1))
     assert times.numel() == 1 and float(times[0]) == pytest.approx(ctx.teacher.schedule.t_max)
 
 
@@ -129,7 +129,7 @@ def test_reflow_straightens_the_exact_flow_mixture(tmp_path):
     """After reflow, one Euler step from z lands near the teacher's solve from z; the teacher's own one Euler step
     lands on the mixture's mean (its velocity at t_max points there), far from it. Straightness (Liu et al.):
     E_t |(z - x0) - u(x_t, t)|^2 on the held-out pairs, which the exact teacher's curved paths make large."""
-    res = train(cfg(tmp_path, *FLOW_MIXTURE, "method=reflow", f"+method.student_net={MLP.replace('32', '64')}",
+    res = train(cfg(tmp_path, *FLOW_MIXTURE, "method=reflow", f"method.student_net={MLP.replace('32', '64')}",
                     "method.n_pairs=1024", "method.val_pairs=128", "method.reflow_updates=150",
                     "method.distill_updates=0", "method.distill_steps=[]", "method.rectified_steps=[1]",
                     "method.batch_size=128", "method.lr=3e-3", "method.teacher.nfe=12"))

@@ -61,6 +61,18 @@ def test_the_stage_hook_sees_the_full_grids_step_index():
     assert seen == [1, 2]
 
 
+def test_a_solver_whose_steps_span_several_intervals_stops_only_between_them():
+    """dpm_solver_3 with inner=grid takes one step of order 3 over three grid intervals: it can stop after
+    interval 3 (the state the full solve holds there), not inside."""
+    grid = torch.tensor([80.0, 20.0, 5.0, 1.0, 0.3, 0.05, 0.002], dtype=torch.float64)
+    kw = dict(solver="dpm_solver_3", nfe=None, grid=grid, inner="grid")
+    full, traj = sample(GMM, _x_T(), **kw, return_trajectory=True)
+    assert len(traj) == 2
+    assert torch.equal(sample(GMM, _x_T(), **kw, stop=3), traj[0])
+    with pytest.raises(ValueError, match="cannot stop after step 2"):
+        sample(GMM, _x_T(), **kw, stop=2)
+
+
 def test_partial_solve_errors():
     grid = torch.tensor([80.0, 1.0, 0.002], dtype=torch.float64)
     for kw, match in ((dict(stop=3), "sub-range"), (dict(start=2), "sub-range"), (dict(start=1, stop=1), "sub-range"),

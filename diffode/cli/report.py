@@ -15,13 +15,13 @@ from .errors import ConfigError, hydra_entry
 def report(cfg: DictConfig, rendered_by: str = "") -> str:
     from diffode.evaluation.render import render
 
-    from .evaluate import _output_dir, settings_hash
+    from diffode.evaluation.runner import output_dir, settings_hash
 
     if not cfg.get("output_dir"):
         raise ConfigError("diffode report needs output_dir=<the run directory of a finished diffode eval>, "
                           "e.g. diffode report experiment=eval_main output_dir=experiments/main_job")
     try:
-        path = render(cfg, _output_dir(cfg), settings_hash(cfg), rendered_by)
+        path = render(cfg, output_dir(cfg), settings_hash(cfg), rendered_by)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     print(f"wrote {path} and its figures")
@@ -30,9 +30,9 @@ def report(cfg: DictConfig, rendered_by: str = "") -> str:
 
 @hydra_entry(config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from .evaluate import _overrides
+    from diffode.evaluation.runner import task_overrides
 
-    report(cfg, " ".join(["diffode report", *_overrides()]))
+    report(cfg, " ".join(["diffode report", *task_overrides()]))
 
 
 if __name__ == "__main__":

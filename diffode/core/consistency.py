@@ -1,4 +1,4 @@
-"""Consistency models (Song et al., ICML 2023): the parameterisation, the training grid, the distances.
+"""Consistency models (Song et al., ICML 2023): the parameterisation, the training grid, the teacher step.
 
 A consistency function maps every point (x, sigma) of a PF-ODE trajectory to the trajectory's origin.
 It is parameterised (CM Sec. 3, App. C) so that the boundary condition f(x, sigma_min) = x holds exactly
@@ -25,7 +25,6 @@ arithmetic broadcasts, so it is exactly the zoo's step.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +34,6 @@ from .grids import edm as _edm_grid
 from .schedules import DTYPE
 from .solvers.registry import get_solver
 
-DISTANCES = ("l2", "l1", "pseudo_huber")
-HUBER_C_PER_SQRT_DIM = 0.00054  # iCT: c = 0.00054 sqrt(d), d the data dimension
 
 
 def _per_sample(sigma, x: Tensor) -> Tensor:
@@ -127,43 +124,6 @@ def teacher_step(denoiser, x: Tensor, sigma_cur: Tensor, sigma_next: Tensor, sol
         return denoiser(x_, s.reshape(x_.shape[0]) if s.ndim else s)
 
     return spec.fn(D, x, grid, **options)
-
-
-# -- distances (per sample, [B]) ---------------------------------------------------------------
-
-def l2(a: Tensor, b: Tensor) -> Tensor:
-    """Per-pixel mean squared difference (the CM code's mean_flat, which its learning rates assume)."""
-    return (a - b).flatten(1).pow(2).mean(1)
-
-
-def l1(a: Tensor, b: Tensor) -> Tensor:
-    return (a - b).flatten(1).abs().mean(1)
-
-
-def huber_c(dim: int) -> float:
-    return HUBER_C_PER_SQRT_DIM * math.sqrt(dim)
-
-
-def pseudo_huber(a: Tensor, b: Tensor, c: float | None = None) -> Tensor:
-    """sqrt(|a - b|^2 + c^2) - c on the per-sample Euclidean norm (iCT), c = 0.00054 sqrt(d) by default.
-
-    Written as |a - b|^2 / (sqrt(|a - b|^2 + c^2) + c), the same number without the cancellation that
-    the plain form suffers once the student is close to its target (|a - b| << c)."""
-    diff = (a - b).flatten(1)
-    c = huber_c(diff.shape[1]) if c is None else float(c)
-    sq = diff.pow(2).sum(1)
-    return sq / (torch.sqrt(sq + c * c) + c)
-
-
-def make_distance(name: str, huber_c_: float | None = None):
-    """d(a, b) -> [B] for l2, l1, pseudo_huber (LPIPS is built by the method: it needs weights)."""
-    if name == "l2":
-        return l2
-    if name == "l1":
-        return l1
-    if name == "pseudo_huber":
-        return lambda a, b: pseudo_huber(a, b, huber_c_)
-    raise ValueError(f"unknown distance {name!r}; choose one of {', '.join(DISTANCES)} (or lpips in the method)")
 
 
 # -- target network ---------------------------------------------------------------------------

@@ -32,7 +32,8 @@ What it adds around a registered solver (diffode/core/solvers/registry.py):
   starts its history afresh there. AFS only at start 0.
 
 Per-step hook for AMED (and any learned intermediate point), diffode/core/stage.py: the solvers amed,
-heun, dpm_solver_2, euler/ddim, ipndm and dpmpp_2m take an option `midpoints`, a callable
+heun, dpm_solver_2, euler/ddim, ipndm and dpmpp_2m take an option `midpoints` (dpm_solver_3 too, whose hook
+returns a pair of stages), a callable
 (i, sigma_cur, sigma_next, x) -> Stage(sigma, c, a) or a bare sigma tensor, the stage point of step i
 (keep it differentiable: no .item()). The default is sigma_next for heun (the trapezoid rule; any other
 point gives the second-order two-stage RK family with weights 1 - 1/(2c), 1/(2c), c the stage's
@@ -51,6 +52,7 @@ with x the state at sigma = sigmas[i + 1] (solvers/_common.py: report).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -58,7 +60,7 @@ from torch import Tensor
 from .conditioning import forwards_of
 from .grids import GRIDS, load_grid_file, make_grid, validate_sigmas
 from .schedules import DTYPE
-from .solvers.registry import get_solver
+from .solvers.registry import SolverSpec, get_solver
 
 _FRAMEWORK_ARGS = {"denoiser", "x", "sigmas", "net_sigmas", "callback"}
 
@@ -131,8 +133,34 @@ def steps_for_nfe(solver: str, nfe: int, afs: bool = False, denoise_to_zero: boo
 
 # -- planning: everything that can fail before compute ------------------------------------------
 
-def _plan(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero, sigma_min, sigma_max, net_sigmas,
-          solver_options):
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What a solve follows, decided once before any denoiser call: the solver, its complete options, the
+    grid and the counted calls. `check_sampling_config` makes it (and is where every check lives); `run_plan`
+    follows it on any number of batches, so a sweep or a batched `Model.sample` plans a cell once."""
+    spec: SolverSpec
+    options: dict  # the solver's defaults merged with the caller's (a hook module included)
+    given: dict  # the caller's solver options, as given (for messages)
+    sigmas: Tensor  # float64, steps + 1 points (a tensor grid keeps its graph: LD3 learns through it)
+    net_sigmas: Tensor | None
+    afs: bool
+    denoise_to_zero: bool
+    nfe: int | None  # the calls the whole solve makes; None for an adaptive solver (its error control decides)
+
+    @property
+    def steps(self) -> int:
+        return self.sigmas.numel() - 1
+
+    @property
+    def solver(self) -> str:
+        return self.spec.name
+
+
+def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_options=None, schedule=None,
+                          afs: bool = False, denoise_to_zero: bool = False, *, sigma_min=None, sigma_max=None,
+                          net_sigmas=None, **solver_options) -> Plan:
+    """Validate a sampling setup before any compute (ValueError with the fix otherwise) and return the Plan
+    sample() follows: its steps, sigmas, net_sigmas and nfe."""
     spec = get_solver(solver)
     opts = _solver_options(spec, solver_options)
     grid_options = dict(grid_options or {})
@@ -172,20 +200,8 @@ def _plan(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero, sigma
         if net_sigmas.shape != sigmas.shape:
             raise ValueError(f"net_sigmas has shape {tuple(net_sigmas.shape)} but the grid has {sigmas.numel()} "
                              "points; give one conditioning sigma per grid point.")
-    steps = sigmas.numel() - 1
-    expected = None if spec.adaptive else _calls(spec, steps, opts, afs, denoise_to_zero)
-    return spec, opts, steps, sigmas, net_sigmas, expected
-
-
-def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_options=None, schedule=None,
-                          afs: bool = False, denoise_to_zero: bool = False, *, sigma_min=None, sigma_max=None,
-                          net_sigmas=None, **solver_options) -> dict:
-    """Validate a sampling setup before any compute; ValueError with the fix otherwise.
-
-    Returns dict(steps, sigmas, net_sigmas, nfe) of the plan sample() would follow."""
-    spec, opts, steps, sigmas, net, expected = _plan(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero,
-                                                     sigma_min, sigma_max, net_sigmas, solver_options)
-    return dict(steps=steps, sigmas=sigmas, net_sigmas=net, nfe=expected)
+    expected = None if spec.adaptive else _calls(spec, sigmas.numel() - 1, opts, afs, denoise_to_zero)
+    return Plan(spec, opts, dict(solver_options), sigmas, net_sigmas, bool(afs), bool(denoise_to_zero), expected)
 
 
 # -- denoiser wrappers ---------------------------------------------------------------------------
@@ -300,14 +316,24 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
     """Integrate the PF-ODE from x_T at sigmas[0] (x_T = sigma_max * z) with exactly `nfe` denoiser calls.
 
     grid: a name in GRIDS (options in grid_options) or a tensor/list of sigmas. start / stop: a partial
-    solve (steps start..stop-1 of the plan). See the module docstring."""
-    spec, opts, steps, sigmas, net_sigmas, expected = _plan(solver, nfe, grid, grid_options, schedule, afs,
-                                                            denoise_to_zero, sigma_min, sigma_max, net_sigmas,
-                                                            solver_options)
+    solve (steps start..stop-1 of the plan). See the module docstring. The same as
+    run_plan(denoiser, x_T, check_sampling_config(solver, nfe, grid, ...), ...)."""
+    plan = check_sampling_config(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero, sigma_min=sigma_min,
+                                 sigma_max=sigma_max, net_sigmas=net_sigmas, **solver_options)
+    return run_plan(denoiser, x_T, plan, start=start, stop=stop, callback=callback,
+                    return_trajectory=return_trajectory, return_info=return_info, generator=generator)
+
+
+def run_plan(denoiser, x_T: Tensor, plan: Plan, *, start: int = 0, stop: int | None = None, callback=None,
+             return_trajectory: bool = False, return_info: bool = False, generator: torch.Generator | None = None):
+    """sample() along a Plan made beforehand (check_sampling_config): the plan is read, never changed, so one
+    plan serves every batch."""
+    spec, steps, afs, denoise_to_zero = plan.spec, plan.steps, plan.afs, plan.denoise_to_zero
+    opts = dict(plan.options)  # this solve's copy: the hook and the generator are set per call
     start, stop = (0, steps) if spec.adaptive else _span(start, stop, steps, afs)
     whole = start == 0 and stop == steps
-    sigmas = sigmas.to(x_T.device)
-    net_sigmas = None if net_sigmas is None else net_sigmas.to(x_T.device)
+    sigmas = plan.sigmas.to(x_T.device)
+    net_sigmas = None if plan.net_sigmas is None else plan.net_sigmas.to(x_T.device)
     cost = denoiser
     hook = opts.get("midpoints")
     if hook is not None and not isinstance(hook, (Tensor, float, int)):
@@ -337,6 +363,10 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
     tail = sigmas[start:], None if net_sigmas is None else net_sigmas[start:]
     try:
         x = spec.fn(D, x_T, tail[0], net_sigmas=tail[1], callback=on_step, **opts)
+        if stop < steps:  # the solver never reported step stop-1: one of its steps spans several grid intervals
+            raise ValueError(f"solver {plan.solver!r} with options {plan.given} takes steps spanning several grid "
+                             f"intervals (it reported after {steps_at}), so it cannot stop after step {stop}; stop "
+                             "at one of those, or solve the whole grid.")
     except _Stop as reached:
         x = reached.x
     _check_steps(flags, steps_at, sigmas)
@@ -347,9 +377,9 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
         _check_finite(x, steps, sigmas[-1], where="the final denoise-to-zero call after step")
         if return_trajectory:
             trajectory.append(x)
-    if expected is not None and whole and counted.calls != expected:
-        raise RuntimeError(f"solver {solver!r} made {counted.calls} denoiser calls but its n_calls accounting "
-                           f"promises {expected} for {steps} steps; fix the solver's registration.")
+    if plan.nfe is not None and whole and counted.calls != plan.nfe:
+        raise RuntimeError(f"solver {plan.solver!r} made {counted.calls} denoiser calls but its n_calls accounting "
+                           f"promises {plan.nfe} for {steps} steps; fix the solver's registration.")
     out = (x,)
     if return_trajectory:
         out += (trajectory,)

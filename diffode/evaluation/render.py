@@ -17,7 +17,7 @@ from pathlib import Path
 from diffode.evaluation.families import families
 from diffode.evaluation.report import previous_command, representatives, write_report
 from diffode.evaluation.results import ResultsTable, cell_key, samples_png
-from diffode.evaluation.sweep import build_cells, sample_cell, save_samples_png
+from diffode.evaluation.sweep import build_cells, sample_cell, save_samples_png, validate_cells
 
 log = logging.getLogger(__name__)
 METRICS = ("fid", "rmse", "confident", "sw")  # the order evaluate() reports them in, primary first
@@ -43,13 +43,13 @@ def draw_missing_samples(rows, fams, cells, cfg, out_dir: Path, metric: str) -> 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     model = load_model(cfg.source)
+    planned, _ = validate_cells([by_key[cell_key(r)] for r in todo], model, cfg)
     x_T = initial_noise(model.shape, range(int(cfg.seed), int(cfg.seed) + k), model.sigma_max)
     written = []
-    for r in todo:
-        c = by_key[cell_key(r)]
+    for r, c in zip(todo, planned):
         log.info("drawing %d samples of %s NFE %d for the contact sheet", k, c.label, c.nfe)
-        written.append(save_samples_png(sample_cell(c, model, x_T, cfg), samples_png(out_dir, r), k,
-                                        f"{c.label}, NFE {c.nfe}"))
+        samples, _ = sample_cell(c, model, x_T, cfg)
+        written.append(save_samples_png(samples, samples_png(out_dir, r), k, f"{c.label}, NFE {c.nfe}"))
     return written
 
 

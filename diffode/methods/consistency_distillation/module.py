@@ -20,7 +20,7 @@ from the same x_T.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -29,54 +29,17 @@ from torch import Tensor, nn
 
 from diffode.core import consistency as cm
 from diffode.core.conditioning import bind
+from diffode.core.distances import l2
 from diffode.core.sample import sample
 from diffode.core.schedules import DTYPE
 
+from diffode.metrics.distance import make_distance
+
 from ..batch import condition_for, split_batch
 from ..callbacks import EMAUpdate
+from .options import CDConfig, Optimizer
 
-DISTANCES = cm.DISTANCES + ("lpips",)
-OPTIMIZERS = ("radam", "adam")
-
-
-@dataclass
-class CDConfig:
-    """Every option of conf/method/consistency_distillation.yaml (its defaults live there only)."""
-    N: int
-    rho: float
-    mu: float
-    ema_decay: float
-    teacher_solver: str
-    distance: str
-    huber_c: float | None
-    lpips_net: str
-    lpips_random_backbone: bool
-    optimizer: str
-    lr: float
-    betas: list
-    warmup_steps: int
-    student_net: dict | None
-    sample_steps: list
-    sample_sigmas: dict
-    clip: float | None
-    reference_nfe: int
-    n_val: int
-    snapshot_every: int
-
-
-def make_distance(cfg: CDConfig):
-    """d(a, b) -> [B]; LPIPS through diffode.metrics.lpips, which refuses to run without its weights."""
-    if cfg.distance != "lpips":
-        return cm.make_distance(cfg.distance, cfg.huber_c)
-    from diffode.metrics.lpips import LPIPS
-
-    net = LPIPS(cfg.lpips_net, random_backbone=cfg.lpips_random_backbone)
-
-    def d(a, b):
-        return net(a, b).to(a.dtype)
-
-    d.net = net
-    return d
+OPTIMIZERS = tuple(Optimizer.__members__)
 
 
 def sampling_sigmas(cfg: CDConfig, k: int, sigma_min: float, sigma_max: float) -> Tensor:
@@ -113,7 +76,9 @@ class ConsistencyDistillationModule(L.LightningModule):
         self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
         self.ema_rule = EMAUpdate(cfg.ema_decay)
         self.register_buffer("sigmas", cm.karras_grid(cfg.N, sigma_min, sigma_max, cfg.rho), persistent=False)
-        self.distance = make_distance(cfg)
+        self.distance = make_distance(cfg.distance, huber_c=cfg.huber_c, lpips_net=cfg.lpips_net,
+                                      random_backbone=cfg.lpips_random_backbone)
+        self.distance_net = self.distance.net  # a network distance's net: a submodule, so it follows the device
         self.out_dir = Path(out_dir) if out_dir else None
         self._val_cache = None
 
@@ -197,7 +162,7 @@ class ConsistencyDistillationModule(L.LightningModule):
         sig = sampling_sigmas(self.cfg, steps, self.sigma_min, self.sigma_max).to(x_T.device)
         x = sample(f, x_T.to(torch.float32), solver="consistency", nfe=steps, grid=sig,
                    generator=torch.Generator().manual_seed(7), clip=self.cfg.clip)
-        return float(cm.l2(x.to(DTYPE), ref).mean())
+        return float(l2(x.to(DTYPE), ref).mean())
 
     def validation_step(self, batch, batch_idx):
         x0, labels = split_batch(batch)

@@ -20,7 +20,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
 from ...core import distillation as pd
 from ...core.conditioning import bind
@@ -87,7 +86,7 @@ class ProgressiveDistillationModule(L.LightningModule):
             log.info("stage %d/%d done: %d-step student saved to %s", k + 1, len(self.steps), self.steps[k], path)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.prediction = self.student.prediction
-        if self._trainer is not None and self.trainer.optimizers:
+        if self.trainer.optimizers:
             self.trainer.optimizers[0].state.clear()  # Adam's moments start fresh, as a new optimizer would
         self.stage.fill_(k + 1)
 
@@ -173,8 +172,7 @@ class ProgressiveDistillationModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
 
     def configure_callbacks(self):
-        t = self._trainer
-        if t is not None and isinstance(t.progress_bar_callback, TQDMProgressBar):
+        if isinstance(self.trainer.progress_bar_callback, TQDMProgressBar):
             return [StageProgressBar()]
         return []
 
@@ -199,13 +197,20 @@ class StageProgressBar(TQDMProgressBar):
             bar.initial = 0
             n = pl_module.steps[k]
             bar.set_description(f"stage {k + 1}/{len(pl_module.steps)}: {2 * n} -> {n} steps")
-            _update_n(bar, done)
+            _move_to(bar, done)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         k, done = self._stage(trainer, pl_module)
         bar = self.train_progress_bar
         if k != getattr(self, "_bar_stage", None):  # the last update of a stage
             done = pl_module.updates[k - 1] if k > 0 else done
-        if self._should_update(done, bar.total) or done == bar.total:
-            _update_n(bar, done)
+        if self.is_enabled and (done % self.refresh_rate == 0 or done == bar.total):
+            _move_to(bar, done)
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+def _move_to(bar, n: int) -> None:
+    """Set a tqdm bar's count (tqdm's public n + refresh)."""
+    if not bar.disable:
+        bar.n = n
+        bar.refresh()

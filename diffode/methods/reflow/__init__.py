@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from ..registry import Context, lazy_exports, register_method
+from .options import ReflowOptions
 
-from ..registry import Context, register_method
-from .module import ReflowModule, stage_updates  # noqa: F401
+__getattr__ = lazy_exports(__name__, {"ReflowModule": ".module"})
 
 log = logging.getLogger(__name__)
 
 DENOISER = "diffode.core.denoisers.ModelDenoiser"
-T_SAMPLING = ("uniform", "lognormal")
+
+
+def stage_updates(reflow_updates: int, distill_updates: int, distill_steps) -> list[int]:
+    """Updates of each stage: the reflow, then one distillation per step count."""
+    return [int(reflow_updates)] + [int(distill_updates)] * len(distill_steps)
 
 
 def _flow_range(model) -> dict:
@@ -44,7 +49,7 @@ def _teacher_net(model):
     return None, None
 
 
-def student_spec(options: dict, ctx: Context) -> tuple[dict, dict | None]:
+def student_spec(options: ReflowOptions, ctx: Context) -> tuple[dict, dict | None]:
     """The flow student's ModelDenoiser spec and initial weights (None: fresh)."""
     from diffode.core.denoisers import straight_path
 
@@ -53,48 +58,45 @@ def student_spec(options: dict, ctx: Context) -> tuple[dict, dict | None]:
     hp = (m.info or {}).get("hparams") or {}
     is_flow = net is not None and hp.get("prediction") == "velocity" and straight_path(m.schedule)
     schedule = copy.deepcopy(hp["schedule"]) if is_flow else _flow_range(m)
-    if options.get("student_net"):
-        net, state = dict(options["student_net"]), None
+    if options.student_net:
+        net, state = dict(options.student_net), None
         if "dim" in net and net["dim"] is None:
             net["dim"] = int(m.shape[0])
     spec = {"_target_": DENOISER, "net": net, "schedule": schedule, "prediction": "velocity", "sigma_data": 0.5}
     return spec, ({f"net.{k}": v for k, v in state.items()} if state is not None else None)
 
 
-def check(options: dict, ctx: Context) -> list[str]:
+def check(options: ReflowOptions, ctx: Context) -> list[str]:
     from diffode.config import grid_config, solver_config
     from diffode.core.grids import make_grid
     from diffode.core.sample import steps_for_nfe
 
     errors = []
     o = options
-    t = dict(o.get("teacher") or {})
+    t = o.teacher
     try:
-        reg, opts = solver_config(str(t.get("solver")))
-        steps_for_nfe(reg, int(t.get("nfe")), **{**opts, **dict(t.get("options") or {})})
+        reg, opts = solver_config(t.solver)
+        steps_for_nfe(reg, t.nfe, **{**opts, **dict(t.options)})
     except (ValueError, TypeError) as e:
-        errors.append(f"method.teacher.solver={t.get('solver')} nfe={t.get('nfe')}: {e}")
+        errors.append(f"method.teacher.solver={t.solver} nfe={t.nfe}: {e}")
     for key in ("n_pairs", "batch_size"):
-        if int(o.get(key) or 0) < 1:
-            errors.append(f"method.{key}={o.get(key)} must be >= 1.")
-    if int(o.get("val_pairs") or 0) < 0:
-        errors.append(f"method.val_pairs={o.get('val_pairs')} must be >= 0.")
+        if getattr(o, key) < 1:
+            errors.append(f"method.{key}={getattr(o, key)} must be >= 1.")
+    if o.val_pairs < 0:
+        errors.append(f"method.val_pairs={o.val_pairs} must be >= 0.")
     for key in ("reflow_updates", "distill_updates"):
-        if int(o.get(key) if o.get(key) is not None else -1) < 0:
-            errors.append(f"method.{key}={o.get(key)} must be >= 0.")
-    ks = list(o.get("distill_steps") or [])
-    if not all(isinstance(k, int) and k >= 1 for k in ks):
-        errors.append(f"method.distill_steps={o.get('distill_steps')} must be a list of step counts >= 1, e.g. [1, 2].")
-    if not all(isinstance(k, int) and k >= 1 for k in list(o.get("rectified_steps") or [])):
-        errors.append(f"method.rectified_steps={o.get('rectified_steps')} must be a list of step counts >= 1.")
-    if sum(stage_updates(o.get("reflow_updates") or 0, o.get("distill_updates") or 0, ks)) < 1:
+        if getattr(o, key) < 0:
+            errors.append(f"method.{key}={getattr(o, key)} must be >= 0.")
+    ks = list(o.distill_steps)
+    if not all(k >= 1 for k in ks):
+        errors.append(f"method.distill_steps={ks} must be a list of step counts >= 1, e.g. [1, 2].")
+    if not all(k >= 1 for k in o.rectified_steps):
+        errors.append(f"method.rectified_steps={list(o.rectified_steps)} must be a list of step counts >= 1.")
+    if sum(stage_updates(max(o.reflow_updates, 0), max(o.distill_updates, 0), ks)) < 1:
         errors.append("method.reflow_updates + distill_updates x len(distill_steps) must be >= 1.")
-    if o.get("t_sampling") not in T_SAMPLING:
-        errors.append(f"method.t_sampling={o.get('t_sampling')!r} is unknown; choose uniform (Liu et al.) or lognormal "
-                      "(p_mean, p_std: SD3's logit-normal t).")
     for key in ("lr", "grad_clip"):
-        if not float(o.get(key) or 0) > 0:
-            errors.append(f"method.{key}={o.get(key)} must be positive.")
+        if not getattr(o, key) > 0:
+            errors.append(f"method.{key}={getattr(o, key)} must be positive.")
     m = ctx.teacher
     if m is None:
         return errors
@@ -102,18 +104,18 @@ def check(options: dict, ctx: Context) -> list[str]:
         errors.append(f"the teacher {m.label} is class-conditional; reflow pairs carry no labels yet: use an "
                       "unconditional teacher.")
     try:
-        kind, gopts = grid_config(str(o.get("grid")))
-        gopts = {**gopts, **dict(o.get("grid_options") or {})}
+        kind, gopts = grid_config(o.grid)
+        gopts = {**gopts, **dict(o.grid_options)}
         if kind in ("explicit", "from_file"):
-            errors.append(f"method.grid={o.get('grid')} is one fixed grid; the students need a k-step grid for each "
+            errors.append(f"method.grid={o.grid} is one fixed grid; the students need a k-step grid for each "
                           "k: use time_uniform (the flow models' own), logsnr or edm.")
         else:
-            for k in set(ks) | set(o.get("rectified_steps") or []):
+            for k in set(ks) | set(o.rectified_steps):
                 make_grid(kind, int(k), m.schedule, sigma_min=m.sigma_min, sigma_max=m.sigma_max, **gopts)
     except ValueError as e:
-        errors.append(f"method.grid={o.get('grid')}: {e}")
+        errors.append(f"method.grid={o.grid}: {e}")
     net, _ = _teacher_net(m)
-    if net is None and not o.get("student_net"):
+    if net is None and not o.student_net:
         errors.append("the teacher has no network to copy (an exact mixture source): set method.student_net to a "
                       "network spec (e.g. the MLP of conf/net/mlp.yaml with dim: null).")
     return errors
@@ -128,6 +130,8 @@ def _save(ctx, name, student, spec, m, k, sigmas, label, kind, metrics, training
 
 
 def rmse_vs(student, sigmas, z, x0, sigma_max) -> float:
+    import torch
+
     import diffode
 
     with torch.no_grad():
@@ -135,8 +139,10 @@ def rmse_vs(student, sigmas, z, x0, sigma_max) -> float:
     return float((x - x0).square().mean().sqrt())
 
 
-def export(module: ReflowModule, ctx: Context) -> dict:
+def export(module, ctx: Context) -> dict:
     """One artifact per distilled student (reflow/<k>) and per rectified_steps count of the 2-RF (2rf/<k>)."""
+    import torch
+
     from diffode.models import load_denoiser
 
     hp, m = module.hparams, ctx.teacher
@@ -174,25 +180,31 @@ def export(module: ReflowModule, ctx: Context) -> dict:
     return out
 
 
-def trainer_overrides(options: dict) -> dict:
-    n = sum(stage_updates(options["reflow_updates"], options["distill_updates"], options["distill_steps"] or []))
+def trainer_overrides(options: ReflowOptions) -> dict:
+    n = sum(stage_updates(options.reflow_updates, options.distill_updates, options.distill_steps))
     return {"max_steps": n, "max_epochs": -1, "limit_val_batches": 0, "val_check_interval": None,
             "check_val_every_n_epoch": None, "gradient_clip_val": None}
 
 
-@register_method("reflow", needs_teacher=True, check=check, export=export, trainer=trainer_overrides,
+@register_method("reflow", options=ReflowOptions, needs_teacher=True, check=check, export=export,
+                 trainer=trainer_overrides,
                  description="reflow (rectified flow): straighten the teacher's paths, distil to 1-2 Euler steps")
-def build(options: dict, ctx: Context) -> ReflowModule:
+def build(options: ReflowOptions, ctx: Context):
+    import torch
+
     from diffode.config import cache_dir, grid_config
+
+    from .module import ReflowModule
 
     m = ctx.teacher
     spec, state = student_spec(options, ctx)
-    kind, gopts = grid_config(str(options["grid"]))
-    opts = {k: v for k, v in options.items() if k not in ("student_net", "grid", "grid_options", "cache_dir")}
+    kind, gopts = grid_config(options.grid)
+    opts = {k: v for k, v in asdict(options).items()  # plain data: the checkpoint's hparams
+            if k not in ("name", "student_net", "grid", "grid_options", "cache_dir")}
     torch.manual_seed(ctx.seed)  # a fresh student_net's initial weights
     module = ReflowModule(spec, m.identity, m.shape, m.sigma_min, m.sigma_max, grid=kind,
-                          grid_options={**gopts, **dict(options.get("grid_options") or {})},
-                          cache_dir=str(options.get("cache_dir") or cache_dir("reflow_pairs")), out_dir=str(ctx.out_dir),
+                          grid_options={**gopts, **dict(options.grid_options)},
+                          cache_dir=str(options.cache_dir or cache_dir("reflow_pairs")), out_dir=str(ctx.out_dir),
                           student_state=state, teacher_denoiser=m.denoiser, run_seed=ctx.seed, **opts)
     module.teacher_schedule = m.schedule
     return module

@@ -35,12 +35,9 @@ from ...spec import build
 from ..denoiser.losses import velocity_loss
 from ..ld3.teacher import cached_pairs, make_pairs
 from ..student import save_student_checkpoint
+from . import stage_updates
 
 log = logging.getLogger(__name__)
-
-
-def stage_updates(reflow_updates: int, distill_updates: int, distill_steps) -> list[int]:
-    return [int(reflow_updates)] + [int(distill_updates)] * len(distill_steps)
 
 
 def draw_times(schedule, n: int, generator: torch.Generator, sampling: str, p_mean: float, p_std: float,
