@@ -1,13 +1,15 @@
 """Side-by-side tables of two `diffode eval` runs on the same seeds: the flow-matching digits UNet and the diffusion
 one (results.csv of each run), written as Markdown.
 
-    python experiments/flow/compare.py --flow <eval_flow run>/results.csv --diffusion <eval_main run>/results.csv \
-        --out experiments/flow/results/compare.md
+    python experiments/flow/compare.py --flow <eval_flow run>/results.csv [<reflow eval>/results.csv] \
+        --diffusion <eval_main run>/results.csv --out experiments/flow/results/compare.md
 
 Tables: (1) FID [95% interval] and solver error (RMSE against the model's own NFE-200 solve) per training-free
 cell, flow | diffusion, NFE 3-10; (2) the best cell per NFE of each model; (3) for FID thresholds, the smallest
 NFE at which each solver reaches it on each model (fewer steps: which model needs fewer); (4) the flow model's
-learned rows (LD3, GITS, AMED beside its best training-free cell at that NFE; reflow, PD, CD at 1-2 steps).
+learned rows (LD3, GITS, AMED beside its best training-free cell at that NFE); (5) the 1- and 2-step students: the
+flow model's (reflow, the undistilled 2-rectified flow, PD and CD where run) beside the diffusion model's PD and CD.
+Several --flow files are read as one run (the sweep and a separate eval of the reflow artifacts, same seeds).
 A difference is called only where the two 95% intervals do not overlap.
 """
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pathlib import Path
 LEARNED_KINDS = {"ld3", "gits", "amed", "amed_times", "pd", "cd", "reflow", "2rf"}
 
 
-def read(path) -> dict:
+def read(*paths) -> dict:
     rows = {}
-    for r in csv.DictReader(open(path)):
+    for r in (r for path in paths for r in csv.DictReader(open(path))):
         if r.get("status") != "ok" or not r.get("fid"):
             continue
         rows[(r["solver"], r["grid"], int(r["nfe"]))] = {k: float(r[k]) for k in ("fid", "fid_lo", "fid_hi", "rmse")
@@ -58,12 +60,12 @@ def verdict(a, b) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--flow", required=True)
+    ap.add_argument("--flow", required=True, nargs="+")
     ap.add_argument("--diffusion", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--thresholds", nargs="*", type=float, default=[30.0, 15.0, 8.0])
     a = ap.parse_args()
-    F, E = read(a.flow), read(a.diffusion)
+    F, E = read(*a.flow), read(a.diffusion)
     nfes = list(range(3, 11))
     pairs = sorted({(s, g) for s, g, _ in list(F) + list(E) if not learned((s, g, 0))})
     lines = ["# Flow-matching vs diffusion digits UNet (same net, data, budget; same seeds)", ""]
@@ -109,6 +111,11 @@ def main():
             ref = "" if tf[0] is None else f"{tf[0][0]}/{tf[0][1]} {fid(tf[1])}"
             v = verdict(r, tf[1]).replace("flow", "learned").replace("diffusion", "training-free")
             lines.append(f"| {k[0]}/{k[1]} | {n} | {cell(r)} | {ref} | {v} |")
+    lines += ["", "## 5. 1- and 2-step students", "", "| model | row | NFE | FID [95%] / solver error |", "|---|---|---|---|"]
+    for n in (1, 2):
+        for model, rows in (("flow", F), ("diffusion", E)):
+            for k, r in sorted(((k, r) for k, r in rows.items() if k[2] == n and learned(k)), key=lambda kr: kr[1]["fid"]):
+                lines.append(f"| {model} | {k[0]}/{k[1]} | {n} | {cell(r)} |")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
