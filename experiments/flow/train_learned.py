@@ -36,7 +36,7 @@ def jobs() -> list[tuple[str, str, list[str]]]:
     out.append(("gits", "search", ["method=gits", "method.solver=[ipndm,unipc_bh1]", "method.nfe=[4,5,6,7,8,9,10]"]))
     for n in (3, 4, 5, 6, 7, 8, 9):  # the iPNDM plugin with the shipped UNet's settings (experiments/amed)
         out.append(("amed", f"ipndm_nfe{n}", ["method=amed", "method.student=ipndm", f"method.nfe={n}",
-                                              f"method.afs={'true' if n % 2 else 'false'}", "method.n_trajectories=8192",
+                                              "method.afs=auto", "method.n_trajectories=8192",
                                               "method.val_refine=4", "method.objective=endpoint", "method.M=5"]))
     out.append(("reflow", "reflow", ["experiment=reflow_digits"]))
     out.append(("pd", "pd", ["experiment=pd_digits"]))
