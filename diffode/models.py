@@ -5,10 +5,15 @@ the denoiser D(x, sigma) in VE coordinates, the shape of one sample, the schedul
 samples on, and its identity (what artifacts record and check: a checkpoint's sha256, a mixture's
 parameters and hash). Kinds:
 
-- gmm:        the exact denoiser of a Gaussian mixture preset (core.denoisers.GMM_PRESETS), EDM schedule.
+- gmm:        the exact denoiser of a Gaussian mixture preset (core.denoisers.GMM_PRESETS), EDM schedule; with
+              `schedule` (a conf/schedule/ node) and `prediction`, the mixture's exact network of that
+              parameterization under that schedule (core/mixture_nets.py) wrapped like a trained one, e.g. the
+              exact flow-matching model (conf/source/gmm2d_flow.yaml).
 - checkpoint: a diffode denoiser checkpoint (`load_denoiser`); path null is the shipped digits UNet.
 - diffusers:  a UNet2DModel / UNet2DConditionModel + DDPM scheduler directory saved with save_pretrained, with an
-              optional AutoencoderKL in vae/ (latent diffusion: the model samples latents, `decode` makes images).
+              optional AutoencoderKL in vae/ (latent diffusion: the model samples latents, `decode` makes images);
+              or a flow-matching SD3Transformer2DModel + FlowMatchEuler scheduler (transformer/ + scheduler/):
+              flow schedule, velocity parameterization (nets/diffusers_flow.py).
 - edm:        an NVlabs EDM network: a converted checkpoint (diffode convert-edm; weights only), or the original
               .pkl with trust_pickle: true (it executes the code inside: trusted files only). nets/edm.py.
 
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from .core.conditioning import Conditioned, batch_size as cond_batch, take
@@ -332,6 +338,17 @@ def _range(src, lo: float, hi: float) -> tuple[float, float]:
     return lo, hi
 
 
+def _exact_network(gmm, src) -> tuple[ModelDenoiser, Schedule]:
+    """The mixture's exact network of source.prediction under source.schedule, wrapped as a trained one is."""
+    from .core.mixture_nets import MixtureNet
+
+    spec = _get(src, "schedule")
+    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+    schedule = build(spec)
+    prediction = str(_get(src, "prediction", "eps"))
+    return ModelDenoiser(MixtureNet(gmm, schedule, prediction), schedule, prediction).eval(), schedule
+
+
 def load_model(src) -> Model:
     """A Model from a source config (conf/source/<name>.yaml node or a plain dict with `kind`)."""
     kind = _get(src, "kind")
@@ -344,10 +361,13 @@ def load_model(src) -> Model:
             raise ValueError(f"source.params {sorted(set(params) - set(GMM_PRESETS[preset]))}: a mixture takes "
                              f"{', '.join(GMM_PRESETS[preset])}, e.g. +source.params.spread=0.7.")
         gmm = make_gmm(**params)
-        schedule = EDM()
-        lo, hi = _range(src, schedule.sigma_min, schedule.sigma_max)
         identity = {"kind": "gmm", "name": preset, "params": params, "hash": tensor_sha1(gmm.mu, gmm.lam, gmm.log_pi)}
-        return Model(gmm, (gmm.dim,), schedule, lo, hi, identity, preset, gmm=gmm)
+        denoiser, schedule = gmm, EDM()
+        if _get(src, "schedule") is not None:
+            denoiser, schedule = _exact_network(gmm, src)
+            identity.update(name=f"{preset}_{schedule.name}", prediction=denoiser.prediction)
+        lo, hi = _range(src, schedule.sigma_min, schedule.sigma_max)
+        return Model(denoiser, (gmm.dim,), schedule, lo, hi, identity, preset, gmm=gmm)
     if kind == "checkpoint":
         path = checkpoint_path(src)
         if not path.is_file():
@@ -363,27 +383,35 @@ def load_model(src) -> Model:
                      info={**info, "path": str(path.resolve())})
     if kind == "diffusers":
         from .nets.diffusers_adapter import load_diffusers_unet, load_vae
+        from .nets.diffusers_flow import is_flow_folder, load_diffusers_flow
 
         path = Path(str(_get(src, "path", ""))).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"source.path={str(path)!r} is not a directory; point it at a folder written by "
-                                    "diffusers' save_pretrained (unet/ + scheduler/).")
+                                    "diffusers' save_pretrained (unet/ + scheduler/, or transformer/ + scheduler/ "
+                                    "of a flow model).")
         conditions = _tensors(_get(src, "conditions"), "source.conditions")
-        null = _tensors(_get(src, "null_condition"), "source.null_condition")
-        null = None if null is None else null["encoder_hidden_states"].reshape(
-            null["encoder_hidden_states"].shape[-2:])
-        classes = _get(src, "num_classes")
-        den = load_diffusers_unet(path, num_classes=None if classes is None else int(classes), null_embedding=null)
+        extra = {}
+        if is_flow_folder(path):  # a flow-matching transformer (SD3): flow schedule, velocity
+            den, extra = load_diffusers_flow(path)
+            shape = tuple(extra["shape"])
+        else:
+            null = _tensors(_get(src, "null_condition"), "source.null_condition")
+            null = None if null is None else null["encoder_hidden_states"].reshape(
+                null["encoder_hidden_states"].shape[-2:])
+            classes = _get(src, "num_classes")
+            den = load_diffusers_unet(path, num_classes=None if classes is None else int(classes),
+                                      null_embedding=null)
+            cfg = den.net.unet.config
+            size = cfg.sample_size
+            shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
         decoder = load_vae(path)
-        cfg = den.net.unet.config
-        size = cfg.sample_size
-        shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
         lo, hi = _range(src, den.schedule.sigma_min, den.schedule.sigma_max)
         weights = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin"))
         sha = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
         identity = {"kind": "diffusers", "name": path.name, "sha256": sha}
         return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
-                     info={"path": str(path.resolve()), "latent": decoder is not None}, decoder=decoder,
+                     info={"path": str(path.resolve()), "latent": decoder is not None, **extra}, decoder=decoder,
                      conditions=conditions)
     if kind == "edm":
         return _edm_model(src)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffode.core.schedules import (EDM, VE, DiscreteVP, Schedule, VESchedule, VPCosine, VPLinear, VPSchedule,
+from diffode.core.schedules import (EDM, VE, DiscreteVP, Flow, Schedule, VESchedule, VPCosine, VPLinear, VPSchedule,
                                     discrete_betas, get_schedule)
 
 ALL = [VPLinear(), VPCosine(), VE(), EDM(), DiscreteVP(), DiscreteVP(kind="cosine")]
@@ -135,3 +135,10 @@ def test_a_schedule_needs_only_its_three_primitives():
     assert torch.allclose(s.t_from_ve_sigma(t / (1 - t)), t, rtol=1e-12)
     with pytest.raises(NotImplementedError, match="log_alpha"):
         Schedule().alpha(0.5)
+
+
+@pytest.mark.parametrize("s", [*ALL, Flow()], ids=[*IDS, "flow"])
+def test_noise_cond_inverse_round_trip(s):
+    """t_from_noise_cond inverts noise_cond (the exact mixture networks of core/mixture_nets.py read t back)."""
+    t = _ts(s, 2001)
+    torch.testing.assert_close(s.t_from_noise_cond(s.noise_cond(t)), t, rtol=1e-12, atol=1e-14)

@@ -1,7 +1,7 @@
 """Denoisers D(x, sigma) ~ E[x0 | x] in VE coordinates (x = x_t / alpha, sigma = sigma_t / alpha).
 
-Two kinds live here: adapters that turn a trained network (eps, x0, v or EDM-preconditioned
-output, under any schedule) into that one interface, and exact analytic denoisers
+Two kinds live here: adapters that turn a trained network (eps, x0, v, flow-matching velocity or
+EDM-preconditioned output, under any schedule) into that one interface, and exact analytic denoisers
 (Gaussian mixtures, a finite set of points) that make exact answers available to tests.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .schedules import DTYPE, Schedule
 
-PREDICTIONS = ("eps", "x0", "v", "edm")
+PREDICTIONS = ("eps", "x0", "v", "velocity", "edm")
 
 
 # -- parameterization conversions in the schedule's own coordinates ----------------------
@@ -40,6 +40,30 @@ def eps_from_v(x_t, v, alpha, sigma):
     return (sigma * x_t + alpha * v) / (alpha * alpha + sigma * sigma)
 
 
+# Flow matching's velocity u = eps - x0 (Lipman et al., Liu et al.; diffusers' "flow_prediction"): on the
+# straight path alpha + sigma = 1 it is dx_t/dt, and x0 = x_t - t u. Written for any (alpha, sigma), so the
+# round trip is exact algebra; ModelDenoiser accepts it only on a straight path (straight_path).
+
+def x0_from_velocity(x_t, u, alpha, sigma):
+    return (x_t - sigma * u) / (alpha + sigma)
+
+
+def eps_from_velocity(x_t, u, alpha, sigma):
+    return (x_t + alpha * u) / (alpha + sigma)
+
+
+def velocity_from_x0(x_t, x0, alpha, sigma):
+    # u = eps - x0 with eps = (x_t - alpha x0) / sigma
+    return (x_t - (alpha + sigma) * x0) / sigma
+
+
+def straight_path(schedule: Schedule, n: int = 17) -> bool:
+    """alpha + sigma = 1 on [t_min, t_max]: x_t runs on the straight line from x0 to eps, so eps - x0 is its
+    velocity (a VP path curves: there eps - x0 is no velocity of anything)."""
+    t = torch.linspace(schedule.t_min, schedule.t_max, n, dtype=DTYPE)
+    return bool(((schedule.alpha(t) + schedule.sigma(t) - 1.0).abs() < 1e-12).all())
+
+
 def edm_scalings(sigma, sigma_data: float = 0.5):
     """EDM preconditioning (Karras et al. 2022, Table 1): c_skip, c_out, c_in, c_noise."""
     s2, sd2 = sigma * sigma, sigma_data * sigma_data
@@ -64,7 +88,8 @@ class ModelDenoiser(nn.Module):
     """Wrap net(x_in, c_noise) trained under `schedule` into D(x, sigma) in VE coordinates.
 
     prediction: 'eps', 'x0', 'v' (net input x_t = alpha x, conditioned on schedule.noise_cond(t)),
-    or 'edm' (EDM preconditioning around the raw net, conditioned on c_noise = log(sigma)/4).
+    'velocity' (flow matching's eps - x0, the same input; only under a straight path, the flow
+    schedule), or 'edm' (EDM preconditioning around the raw net, conditioned on c_noise = log(sigma)/4).
     The coefficients are float64; the net runs in its own dtype; the output takes x's dtype.
     `forward_with_features` also returns the bottleneck feature map of the same call (nets with a
     spatial bottleneck, i.e. the UNet's `bottleneck_resolution`; None for others, e.g. the MLP): AMED's
@@ -78,11 +103,18 @@ class ModelDenoiser(nn.Module):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+        if prediction == "velocity" and not straight_path(schedule):
+            raise ValueError(f"prediction 'velocity' (flow matching's eps - x0) needs a straight path, alpha + sigma = 1, "
+                             f"but the schedule is {schedule!r}; use schedule=flow, or prediction v for "
+                             "Salimans & Ho's VP velocity.")
         self.net, self.schedule, self.prediction, self.sigma_data = net, schedule, prediction, sigma_data
 
     @property
     def net_dtype(self):
+        # an exact network (core/mixture_nets.py) has float64 buffers and no parameters
         p = next(self.net.parameters(), None)
+        if p is None:
+            p = next((b for b in self.net.buffers() if b.is_floating_point()), None)
         return p.dtype if p is not None else torch.float32
 
     @property
@@ -127,6 +159,8 @@ class ModelDenoiser(nn.Module):
             D = x0_from_eps(x_t, out, a, sg)
         elif self.prediction == "x0":
             D = out
+        elif self.prediction == "velocity":
+            D = x0_from_velocity(x_t, out, a, sg)
         else:
             D = x0_from_v(x_t, out, a, sg)
         return D.to(x.dtype), h

@@ -15,6 +15,15 @@ sigma_min / sigma_max; without a schedule it is EDM's [0.002, 80] and t = sigma 
     from_file       path=...: a learned grid (LD3) saved by `save_grid_file`, validated against the
                     solver, NFE and schedule it is used with
 
+Shifts (every grid kind but explicit / from_file; grid_options shift=s or mu=m): SD3's static shift
+t' = s t / (1 + (s - 1) t) and Flux's dynamic shift t' = e^m / (e^m + 1/t - 1) are, in VE coordinates,
+sigma' = s sigma (s = e^m): lambda moves by -log s. A shifted grid is the grid built on [sigma_min / s,
+sigma_max / s] with every point multiplied by s, so it keeps the range and moves its points toward noise
+(s > 1). Grids uniform in lambda or in sigma^(1/rho) (logsnr, edm) are scale-invariant, so a shift leaves them
+as they are; it redistributes grids uniform in a schedule's t (time_uniform under the flow schedule is
+diffusers' FlowMatchEuler grid). diffusers shifts the ends too: give its shifted ends as sigma_min /
+sigma_max to reproduce its grids (tests/test_flow.py, to 1e-12).
+
 Endpoints are set exactly to sigma_max / sigma_min so no grid leaves the range by round-off.
 Explicit grids given as tensors keep their autograd graph (LD3 learns them).
 """
@@ -200,16 +209,38 @@ def grid_options(name: str) -> dict:
     return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params}
 
 
+def shift_factor(shift=None, mu=None) -> float:
+    """The VE factor of a shifted grid: SD3's static shift s, or Flux's dynamic shift mu (s = e^mu)."""
+    if mu is not None:
+        if shift not in (None, 1, 1.0):
+            raise ValueError(f"grid options shift={shift} and mu={mu} both set the shift; give one (mu = log shift).")
+        if not math.isfinite(float(mu)):
+            raise ValueError(f"grid option mu={mu} must be finite (Flux: 0.5 at 256 image tokens .. 1.15 at 4096).")
+        return math.exp(float(mu))
+    s = 1.0 if shift is None else float(shift)
+    if not (s > 0 and math.isfinite(s)):
+        raise ValueError(f"grid option shift={shift} must be a finite number > 0 (SD3 uses 3.0; 1 is no shift; "
+                         "a shift s moves every VE sigma to s sigma).")
+    return s
+
+
 def make_grid(name: str, steps: int, schedule: Schedule | None = None, *, sigma_min=None, sigma_max=None,
-              **options) -> Tensor:
-    """A decreasing float64 grid of steps + 1 VE sigmas (see the module docstring for the names)."""
+              shift=None, mu=None, **options) -> Tensor:
+    """A decreasing float64 grid of steps + 1 VE sigmas (see the module docstring for the names and shifts)."""
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)} (conf/grid/<name>.yaml).")
+    s = shift_factor(shift, mu)
+    if name in ("explicit", "from_file") and s != 1.0:
+        raise ValueError(f"grid {name!r} is given point by point and takes no shift / mu; shift its sigmas yourself "
+                         "(multiply each by the shift) or use a grid kind such as time_uniform.")
     unknown = set(options) - set(grid_options(name)) if options else set()  # inspect only when needed (~0.3 ms)
     if unknown:
         raise ValueError(f"grid {name!r} does not take option(s) {sorted(unknown)}; it accepts "
-                         f"{grid_options(name) or 'no options'}.")
+                         f"{grid_options(name) or 'no options'}" + (", and shift / mu" if name not in ("explicit", "from_file")
+                                                                      else "") + ".")
     if name not in ("explicit", "from_file") and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"grid {name!r} needs an integer steps >= 1, got {steps!r}.")
     lo, hi = sigma_range(schedule, sigma_min, sigma_max)
-    return GRIDS[name](steps, lo, hi, schedule, **options)
+    if s == 1.0:
+        return GRIDS[name](steps, lo, hi, schedule, **options)
+    return _with_endpoints(s * GRIDS[name](steps, lo / s, hi / s, schedule, **options), lo, hi)

@@ -65,6 +65,10 @@ class Schedule:
         """The time value a network trained under this schedule is conditioned on."""
         return _t(t)
 
+    def t_from_noise_cond(self, c) -> Tensor:
+        """The inverse of noise_cond (exact networks, e.g. core/mixture_nets.py, read t back from it)."""
+        return _t(c)
+
     @property
     def sigma_min(self) -> float:
         return float(self.ve_sigma(self.t_min))
@@ -124,6 +128,9 @@ class VPLinear(VPSchedule):
     def noise_cond(self, t) -> Tensor:
         return 999.0 * _t(t)
 
+    def t_from_noise_cond(self, c) -> Tensor:
+        return _t(c) / 999.0
+
 
 class VPCosine(VPSchedule):
     """Nichol & Dhariwal: alpha_bar(t) = cos^2(theta) / cos^2(theta_0), theta = (t + s)/(1 + s) pi/2.
@@ -163,6 +170,9 @@ class VPCosine(VPSchedule):
     def noise_cond(self, t) -> Tensor:
         return 999.0 * _t(t)
 
+    def t_from_noise_cond(self, c) -> Tensor:
+        return _t(c) / 999.0
+
 
 class VE(VESchedule):
     """NCSN / VE-SDE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
@@ -181,6 +191,9 @@ class VE(VESchedule):
 
     def noise_cond(self, t) -> Tensor:
         return torch.log(0.5 * self.sigma(t))  # NCSN++ conditions on log(sigma / 2)
+
+    def t_from_noise_cond(self, c) -> Tensor:
+        return self.t_from_lambda(-(_t(c) + math.log(2.0)))
 
 
 class EDM(VESchedule):
@@ -202,6 +215,9 @@ class EDM(VESchedule):
 
     def noise_cond(self, t) -> Tensor:
         return 0.25 * torch.log(_t(t))  # EDM's c_noise
+
+    def t_from_noise_cond(self, c) -> Tensor:
+        return torch.exp(4.0 * _t(c))
 
 
 class DiscreteVP(VPSchedule):
@@ -251,6 +267,64 @@ class DiscreteVP(VPSchedule):
     def noise_cond(self, t) -> Tensor:
         return (_t(t) - 1.0 / self.N) * self.N
 
+    def t_from_noise_cond(self, c) -> Tensor:
+        return (_t(c) + 1.0) / self.N
+
+
+class Flow(Schedule):
+    """Rectified flow / flow matching (Liu et al. 2022, Lipman et al. 2022; SD3, Flux): x_t = (1 - t) x0 + t eps.
+
+    alpha = 1 - t and sigma = t, so lambda = log((1 - t) / t) = -logit(t), the VE sigma is t / (1 - t) and
+    t = s / (1 + s): the straight path in t is the same PF-ODE curve as every other schedule's in VE
+    coordinates (docs/design.md, "Flow models"). t = 1 is pure noise at VE sigma = inf, so sampling starts
+    at t_max < 1 (diffusers' flow grids start at 0.999 or 1 - 1e-6). Networks see time_scale t: 1000 t
+    is diffusers' `timestep` (the SD3 / Flux transformers take it).
+    """
+
+    name = "flow"
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 0.999, time_scale: float = 1000.0):
+        if not 0.0 < float(t_min) < float(t_max) < 1.0:
+            raise ValueError(f"the flow schedule needs 0 < t_min < t_max < 1, got t_min={t_min}, t_max={t_max}: t = 1 "
+                             "is pure noise at VE sigma = inf, where no solver can start; use e.g. "
+                             "schedule.t_max=0.999 (VE sigma 999).")
+        if not float(time_scale) > 0:
+            raise ValueError(f"the flow schedule's time_scale={time_scale} must be positive (1000: diffusers' timesteps).")
+        self.t_min, self.t_max, self.time_scale = float(t_min), float(t_max), float(time_scale)
+
+    def log_alpha(self, t) -> Tensor:
+        return torch.log1p(-_t(t))
+
+    def log_sigma(self, t) -> Tensor:
+        return torch.log(_t(t))
+
+    def t_from_lambda(self, lam) -> Tensor:
+        return torch.sigmoid(-_t(lam))
+
+    # closed forms of the derived maps (tests/test_flow.py checks them against the base class)
+    def alpha(self, t) -> Tensor:
+        return 1.0 - _t(t)
+
+    def sigma(self, t) -> Tensor:
+        return _t(t).clone()
+
+    def ve_sigma(self, t) -> Tensor:
+        t = _t(t)
+        return t / (1.0 - t)
+
+    def t_from_ve_sigma(self, s) -> Tensor:
+        s = _t(s)
+        return s / (1.0 + s)
+
+    def alpha_from_ve_sigma(self, s) -> Tensor:
+        return 1.0 / (1.0 + _t(s))
+
+    def noise_cond(self, t) -> Tensor:
+        return self.time_scale * _t(t)
+
+    def t_from_noise_cond(self, c) -> Tensor:
+        return _t(c) / self.time_scale
+
 
 def discrete_betas(kind: str, n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """The beta tables DDPM checkpoints ship with: 'linear' or 'cosine' (squaredcos_cap_v2)."""
@@ -262,7 +336,7 @@ def discrete_betas(kind: str, n: int = 1000, beta_start: float = 1e-4, beta_end:
     raise ValueError(f"unknown discrete beta schedule {kind!r}; choose 'linear' or 'cosine'")
 
 
-SCHEDULES = {cls.name: cls for cls in (VPLinear, VPCosine, VE, EDM, DiscreteVP)}
+SCHEDULES = {cls.name: cls for cls in (VPLinear, VPCosine, VE, EDM, DiscreteVP, Flow)}
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:

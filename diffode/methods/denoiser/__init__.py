@@ -1,4 +1,4 @@
-"""Denoiser training (eps / x0 / v / EDM losses): `diffode train method=denoiser` (the default).
+"""Denoiser training (eps / x0 / v / flow-matching velocity / EDM losses): `diffode train method=denoiser` (the default).
 
 Needs data and a network (conf/dataset/, conf/net/, conf/schedule/); exports denoiser_ema.ckpt, the
 small EMA-weights checkpoint every `source=checkpoint` loads, and a final EMA sample grid.
@@ -32,7 +32,19 @@ def _net_shape(net: dict):
 
 
 def check(options: DenoiserOptions, ctx: Context) -> list[str]:
+    from diffode.core.denoisers import straight_path
+    from diffode.spec import build as build_spec
+
     errors = []
+    schedule = None
+    try:
+        schedule = build_spec(dict(ctx.schedule))
+    except (ValueError, TypeError) as e:
+        errors.append(f"schedule: {e}")
+    if schedule is not None and options.prediction == "velocity" and not straight_path(schedule):
+        errors.append(f"method.prediction=velocity is flow matching's eps - x0, the velocity of the straight path "
+                      f"alpha + sigma = 1, but schedule={schedule.name} curves; use schedule=flow (a flow-matching "
+                      "model), or method.prediction=v for the VP velocity of Salimans & Ho.")
     if options.prediction == "edm" and options.t_sampling == "uniform":
         errors.append("method.prediction=edm trains with EDM's log-normal sigma; remove method.t_sampling=uniform "
                       "(it only applies to eps/x0/v predictions).")
@@ -90,7 +102,7 @@ def export(module, ctx: Context) -> dict:
 
 
 @register_method("denoiser", options=DenoiserOptions, needs_data=True, check=check, export=export,
-                 description="train a denoiser (eps / x0 / v / EDM)")
+                 description="train a denoiser (eps / x0 / v / flow-matching velocity / EDM)")
 def build(options: DenoiserOptions, ctx: Context):
     from .module import DenoiserModule
 

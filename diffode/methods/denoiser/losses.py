@@ -1,7 +1,11 @@
 """Denoiser training losses as plain functions of (net, x0, noise level, eps).
 
 x_t = alpha x0 + sigma eps. eps_loss / x0_loss / v_loss regress the network output on the
-target of that parameterization with a plain mean (DDPM's "simple" loss); edm_loss is
+target of that parameterization with a plain mean (DDPM's "simple" loss); velocity_loss is flow
+matching's (Lipman et al. 2022; Liu et al. 2022; SD3): the target eps - x0 on the straight path
+alpha = 1 - t, sigma = t. In denoiser terms it is |D - x0|^2 / t^2 = |D - x0|^2 (1 + s)^2 / s^2 at
+VE sigma s. SD3's logit-normal t (t = sigmoid(m + s n)) is t_lognormal under the flow schedule:
+ln(t / (1 - t)) = ln sigma_ve ~ N(m, s^2) is EDM's log-normal sigma with P_mean = m, P_std = s. edm_loss is
 Karras et al. (2022) eq. 2 with the EDM preconditioning of ModelDenoiser(prediction='edm'),
 so training and sampling share one definition of D. Schedules are float64; the per-sample
 coefficients are cast to the data dtype before they touch the batch.
@@ -77,5 +81,11 @@ def edm_loss(denoiser: ModelDenoiser, x0: Tensor, sigma: Tensor, eps: Tensor, si
     return (weight * (D - x0).square()).mean()
 
 
-LOSSES = {"eps": eps_loss, "x0": x0_loss, "v": v_loss}
+def velocity_loss(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor, cond=None) -> Tensor:
+    """Flow matching: E |u(x_t, t) - (eps - x0)|^2 (eps may be a coupled noise: reflow trains on teacher pairs)."""
+    out, _, _ = _forward(net, schedule, x0, t, eps, cond)
+    return (out - (eps - x0)).square().mean()
+
+
+LOSSES = {"eps": eps_loss, "x0": x0_loss, "v": v_loss, "velocity": velocity_loss}
 

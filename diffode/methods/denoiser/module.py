@@ -1,8 +1,10 @@
 """Denoiser training as one LightningModule; the loss follows the network's parameterization.
 
     prediction eps | x0 | v : MSE to that target at t ~ U[t_min, t_max] (DDPM; a discrete
-                              schedule draws its integer steps), or log-normal VE sigma
+    | velocity                schedule draws its integer steps), or log-normal VE sigma
                               when t_sampling='lognormal' (the default for the EDM schedule).
+                              velocity under schedule=flow is flow matching; lognormal with
+                              p_mean=m, p_std=s is then SD3's logit-normal t (losses.py).
     prediction edm          : EDM loss (log-normal sigma, weight (s^2+sd^2)/(s sd)^2) through
                               ModelDenoiser(prediction='edm'); the schedule then only sets the
                               sampling range.
@@ -20,7 +22,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ...core.denoisers import ModelDenoiser
+from ...core.denoisers import PREDICTIONS, ModelDenoiser
 from ...core.schedules import Schedule
 from ...spec import build
 from .. import visual
@@ -49,8 +51,8 @@ class DenoiserModule(L.LightningModule):
                  seed: int = 0, out_dir: str | None = None):
         # Option defaults: conf/method/denoiser.yaml only (diffode.config.method_defaults("denoiser")).
         super().__init__()
-        if prediction not in ("eps", "x0", "v", "edm"):
-            raise ValueError(f"unknown method.prediction {prediction!r}; choose eps, x0, v or edm")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown method.prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
         if t_sampling not in ("auto", "uniform", "lognormal"):
             raise ValueError(f"unknown method.t_sampling {t_sampling!r}; choose auto, uniform or lognormal")
         self.save_hyperparameters(ignore=["out_dir"])

@@ -10,7 +10,7 @@ from omegaconf import MISSING
 from ..registry import MethodOptions, choices
 
 # the parameterizations of diffode.core.denoisers.PREDICTIONS (tests/test_configs.py keeps them equal)
-Prediction = choices("Prediction", ("eps", "x0", "v", "edm"))
+Prediction = choices("Prediction", ("eps", "x0", "v", "velocity", "edm"))
 TSampling = choices("TSampling", ("auto", "uniform", "lognormal"))
 
 

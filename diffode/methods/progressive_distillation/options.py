@@ -11,7 +11,7 @@ from ..registry import MethodOptions, choices
 
 # diffode.core.distillation.WEIGHTINGS and PREDICTIONS (tests/test_configs.py keeps them equal)
 Weighting = choices("Weighting", ("snr_trunc", "v_mse"))
-StudentOutput = choices("StudentOutput", ("auto", "eps", "x0", "v", "edm"))
+StudentOutput = choices("StudentOutput", ("auto", "eps", "x0", "v", "velocity", "edm"))
 
 
 @dataclass
