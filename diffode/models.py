@@ -13,8 +13,6 @@ The sigma range is the source's sigma_min / sigma_max when set, else the model's
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .cache import digest, key_digest
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
 from .core.schedules import DTYPE, EDM, Schedule
 from .spec import build
@@ -64,19 +63,12 @@ class Model:
 
 # -- identity ------------------------------------------------------------------------------
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str | Path) -> str:
+    return digest(Path(path), algo="sha256")
 
 
 def tensor_sha1(*tensors: Tensor) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().to(DTYPE).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return digest(*(t.detach().to(DTYPE) for t in tensors), length=16)
 
 
 def schedule_spec(schedule: Schedule | None) -> dict | None:
@@ -86,7 +78,7 @@ def schedule_spec(schedule: Schedule | None) -> dict | None:
     params = {k: v for k, v in vars(schedule).items()
               if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
     if hasattr(schedule, "log_alphas"):  # DiscreteVP: its table, by hash
-        params["table_sha1"] = hashlib.sha1(schedule.log_alphas.numpy().tobytes()).hexdigest()[:16]
+        params["table_sha1"] = digest(schedule.log_alphas, length=16)
     return {"name": schedule.name, "params": params}
 
 
@@ -101,7 +93,7 @@ def same_model(a: dict, b: dict) -> str | None:
 
 
 def cache_key(spec) -> str:
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key_digest(spec, length=16)
 
 
 # -- diffode checkpoints ------------------------------------------------------------------------
@@ -213,7 +205,7 @@ def load_model(src) -> Model:
         shape = (cfg.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
         lo, hi = _range(src, den.schedule.sigma_min, den.schedule.sigma_max)
         weights = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin"))
-        sha = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
+        sha = digest("".join(file_sha256(p) for p in weights), algo="sha256")
         identity = {"kind": "diffusers", "name": path.name, "sha256": sha}
         return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
                      info={"path": str(path.resolve())})

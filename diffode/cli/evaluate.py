@@ -11,7 +11,6 @@ Writes into the run dir: results.csv (one row per cell, atomic, resumable), repo
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -78,8 +77,9 @@ def settings_hash(cfg) -> str:
                 denoise_to_zero=cfg.denoise_to_zero, metric=cfg.metric, fid=cfg.fid, gmm=cfg.gmm_metrics,
                 reference=cfg.get("reference"),
                 solver_options=cfg.sweep.get("solver_options"), grid_options=cfg.sweep.get("grid_options"))
-    blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    from diffode.cache import key_digest
+
+    return key_digest(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), length=12)
 
 
 def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) -> dict:

@@ -17,12 +17,17 @@ import torch
 from torch import Tensor
 
 from diffode.config import cache_dir
-from diffode.models import Model, cache_key
+from diffode.cache import key_digest, load_or_compute
+from diffode.models import Model
 
 log = logging.getLogger(__name__)
 
 
 # -- metrics ---------------------------------------------------------------------------------
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
 
 def real_images(name: str, data_root: str | None = None) -> Tensor:
     """Real data in [-1, 1] for FID reference statistics: 'digits' (training split), 'cifar10' / 'mnist'
@@ -46,10 +51,21 @@ def real_images(name: str, data_root: str | None = None) -> Tensor:
         import numpy as np
         from PIL import Image
 
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        files = image_files(path)
         arr = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
     raise ValueError(f"no real data for FID reference {name!r}: use digits, cifar10 (with fid.data_root) or a folder")
+
+
+def real_source(name: str) -> dict | None:
+    """What a folder reference's statistics depend on beyond its name: its images (names, sizes, times),
+    so that a changed folder is recomputed rather than answered from the cache."""
+    path = Path(name)
+    if name in ("digits", "cifar10", "mnist") or not path.is_dir():
+        return None
+    files = image_files(path)
+    listing = [f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return {"files": len(files), "listing": key_digest(listing)}
 
 
 class FIDMetrics:
@@ -68,7 +84,7 @@ class FIDMetrics:
         self.batch_size = int(fcfg.batch_size)
         self.ref = reference_stats(f"{reference}", self.net,
                                    lambda: real_images(reference, fcfg.get("data_root")).to(device),
-                                   self.batch_size, fcfg.get("cache_dir"))
+                                   self.batch_size, fcfg.get("cache_dir"), source=real_source(reference))
         self.reference = reference
         self.solve_ref = solve_ref
         self.bootstrap, self.level = int(fcfg.get("bootstrap", 200)), float(fcfg.get("level", 0.95))
@@ -209,6 +225,9 @@ def make_metrics(model: Model, cfg, x_T: Tensor):
     raise ValueError(f"unknown metric {kind!r}; choose auto, fid or gmm")
 
 
+REFERENCE_VERSION = 1  # bump when the same key would give another solve
+
+
 class ReferenceSolve:
     """A high-NFE solve of the model from the same x_T, and its self-consistency (RMSE against the
     same solver at a lower NFE): the yardstick of every cell's solver error. Cached on disk per
@@ -219,25 +238,21 @@ class ReferenceSolve:
 
         self.spec = {"solver": str(rcfg.solver), "grid": str(rcfg.grid), "nfe": int(rcfg.nfe),
                      "check_nfe": int(rcfg.check_nfe)}
-        key = cache_key({"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
-                         "sigma": [model.sigma_min, model.sigma_max], **self.spec})
-        path = Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key}.pt"
-        self.path, self.cached = path, path.is_file()
-        if self.cached:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            self.x_ref, self.self_rmse = blob["x_ref"], float(blob["self_rmse"])
-        else:
+        key = {"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
+               "sigma": [model.sigma_min, model.sigma_max], **self.spec}
+        path = Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key_digest(key)}.pt"
+
+        def compute() -> dict:
             name, opts = solver_config(self.spec["solver"])
             solve = lambda nfe: model.sample(x_T, batch_size, f"reference NFE {nfe}" if progress else None,  # noqa: E731
                                              solver=name, nfe=nfe, grid=self.spec["grid"], **opts)
             log.info("reference solve: %s/%s at NFE %d (and %d for its self-consistency), %d samples",
                      self.spec["solver"], self.spec["grid"], self.spec["nfe"], self.spec["check_nfe"], x_T.shape[0])
-            self.x_ref = solve(self.spec["nfe"]).cpu()
-            self.self_rmse = _rmse(solve(self.spec["check_nfe"]).cpu(), self.x_ref)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
-            torch.save({"x_ref": self.x_ref, "self_rmse": self.self_rmse, "spec": self.spec}, tmp)
-            tmp.replace(path)
+            x_ref = solve(self.spec["nfe"]).cpu()
+            return {"x_ref": x_ref, "self_rmse": _rmse(solve(self.spec["check_nfe"]).cpu(), x_ref)}
+
+        blob, self.cached = load_or_compute(path, key, compute, version=REFERENCE_VERSION, fields=("x_ref", "self_rmse"))
+        self.path, self.x_ref, self.self_rmse = path, blob["x_ref"], float(blob["self_rmse"])
 
     def rmse(self, samples: Tensor) -> float:
         return _rmse(samples.cpu(), self.x_ref)

@@ -1,13 +1,14 @@
 """Training callbacks: EMA of the weights and a per-rank weight digest (DDP consistency checks)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+
+from diffode.cache import digest, write_text
 
 
 class EMA(WeightAveraging):
@@ -53,11 +54,8 @@ class EMAUpdate:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    parts = [p for name, t in sorted(module.state_dict().items()) for p in (name, t)]
+    return digest(*parts, algo="sha256")
 
 
 class WeightDigest(L.Callback):
@@ -70,4 +68,4 @@ class WeightDigest(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rec = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
                "sha256": weights_digest(pl_module)}
-        (self.out_dir / f"weights_rank{trainer.global_rank}.json").write_text(json.dumps(rec))
+        write_text(self.out_dir / f"weights_rank{trainer.global_rank}.json", json.dumps(rec))

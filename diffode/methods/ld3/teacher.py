@@ -6,7 +6,6 @@ rank, rank + world, ... and the shards are all-gathered back into index order.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +13,7 @@ import torch
 from torch import Tensor
 
 from diffode.core.schedules import DTYPE
-from diffode.models import cache_key
+from diffode.cache import key_digest, load_or_compute
 
 def start_noise(indices, shape, seed: int) -> Tensor:
     """Unit-variance z for the given pair indices [len, *shape], float64, one generator per index."""
@@ -55,20 +54,18 @@ def make_pairs(denoiser, shape, count: int, seed: int, teacher: dict, schedule, 
     return z.cpu(), x0.cpu()
 
 
+PAIRS_VERSION = 1  # bump when the same spec would give other pairs
+
+
 def cached_pairs(cache_dir: str | Path | None, spec: dict, make: Callable[[], tuple[Tensor, Tensor]],
                  rank: int = 0, barrier: Callable[[], None] | None = None) -> tuple[Tensor, Tensor, Path | None]:
     """Load the pairs for `spec` from cache_dir, or make (on every rank) and save them (rank 0)."""
-    path = Path(cache_dir) / f"ld3_pairs_{cache_key(spec)}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        if blob["spec"] == json.loads(json.dumps(spec, default=str)):
-            return blob["z"], blob["x0"], path
-    z, x0 = make()
-    if path is not None and rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
-        torch.save({"spec": json.loads(json.dumps(spec, default=str)), "z": z, "x0": x0}, tmp)
-        tmp.replace(path)  # atomic: concurrent jobs of a multirun never read half a file
+    if not cache_dir:
+        z, x0 = make()
+        return z, x0, None
+    path = Path(cache_dir) / f"ld3_pairs_{key_digest(spec)}.pt"
+    data, _ = load_or_compute(path, spec, lambda: dict(zip(("z", "x0"), make())), version=PAIRS_VERSION,
+                              fields=("z", "x0"), write=rank == 0)
     if barrier is not None:
         barrier()
-    return z, x0, path
+    return data["z"], data["x0"], path
