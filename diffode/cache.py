@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -129,15 +130,20 @@ def atomic_path(path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename == str(tmp):
+            e.filename = str(path)  # the file the user knows
         raise
 
 
 def save(obj, path) -> Path:
-    """torch.save through a temp file (see atomic_path)."""
+    """torch.save through a temp file (see atomic_path). The bytes are written by Python, so a full disk
+    is an OSError(ENOSPC) (torch's own file writer reports it as a RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .cache import digest, key_digest
+from .cache import digest, key_digest, save
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
 from .core.schedules import DTYPE, EDM, Schedule
 from .spec import build
@@ -136,11 +136,8 @@ def export_denoiser(ckpt_path, out_path, ema: bool = True) -> Path:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     has_ema = "current_model_state" in ckpt
     state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": dict(state),
-                "ema": bool(ema and has_ema), "global_step": ckpt.get("global_step")}, out)
-    return out
+    return save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": dict(state),
+                 "ema": bool(ema and has_ema), "global_step": ckpt.get("global_step")}, out_path)
 
 
 # -- sources -------------------------------------------------------------------------------------

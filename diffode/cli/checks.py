@@ -36,6 +36,17 @@ def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:
     return str(ckpt_path)
 
 
+def stopped_message(trainer, out: Path, checkpointed: bool) -> str:
+    """What a job stopped by SIGTERM says: where it stopped and how to continue."""
+    last = out / "checkpoints" / "last.ckpt"
+    if checkpointed and last.is_file():
+        how = (f"its last checkpoint is {last} (written at the end of each epoch); run the same command again to "
+               "continue from it (ckpt_path=last, the default).")
+    else:
+        how = "it keeps no checkpoint to resume; run the same command again to start it over."
+    return f"stopped by SIGTERM at step {trainer.global_step}: {how}"
+
+
 def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     """What every method shares: the checkpoint to resume, the trainer's length, the data, the launcher."""
     errors = []

@@ -84,6 +84,7 @@ def settings_hash(cfg) -> str:
 
 def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) -> dict:
     """Run (or resume) the sweep described by cfg; returns rows, paths and the summary."""
+    from diffode.cache import sweep_stale, write_text
     from diffode.evaluation.metrics import check_metrics, make_metrics
     from diffode.evaluation.report import markdown_table, write_report
     from diffode.evaluation.results import ResultsTable
@@ -94,6 +95,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
         torch.set_num_threads(int(cfg.threads))
     out_dir = _output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out_dir)  # temp files of an earlier run of this dir that was killed
     if cfg.source.kind == "checkpoint":
         path = checkpoint_path(cfg.source)
         if not path.is_file() and cfg.source.get("train_if_missing"):
@@ -132,7 +134,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
                    sigma_min=model.sigma_min, sigma_max=model.sigma_max, **metrics.summary())
     command = "diffode eval " + " ".join(_overrides())
     report = write_report(rows, names, out_dir, cfg.title, summary, command.strip())
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     print(f"\n{cfg.title} ({n} samples per cell; {out_dir})\n")
     print(markdown_table(rows, metrics.primary))
     result = dict(rows=rows, out_dir=str(out_dir), csv=str(table.path), report=str(report), summary=summary)

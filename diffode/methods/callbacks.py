@@ -1,4 +1,5 @@
-"""Training callbacks: EMA of the weights and a per-rank weight digest (DDP consistency checks)."""
+"""Training callbacks: EMA of the weights, a per-rank weight digest (DDP consistency checks), and the
+checkpoint writer."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
-from diffode.cache import digest, write_text
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from diffode.cache import digest, save, write_text
 
 
 class EMA(WeightAveraging):
@@ -56,6 +59,34 @@ class EMAUpdate:
 def weights_digest(module: torch.nn.Module) -> str:
     parts = [p for name, t in sorted(module.state_dict().items()) for p in (name, t)]
     return digest(*parts, algo="sha256")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through diffode.cache.save: the temp file sits next to the checkpoint
+    (Lightning's own goes to $TMPDIR and is moved across file systems by a copy that a kill can tear), and a
+    full disk is an OSError that leaves the previous checkpoint as it was."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        save(checkpoint, path)
+
+
+class FinalMetrics(L.Callback):
+    """Keeps the logged scalars (train/loss, val/...) in every checkpoint, so that a run re-started after
+    its fit had finished (killed during export) reports the same results as one that was never stopped."""
+
+    KEY = "diffode_metrics"
+
+    def __init__(self):
+        self.restored: dict = {}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[self.KEY] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self.restored = dict(checkpoint.get(self.KEY) or {})
+
+    def metrics(self, trainer) -> dict:
+        return {**self.restored, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
 
 
 class WeightDigest(L.Callback):

@@ -1,0 +1,102 @@
+"""Kill-anywhere recovery (diffode.faults): every job kind, SIGKILLed at a write of each phase, re-run with the
+same command, completes with results bitwise equal to an uninterrupted run's, every eval cell once and no
+temp file left; a SIGTERM stops training cleanly at a step (exit 143, one paragraph); a full disk ends in one
+paragraph and leaves the results that were there intact. The smoke runs one fault per job kind in forked
+copies of this process (seconds each); the measured figure (experiments/faults) is `-m slow`."""
+import random
+
+import pytest
+import torch
+
+from diffode.faults import compare
+from diffode.faults.harness import Moment, baseline, one_paragraph, phase_of, preload, run_kind, scenario
+from diffode.faults.jobs import JOBS, teacher_of
+
+# the phase each job kind is killed in: together they cover start-up, caches, checkpoints, results and export
+SMOKE = {"denoiser": ("kill", "checkpoint"), "eval": ("kill", "results"), "ld3": ("kill", "cache"),
+         "amed": ("kill", "export"), "gits": ("kill", "startup"), "progressive_distillation": ("kill", "checkpoint"),
+         "consistency_distillation": ("kill", "export")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Uninterrupted runs, made on first use: kind -> (results, trace)."""
+    root = tmp_path_factory.mktemp("faults")
+    torch.set_num_threads(1)
+    preload()  # imported once here, not in every forked job
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = baseline(JOBS[kind], root, teacher(), "fork")[:2]
+        return cache[kind]
+
+    def teacher():
+        return teacher_of(root / "denoiser" / "baseline")
+
+    get.root, get.teacher = root, teacher
+    return get
+
+
+def _event(trace, phase, i=0, kind=None):
+    picks = [e for e in trace if phase_of(e[2]) == phase and (kind is None or e[1] == kind)]
+    e = picks[min(i, len(picks) - 1)]
+    return Moment(phase, at=[e[1], e[2], e[3]])
+
+
+def _check(o):
+    assert o.landed, f"{o.kind}: the fault at {o.moment} never happened"
+    assert o.survived and o.identical, f"{o.kind} {o.fault} at {o.moment}:\n" + "\n".join(o.problems)
+
+
+@pytest.mark.parametrize("kind", list(SMOKE))
+def test_a_job_killed_at_a_write_is_finished_by_the_same_command(kind, runs):
+    fault, phase = SMOKE[kind]
+    if JOBS[kind].needs_teacher:
+        runs("denoiser")
+    expected, trace = runs(kind)
+    moment = _event(trace, phase, i=1)
+    _check(scenario(JOBS[kind], runs.root, runs.teacher(), expected, fault, moment, 0, "fork"))
+
+
+def test_sigterm_stops_training_at_a_step_in_one_paragraph_and_the_rerun_continues(runs):
+    expected, trace = runs("denoiser")
+    o = scenario(JOBS["denoiser"], runs.root, runs.teacher(), expected, "term",
+                 _event(trace, "checkpoint", i=1, kind="open"), 0, "fork")
+    _check(o)
+    err = (runs.root / "denoiser" / "term0" / "faulted.log").read_text()
+    # signalled while writing the checkpoint of step 4: it stops after that step, the rerun continues from it
+    assert "diffode: stopped by SIGTERM at step 4" in err
+
+
+@pytest.mark.parametrize("kind,phase", [("eval", "results"), ("denoiser", "checkpoint"), ("ld3", "cache")])
+def test_a_full_disk_ends_in_one_paragraph_and_keeps_what_was_written(kind, phase, runs):
+    expected, trace = runs(kind)
+    o = scenario(JOBS[kind], runs.root, runs.teacher(), expected, "enospc",
+                 _event(trace, phase, i=2, kind="open"), 0, "fork")
+    _check(o)
+    err = (runs.root / kind / "enospc0" / "faulted.log").read_text()
+    assert "diffode: the disk is full" in err and ".tmp" not in err  # names the file, not its temp
+
+
+def test_the_checks_catch_what_they_are_for():
+    assert compare.differences({"w": torch.ones(2)}, {"w": torch.tensor([1.0, 1.0 + 1e-7])}) == ["/w: tensors differ"]
+    assert compare.differences({"a": 1, "wall_time": 2}, {"a": 1}) == ["/wall_time: only in one run"]
+    assert compare._plain({"wall_time": 2, "x": "/box/run"}, "/box") == {"x": "<box>/run"}
+    assert one_paragraph("INFO x\ndiffode: the disk is full writing\n/a/b. Free space.\n") is None
+    assert one_paragraph("diffode: a\nTraceback (most recent call last):\n") is not None
+    assert one_paragraph("diffode: a\n\n[2026][x][INFO] - more\n") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(JOBS))
+def test_every_kill_is_survived_with_identical_results(kind, runs):
+    """The measured figure's scenarios for one job kind (python -m diffode.faults --mode fork --jobs KIND)."""
+    if JOBS[kind].needs_teacher:
+        runs("denoiser")
+    outcomes = run_kind(kind, runs.root / "slow", random.Random(0), "fork", kills=5, terms=2, disk_full=2,
+                        teacher=runs.teacher())
+    landed = [o for o in outcomes if o.landed]
+    assert sum(o.fault == "kill" for o in landed) >= 5
+    for o in landed:
+        _check(o)
