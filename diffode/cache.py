@@ -11,7 +11,9 @@ of this host are removed the next time the same file is written (`sweep_stale` d
 
 Derived caches (FID reference statistics, reference solves, LD3 teacher pairs, ...):
 `load_or_compute(path, key, compute, version=...)` returns the entry stored at `path`, or computes,
-stores and returns it. The file holds the format, the cache's version and the key it was computed
+stores and returns it; `cached(kind, key, compute, version=...)` does so at the usual place,
+`$DIFFODE_CACHE/<kind>/<kind>_<key digest>.pt`. A new cache needs only those two lines and a version
+to bump when its computation changes. The file holds the format, the cache's version and the key it was computed
 from (as a JSON string), next to the data (tensors and plain values; read with weights_only=True, never
 a pickle). An entry that cannot be read, was written by another version, or holds another key, is
 logged as ONE warning line naming the file, moved aside (`<file>.bad`) and recomputed. Two processes
@@ -235,7 +237,7 @@ def load_or_compute(path, key, compute: Callable[[], dict], *, version: int, fie
     if data is not None:
         return data, True
     if not write:
-        return compute(), False
+        return compute(), False  # (no lock: the writing rank holds it)
     with locked(path):  # a bad entry is set aside only under the lock: never a file another job just wrote
         data = read_entry(path, key, version, fields)
         if data is not None:
@@ -245,3 +247,18 @@ def load_or_compute(path, key, compute: Callable[[], dict], *, version: int, fie
         write_entry(path, key, data, version)
         log.debug("cache %s computed in %.1f s", path, time.perf_counter() - t0)
         return data, False
+
+
+def entry_path(kind: str, key, directory=None) -> Path:
+    """Where `cached` keeps the entry of `key`: <directory or $DIFFODE_CACHE/<kind>>/<kind>_<key digest>.pt."""
+    from diffode.config import cache_dir
+
+    return Path(directory or cache_dir(kind)) / f"{kind}_{key_digest(key)}.pt"
+
+
+def cached(kind: str, key, compute: Callable[[], dict], *, version: int, fields=(), directory=None,
+           write: bool = True) -> tuple[dict, bool, Path]:
+    """load_or_compute at entry_path(kind, key, directory); returns (data, cached, path)."""
+    path = entry_path(kind, key, directory)
+    data, hit = load_or_compute(path, key, compute, version=version, fields=fields, write=write)
+    return data, hit, path

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .cache import digest, key_digest, save
+from .cache import digest, save
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
 from .core.schedules import DTYPE, EDM, Schedule
 from .spec import build
@@ -90,10 +90,6 @@ def same_model(a: dict, b: dict) -> str | None:
         if key in a and key in b and a[key] != b[key]:
             return f"{key} {a[key]!r} vs {b[key]!r}"
     return None
-
-
-def cache_key(spec) -> str:
-    return key_digest(spec, length=16)
 
 
 # -- diffode checkpoints ------------------------------------------------------------------------

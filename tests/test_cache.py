@@ -275,10 +275,10 @@ def test_the_one_hashing_helper_keeps_every_keys_value():
     from diffode.core.schedules import DiscreteVP
     from diffode.methods.callbacks import weights_digest
     from diffode.metrics.fid import stats_path
-    from diffode.models import cache_key, file_sha256, schedule_spec, tensor_sha1
+    from diffode.models import file_sha256, schedule_spec, tensor_sha1
 
     spec = {"b": [1, 2.5, None], "a": {"x": "y"}, "p": Path("/x")}
-    assert cache_key(spec) == hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert C.key_digest(spec) == hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     t, u = torch.randn(3, 4), torch.arange(5)
     h = hashlib.sha1()
     for x in (t, u):
@@ -294,6 +294,13 @@ def test_the_one_hashing_helper_keeps_every_keys_value():
     vp = DiscreteVP()
     assert schedule_spec(vp)["params"]["table_sha1"] == hashlib.sha1(vp.log_alphas.numpy().tobytes()).hexdigest()[:16]
     assert stats_path("digits", "f").name.endswith(hashlib.sha1(b"digits|f").hexdigest()[:10] + ".pt")
+    from diffode.cli.evaluate import settings_hash
+
+    cfg = OmegaConf.create({"source": {"kind": "gmm"}, "n_samples": 4, "seed": 0, "afs": False, "denoise_to_zero": False,
+                            "metric": "auto", "fid": {}, "gmm_metrics": {}, "sweep": {}})
+    keys = dict(source={"kind": "gmm"}, n_samples=4, seed=0, afs=False, denoise_to_zero=False, metric="auto", fid={},
+                gmm={}, reference=None, solver_options=None, grid_options=None)
+    assert settings_hash(cfg) == hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # -- no pickles from disk -----------------------------------------------------------------------------

@@ -95,7 +95,7 @@ class WeightDigest(L.Callback):
     def __init__(self, out_dir: str):
         self.out_dir = Path(out_dir)
 
-    def on_train_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer, pl_module):  # also when a re-run resumes a finished fit (no on_train_end)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rec = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
                "sha256": weights_digest(pl_module)}

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from diffode.core.schedules import DTYPE
-from diffode.cache import key_digest, load_or_compute
+from diffode.cache import cached
 
 def start_noise(indices, shape, seed: int) -> Tensor:
     """Unit-variance z for the given pair indices [len, *shape], float64, one generator per index."""
@@ -63,9 +63,8 @@ def cached_pairs(cache_dir: str | Path | None, spec: dict, make: Callable[[], tu
     if not cache_dir:
         z, x0 = make()
         return z, x0, None
-    path = Path(cache_dir) / f"ld3_pairs_{key_digest(spec)}.pt"
-    data, _ = load_or_compute(path, spec, lambda: dict(zip(("z", "x0"), make())), version=PAIRS_VERSION,
-                              fields=("z", "x0"), write=rank == 0)
+    data, _, path = cached("ld3_pairs", spec, lambda: dict(zip(("z", "x0"), make())), version=PAIRS_VERSION,
+                           fields=("z", "x0"), directory=cache_dir, write=rank == 0)
     if barrier is not None:
         barrier()
     return data["z"], data["x0"], path
