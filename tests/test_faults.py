@@ -101,3 +101,31 @@ def test_every_kill_is_survived_with_identical_results(kind, runs):
     assert sum(o.fault == "kill" for o in landed) >= 5
     for o in landed:
         _check(o)
+
+
+def test_two_eval_jobs_sharing_a_cache_compute_each_entry_once(runs, tmp_path):
+    """Two jobs of one multirun start together on an empty cache: each cache entry (reference solve, FID
+    statistics) is computed by one of them and read by the other, both tables equal an uninterrupted run's."""
+    import os
+
+    from diffode.faults.child import run_in_child
+    from diffode.faults.inject import Plan
+
+    expected, _ = runs("eval")
+    cache, pids = tmp_path / "cache", []
+    for i in range(2):
+        box = tmp_path / f"job{i}"
+        (box / "tmp").mkdir(parents=True)
+        pid = os.fork()
+        if pid == 0:
+            env = {"DIFFODE_CACHE": str(cache), "TMPDIR": str(box / "tmp")}
+            os._exit(run_in_child(Plan("none", sandbox=str(box)), JOBS["eval"].argv(box), env, box / "run.log"))
+        pids.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids] == [0, 0]
+    logs = [(tmp_path / f"job{i}" / "run.log").read_text() for i in range(2)]
+    for i in range(2):
+        assert compare.differences(expected, compare.results(tmp_path / f"job{i}" / "run", JOBS["eval"].results)) == []
+    assert sum("reference solve: " in log for log in logs) == 1  # solved by one job, read by the other
+    assert sum("images (computed)" in log for log in logs) == 1  # FID statistics: the same
+    assert sorted(p.parent.name for p in cache.rglob("*.pt")) == ["fid_ref", "reference_solves"]
+    assert not [p for p in cache.rglob("*") if p.name.endswith((".bad", ".tmp"))]

@@ -20,9 +20,9 @@ def main(argv=None) -> int:
     p.add_argument("--terms", type=int, default=3, help="SIGTERMs per job kind (default 3)")
     p.add_argument("--disk-full", type=int, default=2, help="full disks per job kind (default 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", choices=("fork", "exec"), default="exec",
-                   help="exec: each run is a fresh `python -m diffode.faults.child` process (the user's command); "
-                        "fork: a forked copy of this process (no import time)")
+    p.add_argument("--mode", choices=("fork", "exec"), default="fork",
+                   help="fork (default): each run is a forked copy of this process, imports done (seconds per run); "
+                        "exec: a fresh `python -m diffode.faults.child` process, imports and all")
     p.add_argument("--jobs", default="", help="comma-separated job kinds (default: all)")
     p.add_argument("--dir", default=None, help="sandbox root (default: a temp folder, removed at the end)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every scenario as it ends")

@@ -16,7 +16,7 @@ import torch
 
 from .inject import TEMP
 
-VOLATILE = re.compile(r"(seconds|_time|^time|wall|samples_per_s|path|cached|output_dir|_cache|^stats$|fit_started)",
+VOLATILE = re.compile(r"(seconds|_time|^time|wall|samples_per_s|path|cached|output_dir|_cache|fid_stats|fit_started)",
                       re.IGNORECASE)
 CKPT_KEYS = ("state_dict", "current_model_state", "optimizer_states", "lr_schedulers", "global_step", "epoch",
              "hyper_parameters", "ema", "spec")
