@@ -21,10 +21,12 @@ PACKAGE = Path(C.__file__).parent
 
 # -- the caches, each as: run(tmp_path) -> (tensor result, entry path); calls counts the computes ----------
 
-class FidStats:
+class Counted:
     def __init__(self):
         self.calls = 0
 
+
+class FidStats(Counted):
     def run(self, tmp_path):
         from diffode.metrics.fid import FlattenFeatures, reference_stats
 
@@ -36,10 +38,7 @@ class FidStats:
         return out["real_features_cov_sum"], Path(out["path"])
 
 
-class ReferenceSolves:
-    def __init__(self):
-        self.calls = 0
-
+class ReferenceSolves(Counted):
     def run(self, tmp_path):
         from diffode.evaluation.metrics import ReferenceSolve
         from diffode.models import initial_noise, load_model
@@ -61,10 +60,7 @@ class ReferenceSolves:
         return ref.x_ref, ref.path
 
 
-class TeacherPairs:
-    def __init__(self):
-        self.calls = 0
-
+class TeacherPairs(Counted):
     def run(self, tmp_path):
         from diffode.methods.ld3.teacher import cached_pairs
 
@@ -76,11 +72,8 @@ class TeacherPairs:
         return torch.cat([z, x0]), path
 
 
-class WeightsCheck:
+class WeightsCheck(Counted):
     """The cached sha256 check of a downloaded weights file (a fake file here, in a fake hub cache)."""
-
-    def __init__(self):
-        self.calls = 0
 
     def run(self, tmp_path):
         from diffode.metrics import weights as W
@@ -103,11 +96,8 @@ class WeightsCheck:
         return torch.tensor(list(bytes.fromhex(sha))), entry
 
 
-class DigitsClassifier:
+class DigitsClassifier(Counted):
     """The first-use cache of the digits classifier (when the shipped asset is missing); training is faked."""
-
-    def __init__(self):
-        self.calls = 0
 
     def run(self, tmp_path):
         from diffode.metrics import digits_classifier as dc
@@ -186,6 +176,16 @@ def test_a_bad_entry_is_one_warning_moved_aside_and_recomputed(Cache, kind, cach
     with caplog.at_level(logging.WARNING):
         c.run(cache_env)  # healed: read, no warning
     assert c.calls == 2 and not caplog.records
+
+
+def test_a_damaged_fid_entry_does_not_count_as_cached_at_config_time(cache_env):
+    """check_metrics skips the real-data check when the statistics are cached: a damaged entry is not."""
+    from diffode.metrics.fid import has_stats
+
+    _, path = FidStats().run(cache_env)
+    assert has_stats("toy", "flatten6", cache_env)
+    _damage("truncated", path)
+    assert not has_stats("toy", "flatten6", cache_env) and path.is_file()  # asking sets nothing aside
 
 
 def test_damaged_weights_file_is_refused_in_one_paragraph_and_moved_aside(cache_env, monkeypatch):

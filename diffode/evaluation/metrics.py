@@ -161,7 +161,7 @@ def check_metrics(model: Model, cfg) -> None:
     (missing weights or data) naming the fix."""
     from diffode.config import solver_config
     from diffode.core.sample import check_sampling_config
-    from diffode.metrics.fid import InceptionFeatures, stats_path
+    from diffode.metrics.fid import InceptionFeatures, has_stats
     from diffode.metrics.weights import require_weights
 
     kind = metric_kind(model, cfg)
@@ -183,8 +183,8 @@ def check_metrics(model: Model, cfg) -> None:
                          "images; use fid.features=inception.")
     if features == "inception":
         require_weights("inception")
-    cached = features == "inception" and stats_path(reference, InceptionFeatures.cache_id,
-                                                    cfg.fid.get("cache_dir")).is_file()
+    cached = features == "inception" and has_stats(reference, InceptionFeatures.cache_id, cfg.fid.get("cache_dir"),
+                                                   real_source(reference))
     folders = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw"}  # torchvision's layouts under data_root
     if reference in folders and not cached:
         need = Path(cfg.fid.get("data_root") or "data") / folders[reference]

@@ -141,9 +141,21 @@ def reference_stats(key: str, feature_net: nn.Module, real_images: Tensor | Call
     def compute() -> dict:
         return feature_stats(real_images() if callable(real_images) else real_images, feature_net, batch_size)
 
-    stats, cached = load_or_compute(path, {"reference": key, "features": fid_id, "source": source}, compute,
-                                    version=STATS_VERSION, fields=STAT_KEYS)
+    stats, cached = load_or_compute(path, _stats_key(key, fid_id, source), compute, version=STATS_VERSION,
+                                    fields=STAT_KEYS)
     return {**stats, "path": str(path), "cached": cached}
+
+
+def _stats_key(key: str, fid_id: str, source: dict | None) -> dict:
+    return {"reference": key, "features": fid_id, "source": source}
+
+
+def has_stats(key: str, fid_id: str, directory: str | Path | None = None, source: dict | None = None) -> bool:
+    """Whether valid statistics are cached (so the real data will not be needed)."""
+    from diffode.cache import read_entry
+
+    path = stats_path(key, fid_id, directory)
+    return read_entry(path, _stats_key(key, fid_id, source), STATS_VERSION, STAT_KEYS, heal=False) is not None
 
 
 def stats_path(key: str, fid_id: str, directory: str | Path | None = None) -> Path:
