@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     def report(o):
         if a.verbose or o.problems:
-            flag = "ok" if o.survived and o.identical else "FAIL"
+            flag = "missed" if not o.landed else "ok" if o.survived and o.identical else "FAIL"
             print(f"[{flag}] {o.kind} {o.fault} at {o.moment}" + "".join(f"\n    {x}" for x in o.problems), flush=True)
 
     for k in kinds:

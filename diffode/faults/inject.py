@@ -6,7 +6,8 @@ to the sandbox). Temp names lose their host and pid, so the n-th write of a file
 moment in every run of a deterministic job. The plan says what to do at one such moment:
 
 - record: nothing; the trace is written at exit (the baseline run, from which moments are drawn);
-- kill:   SIGKILL this process just before the event happens (no cleanup code runs);
+- kill:   SIGKILL this process just before the event happens (no cleanup code runs), or `delay` seconds
+          after it (in the compute that follows);
 - term:   SIGTERM this process there (Lightning's handler stops the fit at the end of the step);
 - enospc: this write and every later one fail with OSError(ENOSPC), as on a full disk; the result
           files present at the first failure are fingerprinted, to check that they stay intact.
@@ -21,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +35,8 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 @dataclass
 class Plan:
     action: str = "record"  # record | kill | term | enospc
-    at: list | None = None  # [event, path, occurrence]: the moment to act at
+    at: list | None = None  # [event, path, occurrence]: the moment to act at...
+    delay: float = 0.0  # ...or this many seconds after it (kill / term)
     trace: str = ""  # where to write the trace (record) or the fingerprints (enospc)
     sandbox: str = ""
     fingerprint: list = field(default_factory=list)  # glob patterns (under run/) of files to fingerprint
@@ -94,10 +97,14 @@ def install(plan: Plan) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), full)
         if plan.at is None or [name, rel, n] != list(plan.at):
             return
-        if plan.action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif plan.action == "term":
-            os.kill(os.getpid(), signal.SIGTERM)
+        if plan.action in ("kill", "term"):
+            sig = signal.SIGKILL if plan.action == "kill" else signal.SIGTERM
+            if plan.delay > 0:
+                timer = threading.Timer(plan.delay, os.kill, (os.getpid(), sig))
+                timer.daemon = True  # a job that ends first is not held up by it
+                timer.start()
+            else:
+                os.kill(os.getpid(), sig)
         elif plan.action == "enospc" and name == "open":
             state["off"] = True
             Path(plan.trace).write_text(json.dumps(fingerprint(Path(plan.sandbox) / "run", plan.fingerprint)))
