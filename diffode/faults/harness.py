@@ -255,7 +255,7 @@ def run_kind(kind: str, root: Path, rng: random.Random, mode: str = "fork", kill
              ("enospc", disk_full, ("open",))]
     for fault, n, kinds in plans:
         picks = moments(trace, seconds, n, rng, kinds) if fault != "enospc" else \
-            [m for m in moments(trace, seconds, 6 * n, rng, kinds) if m.at and m.phase != "startup"][:n]
+            [m for m in moments(trace, seconds, 6 * n, rng, kinds) if m.phase not in ("startup", "compute")][:n]
         for i, m in enumerate(picks):
             o = scenario(job, root, teacher, expected, fault, m, i, mode)
             out.append(o)
