@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
-
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from diffode.cache import digest, save, write_text

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffode.core.schedules import DTYPE
 from diffode.cache import cached
+from diffode.core.schedules import DTYPE
 
 def start_noise(indices, shape, seed: int) -> Tensor:
     """Unit-variance z for the given pair indices [len, *shape], float64, one generator per index."""
