@@ -254,10 +254,15 @@ def run_kind(kind: str, root: Path, rng: random.Random, mode: str = "fork", kill
     plans = [("kill", kills, ("open", "rename", "remove", "symlink")), ("term", terms, ("open", "rename")),
              ("enospc", disk_full, ("open",))]
     for fault, n, kinds in plans:
-        picks = moments(trace, seconds, n, rng, kinds) if fault != "enospc" else \
-            [m for m in moments(trace, seconds, 6 * n, rng, kinds) if m.phase not in ("startup", "compute")][:n]
+        # 3n moments in the phases' cycle, taken until n have landed: one after the job's end is replaced
+        picks = moments(trace, seconds, 3 * n, rng, kinds) if fault != "enospc" else \
+            [m for m in moments(trace, seconds, 18 * n, rng, kinds) if m.phase not in ("startup", "compute")]
+        landed = 0
         for i, m in enumerate(picks):
+            if landed == n:
+                break
             o = scenario(job, root, teacher, expected, fault, m, i, mode)
+            landed += o.landed
             out.append(o)
             report(o)
     return out
