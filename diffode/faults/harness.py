@@ -43,11 +43,13 @@ class Moment:
     time: float | None = None  # seconds after the start (a signal from outside)
     at: list | None = None  # [event, path, occurrence] (a fault from inside, at that write...
     delay: float = 0.0  # ...or this many seconds after it: in the compute that follows)
+    torn: bool = False  # a SIGKILL in the middle of writing the file that write opens
 
     def __str__(self):
         if self.at is None:
             return f"{self.phase} @{self.time:.2f}s"
-        return f"{self.phase} {self.at[0]} {self.at[1]} #{self.at[2]}" + (f" +{self.delay:.2f}s" if self.delay else "")
+        return (f"{self.phase} {'torn ' if self.torn else ''}{self.at[0]} {self.at[1]} #{self.at[2]}"
+                + (f" +{self.delay:.2f}s" if self.delay else ""))
 
 
 @dataclass
@@ -124,6 +126,7 @@ def launch(argv: list[str], sandbox: Path, plan: Plan, mode: str = "fork", signa
 # -- moments ----------------------------------------------------------------------------------
 
 def phase_of(path: str) -> str:
+    path = path.replace("/.", "/").removesuffix(".<tmp>")  # a temp file is in its file's phase
     if path.startswith("cache/"):
         return "cache"
     if path.startswith("run/checkpoints/"):
@@ -155,9 +158,9 @@ def moments(trace: list, seconds: float, k: int, rng: random.Random, kinds=("ope
         elif p == "compute":
             e, gap = rng.choices(gaps, weights=[g for _, g in gaps])[0]
             out.append(Moment(p, at=[e[1], e[2], e[3]], delay=rng.uniform(0, gap)))
-        else:
+        else:  # a write: just before it, or (half of the opens) in the middle of writing the file it opens
             e = rng.choice(by_phase[p])
-            out.append(Moment(p, at=[e[1], e[2], e[3]]))
+            out.append(Moment(p, at=[e[1], e[2], e[3]], torn=e[1] == "open" and rng.random() < 0.5))
     return out
 
 
@@ -203,7 +206,8 @@ def scenario(job: Job, root: Path, teacher: Path | None, expected: dict, fault: 
 
     box = fresh(root / job.kind / f"{fault}{i}")
     argv = job.argv(box, teacher)
-    action = {"kill": "kill", "term": "term", "enospc": "enospc"}[fault]
+    moment.torn = moment.torn and fault == "kill"
+    action = "torn" if moment.torn else fault
     plan = Plan(action if moment.at else "none", at=moment.at, delay=moment.delay, trace=str(box / "fingerprints.json"),
                 fingerprint=list(job.results))
     sig = signal.SIGKILL if fault == "kill" else signal.SIGTERM

@@ -8,6 +8,8 @@ moment in every run of a deterministic job. The plan says what to do at one such
 - record: nothing; the trace is written at exit (the baseline run, from which moments are drawn);
 - kill:   SIGKILL this process just before the event happens (no cleanup code runs), or `delay` seconds
           after it (in the compute that follows);
+- torn:   at an `open`, let the file be written, then (at the next write event, or at exit) cut it to its
+          first half and SIGKILL: the file as a kill in the middle of writing it leaves it;
 - term:   SIGTERM this process there (Lightning's handler stops the fit at the end of the step);
 - enospc: this write and every later one fail with OSError(ENOSPC), as on a full disk; the result
           files present at the first failure are fingerprinted, to check that they stay intact.
@@ -78,7 +80,14 @@ def install(plan: Plan) -> None:
     root = str(Path(plan.sandbox).resolve()) + os.sep
     t0 = time.monotonic()
     events, counts = [], {}
-    state = {"off": False, "full": False}
+    state = {"off": False, "full": False, "torn": None}
+
+    def tear(path: str):
+        """Leave `path` as a kill in the middle of writing it would: its first half, then SIGKILL."""
+        state["off"] = True
+        if os.path.isfile(path):
+            os.truncate(path, os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def hook(event, args):
         if state["off"] or event not in ("open", "os.rename", "os.remove", "os.symlink", "os.truncate"):
@@ -95,9 +104,13 @@ def install(plan: Plan) -> None:
         events.append([round(time.monotonic() - t0, 4), name, rel, n])
         if state["full"] and name == "open":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), full)
+        if state["torn"] is not None:  # the file opened at the moment has been written: tear it
+            tear(state["torn"])
         if plan.at is None or [name, rel, n] != list(plan.at):
             return
-        if plan.action in ("kill", "term"):
+        if plan.action == "torn" and name == "open":
+            state["torn"] = full
+        elif plan.action in ("kill", "term"):
             sig = signal.SIGKILL if plan.action == "kill" else signal.SIGTERM
             if plan.delay > 0:
                 timer = threading.Timer(plan.delay, os.kill, (os.getpid(), sig))
@@ -112,6 +125,8 @@ def install(plan: Plan) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), full)
 
     def write_trace():
+        if state["torn"] is not None:
+            tear(state["torn"])
         state["off"] = True
         if plan.action == "record" and plan.trace:
             Path(plan.trace).write_text(json.dumps(events))
