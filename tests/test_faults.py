@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffode.faults import compare
-from diffode.faults.harness import Moment, baseline, one_paragraph, phase_of, preload, run_kind, scenario
+from diffode.faults.harness import Moment, baseline, one_paragraph, phase_of, run_kind, scenario, server
 from diffode.faults.jobs import JOBS, teacher_of
 
 # where each job kind is killed (the phase, and a part of the file's path): together they cover start-up,
@@ -26,7 +26,6 @@ def runs(tmp_path_factory):
     """Uninterrupted runs, made on first use: kind -> (results, trace)."""
     root = tmp_path_factory.mktemp("faults")
     torch.set_num_threads(1)
-    preload()  # imported once here, not in every forked job
     cache = {}
 
     def get(kind):
@@ -109,22 +108,22 @@ def test_every_kill_is_survived_with_identical_results(kind, runs):
 def test_two_eval_jobs_sharing_a_cache_compute_each_entry_once(runs, tmp_path):
     """Two jobs of one multirun start together on an empty cache: each cache entry (reference solve, FID
     statistics) is computed by one of them and read by the other, both tables equal an uninterrupted run's."""
-    import os
-
-    from diffode.faults.child import run_in_child
+    from diffode.faults.child import job_process
     from diffode.faults.inject import Plan
 
     expected, _ = runs("eval")
-    cache, pids = tmp_path / "cache", []
-    for i in range(2):
+    cache, procs = tmp_path / "cache", []
+    for i in range(2):  # (forked from the harness's clean forkserver, as its jobs are)
         box = tmp_path / f"job{i}"
         (box / "tmp").mkdir(parents=True)
-        pid = os.fork()
-        if pid == 0:
-            env = {"DIFFODE_CACHE": str(cache), "TMPDIR": str(box / "tmp")}
-            os._exit(run_in_child(Plan("none", sandbox=str(box)), JOBS["eval"].argv(box), env, box / "run.log"))
-        pids.append(pid)
-    assert [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids] == [0, 0]
+        env = {"DIFFODE_CACHE": str(cache), "TMPDIR": str(box / "tmp")}
+        procs.append(server().Process(target=job_process, args=(Plan("none", sandbox=str(box)), JOBS["eval"].argv(box),
+                                                                   env, box / "run.log")))
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0, 0]
     logs = [(tmp_path / f"job{i}" / "run.log").read_text() for i in range(2)]
     for i in range(2):
         assert compare.differences(expected, compare.results(tmp_path / f"job{i}" / "run", JOBS["eval"].results)) == []

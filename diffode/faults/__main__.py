@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from .harness import preload, run_kind, table
+    from .harness import run_kind, table
     from .jobs import JOBS, teacher_of
 
     kinds = [k for k in (a.jobs.split(",") if a.jobs else JOBS) if k]
@@ -40,8 +40,6 @@ def main(argv=None) -> int:
         p.error(f"unknown job kind(s) {unknown}; choose from {', '.join(JOBS)}")
     if any(JOBS[k].needs_teacher for k in kinds) and "denoiser" not in kinds:
         kinds.insert(0, "denoiser")  # its export is the distillations' teacher
-    if a.mode == "fork":
-        preload()
     rng = random.Random(a.seed)
     tmp = None if a.dir else tempfile.TemporaryDirectory(prefix="diffode_faults_")
     root = Path(a.dir or tmp.name)

@@ -1,7 +1,11 @@
-"""The job's side of the fault harness: `python -m diffode.faults.child '<plan json>' <diffode args...>`.
+"""The job's side of the fault harness.
 
-Installs the plan (diffode.faults.inject) and runs the `diffode` command line in this process; the exit
-status is the command's (a SystemExit's code, 1 for an exception, whose traceback goes to stderr).
+- `python -m diffode.faults.child '<plan json>' <diffode args...>` (mode exec): installs the plan
+  (diffode.faults.inject) and runs the `diffode` command line in this process;
+- `job_process(plan, argv, env, log)` (mode fork): the same in a process forked from multiprocessing's
+  forkserver, which has imported what the jobs use once (diffode.faults.preload).
+
+The exit status is the command's (a SystemExit's code, 1 for an exception, whose traceback goes to stderr).
 """
 from __future__ import annotations
 
@@ -14,8 +18,7 @@ from .inject import Plan, finish, install
 
 
 def run_in_child(plan: Plan, argv: list[str], env: dict, stderr: Path | None = None) -> int:
-    """Run `diffode <argv>` here under `plan`; returns the exit status. `stderr`: send fds 1 and 2 there
-    (a forked child shares the parent's terminal otherwise)."""
+    """Run `diffode <argv>` here under `plan`; returns the exit status. `stderr`: send fds 1 and 2 there."""
     import tempfile
 
     if stderr is not None:
@@ -46,6 +49,14 @@ def run_in_child(plan: Plan, argv: list[str], env: dict, stderr: Path | None = N
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+def job_process(plan: Plan, argv: list[str], env: dict, stderr: Path) -> None:
+    """A multiprocessing target: the job, then exit with its status (no interpreter clean-up to wait on)."""
+    import torch
+
+    torch.set_num_threads(1)
+    os._exit(run_in_child(plan, argv, env, stderr))
 
 
 if __name__ == "__main__":

@@ -63,22 +63,27 @@ class Outcome:
     problems: list = field(default_factory=list)
 
 
-def preload() -> None:
-    """Import what the jobs use, once, so that forked jobs do not each import it again."""
-    import matplotlib.pyplot  # noqa: F401
-    import torchmetrics.image.fid  # noqa: F401
-
-    import diffode.cli.evaluate  # noqa: F401
-    import diffode.cli.train  # noqa: F401
-    import diffode.evaluation.metrics  # noqa: F401
-    import diffode.evaluation.report  # noqa: F401
-    import diffode.evaluation.sweep  # noqa: F401
-    from diffode.methods.registry import _load_all
-
-    _load_all()
-
-
 # -- running one job --------------------------------------------------------------------------
+
+_SERVER = None
+
+
+def server():
+    """multiprocessing's forkserver, with what the jobs import imported once (diffode.faults.preload).
+
+    Jobs are forked from it, not from this process: a fork of a process whose OpenMP threads have run
+    (any torch op of a test before) hangs in its first parallel region, the server has run none."""
+    global _SERVER
+    if _SERVER is None:
+        import multiprocessing as mp
+
+        _SERVER = mp.get_context("forkserver")
+        _SERVER.set_forkserver_preload(["diffode.faults.preload"])
+    return _SERVER
+
+
+def _exitcode(proc) -> int | None:
+    return proc.poll() if isinstance(proc, subprocess.Popen) else proc.exitcode
 
 def _child_env(sandbox: Path) -> dict:
     return {"DIFFODE_CACHE": str(sandbox / "cache"), "TMPDIR": str(sandbox / "tmp"), "OMP_NUM_THREADS": "1",
@@ -95,30 +100,22 @@ def launch(argv: list[str], sandbox: Path, plan: Plan, mode: str = "fork", signa
     plan.sandbox = str(sandbox)
     t0 = time.monotonic()
     if mode == "fork":
-        sys.stdout.flush(), sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the job
-            from .child import run_in_child
+        from .child import job_process
 
-            os._exit(run_in_child(plan, argv, _child_env(sandbox), err))
-        proc = None
+        proc = server().Process(target=job_process, args=(plan, argv, _child_env(sandbox), err))
+        proc.start()
     else:
         with open(err, "ab") as f:
             proc = subprocess.Popen([sys.executable, "-m", "diffode.faults.child", plan.to_json(), *argv],
                                     env={**os.environ, **_child_env(sandbox)}, stdout=f, stderr=f)
-        pid = proc.pid
-    rc, sent = None, False
-    while rc is None:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            rc = os.waitstatus_to_exitcode(status)
-            break
+    sent = False
+    while (rc := _exitcode(proc)) is None:
         now = time.monotonic() - t0
         if signal_at is not None and not sent and now >= signal_at:
-            os.kill(pid, sig)
+            os.kill(proc.pid, sig)
             sent = True
         if now > timeout:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
         time.sleep(0.005)
     return Run(rc, time.monotonic() - t0, err.read_text(errors="replace"))
 
