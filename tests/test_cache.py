@@ -224,7 +224,7 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
 
 def test_temps_of_dead_processes_are_swept_and_live_ones_kept(tmp_path):
     target = tmp_path / "a.pt"
-    p = mp.get_context("fork").Process(target=os._exit, args=(0,))
+    p = mp.get_context("spawn").Process(target=os._exit, args=(0,))
     p.start()
     p.join()
     dead = tmp_path / f".a.pt.{C.HOST}.{p.pid}.tmp"
@@ -251,7 +251,7 @@ def _compute_entry(path, start, out):
 
 
 def test_two_processes_computing_one_entry_both_get_it_uncorrupted(tmp_path):
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fresh interpreters: a fork of this one could hang in OpenMP
     path, start, out = tmp_path / "entry.pt", ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_compute_entry, args=(path, start, out)) for _ in range(2)]
     for p in procs:
