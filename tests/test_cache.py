@@ -294,7 +294,7 @@ def test_the_one_hashing_helper_keeps_every_keys_value():
     vp = DiscreteVP()
     assert schedule_spec(vp)["params"]["table_sha1"] == hashlib.sha1(vp.log_alphas.numpy().tobytes()).hexdigest()[:16]
     assert stats_path("digits", "f").name.endswith(hashlib.sha1(b"digits|f").hexdigest()[:10] + ".pt")
-    from diffode.cli.evaluate import settings_hash
+    from diffode.evaluation.runner import settings_hash
 
     cfg = OmegaConf.create({"source": {"kind": "gmm"}, "n_samples": 4, "seed": 0, "afs": False, "denoise_to_zero": False,
                             "metric": "auto", "fid": {}, "gmm_metrics": {}, "sweep": {}})
