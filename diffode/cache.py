@@ -10,14 +10,18 @@ leaves the previous file as it was. A SIGKILL cannot run cleanup code: the temp 
 of this host are removed the next time the same file is written (`sweep_stale` does a whole folder).
 
 Derived caches (FID reference statistics, reference solves, LD3 teacher pairs, ...):
-`load_or_compute(path, key, compute, version=...)` returns the entry stored at `path`, or computes,
-stores and returns it; `cached(kind, key, compute, version=...)` does so at the usual place,
-`$DIFFODE_CACHE/<kind>/<kind>_<key digest>.pt`. A new cache needs only those two lines and a version
-to bump when its computation changes. The file holds the format, the cache's version and the key it was computed
-from (as a JSON string), next to the data (tensors and plain values; read with weights_only=True, never
-a pickle). An entry that cannot be read, was written by another version, or holds another key, is
-logged as ONE warning line naming the file, moved aside (`<file>.bad`) and recomputed. Two processes
-computing the same entry take turns on a lock file (`<file>.lock`): the second reads what the first wrote.
+`load_or_compute(path, key, compute, version=...)` returns the entry stored at `path` (made by
+`entry_file`), or computes, stores and returns it; `cached(kind, key, compute, version=...)` does so at the
+usual place, `$DIFFODE_CACHE/<kind>/<kind>_<key digest>.cache2-v<version>.pt`. A new cache needs only those
+lines and a version to bump when its computation changes. An entry's file name carries the entry format
+and the cache's version: a diffode of another format or version looks for another name, so it never meets
+this one's files (an older diffode died with a KeyError on a new FID statistics entry under its name), and
+versions sharing a cache folder do not set each other's entries aside in turn. The file holds the
+format, the cache's version and the key it was computed from (as a JSON string), next to the data
+(tensors and plain values; read with weights_only=True, never a pickle). An entry that cannot be read,
+was written by another version, or holds another key, is logged as ONE warning line naming the file,
+moved aside (`<file>.bad`) and recomputed. Two processes computing the same entry take turns on a lock
+file (`<file>.lock`): the second reads what the first wrote.
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-FORMAT = "diffode.cache/1"
+ENTRY_FORMAT = 2  # of the file layout below; the files of format 1 were bare dicts under untagged names
+FORMAT = f"diffode.cache/{ENTRY_FORMAT}"
 HOST = socket.gethostname().replace(".", "_")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -161,6 +166,25 @@ def disk_full(e: BaseException) -> bool:
 
 # -- derived caches ------------------------------------------------------------------------------
 
+def entry_tag(version: int) -> str:
+    return f".cache{ENTRY_FORMAT}-v{int(version)}"
+
+
+def entry_file(path, version: int) -> Path:
+    """Where the entry of a cache at `version` lives: `path` with the entry format and the version in its
+    name (`a/b.pt` -> `a/b.cache2-v1.pt`)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}{entry_tag(version)}{path.suffix}")
+
+
+def _named(path, version: int) -> Path:
+    path = Path(path)
+    if entry_tag(version) not in path.name:  # a programming error: every cache names its files with entry_file
+        raise ValueError(f"cache entry {path}: its name must carry its format and version; make it with "
+                         f"diffode.cache.entry_file(path, {version})")
+    return path
+
+
 def _problem(blob, key_text: str, version: int, fields) -> str | None:
     """None when `blob` is a valid entry for this key and version, else what is wrong with it."""
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("data"), dict):
@@ -188,8 +212,8 @@ def set_aside(path, reason: str) -> Path:
 
 
 def read_entry(path, key, version: int, fields=(), heal: bool = True) -> dict | None:
-    """The data of a valid entry at `path`, else None (a bad entry is set aside when `heal`)."""
-    path = Path(path)
+    """The data of a valid entry at `path` (an entry_file), else None (a bad entry is set aside when `heal`)."""
+    path = _named(path, version)
     if not path.is_file():
         return None
     try:
@@ -206,6 +230,7 @@ def read_entry(path, key, version: int, fields=(), heal: bool = True) -> dict | 
 
 
 def write_entry(path, key, data: dict, version: int) -> Path:
+    _named(path, version)
     return save({"format": FORMAT, "version": int(version), "key": canonical_json(key), "data": data}, path)
 
 
@@ -230,7 +255,7 @@ def locked(path, wait_note: str = "") -> Iterator[None]:
 
 def load_or_compute(path, key, compute: Callable[[], dict], *, version: int, fields=(),
                     write: bool = True) -> tuple[dict, bool]:
-    """(data, cached): the entry at `path` for `key` (any JSON-able spec of what it is computed from),
+    """(data, cached): the entry at `path` (an entry_file) for `key` (any JSON-able spec of what it is computed from),
     else `compute()` (a dict of tensors / plain values) stored there. `write=False` (e.g. DDP ranks > 0)
     computes without storing, locking or setting anything aside."""
     data = read_entry(path, key, version, fields, heal=False)
@@ -249,16 +274,16 @@ def load_or_compute(path, key, compute: Callable[[], dict], *, version: int, fie
         return data, False
 
 
-def entry_path(kind: str, key, directory=None) -> Path:
-    """Where `cached` keeps the entry of `key`: <directory or $DIFFODE_CACHE/<kind>>/<kind>_<key digest>.pt."""
+def entry_path(kind: str, key, version: int, directory=None) -> Path:
+    """Where `cached` keeps the entry of `key`: <directory or $DIFFODE_CACHE/<kind>>/<kind>_<key digest>.cache2-v<N>.pt."""
     from diffode.config import cache_dir
 
-    return Path(directory or cache_dir(kind)) / f"{kind}_{key_digest(key)}.pt"
+    return entry_file(Path(directory or cache_dir(kind)) / f"{kind}_{key_digest(key)}.pt", version)
 
 
 def cached(kind: str, key, compute: Callable[[], dict], *, version: int, fields=(), directory=None,
            write: bool = True) -> tuple[dict, bool, Path]:
     """load_or_compute at entry_path(kind, key, directory); returns (data, cached, path)."""
-    path = entry_path(kind, key, directory)
+    path = entry_path(kind, key, version, directory)
     data, hit = load_or_compute(path, key, compute, version=version, fields=fields, write=write)
     return data, hit, path

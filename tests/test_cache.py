@@ -178,6 +178,48 @@ def test_a_bad_entry_is_one_warning_moved_aside_and_recomputed(Cache, kind, cach
     assert c.calls == 2 and not caplog.records
 
 
+OLD_FID_KEYS = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+def _old_reader(path: Path) -> dict:
+    """What a diffode of the first cache format did with a FID statistics file (its stats_path had no tag)."""
+    stats = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: stats[k] for k in OLD_FID_KEYS}  # a new-format file here was `KeyError: real_features_num_samples`
+
+
+@pytest.mark.parametrize("Cache", CACHES, ids=lambda c: c.__name__)
+def test_an_entry_file_is_named_by_its_format_and_version(Cache, cache_env):
+    _, path = Cache().run(cache_env)
+    assert path.name.endswith(".cache2-v1.pt") and path.is_file()
+    untagged = path.with_name(path.name.replace(".cache2-v1", ""))
+    assert not untagged.exists()  # where a diffode of the first format looks: nothing of ours there
+
+
+def test_old_and_new_fid_statistics_live_side_by_side(cache_env, caplog):
+    """An older diffode and this one share a cache folder: each reads only its own file, neither warns."""
+    from diffode.metrics.fid import stats_path
+
+    new = stats_path("toy", "flatten6", cache_env)
+    old = new.with_name(new.name.replace(".cache2-v1", ""))
+    old_stats = {k: torch.full((2,), 7.0) for k in OLD_FID_KEYS}
+    torch.save(old_stats, old)
+    c = FidStats()
+    with caplog.at_level(logging.WARNING):
+        _, path = c.run(cache_env)
+    assert path == new and c.calls == 1 and not caplog.records  # computed its own; the old file not even opened
+    assert old.read_bytes() and torch.equal(_old_reader(old)["real_features_num_samples"], torch.full((2,), 7.0))
+    with pytest.raises(KeyError):
+        _old_reader(new)  # why the names differ
+    assert not list(cache_env.glob("*.bad"))
+
+
+def test_a_cache_entry_without_its_tag_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="entry_file"):
+        C.load_or_compute(tmp_path / "x.pt", {"k": 1}, lambda: {"x": torch.zeros(1)}, version=1)
+    with pytest.raises(ValueError, match="entry_file"):  # another version's name is not this version's
+        C.load_or_compute(C.entry_file(tmp_path / "x.pt", 2), {"k": 1}, lambda: {"x": torch.zeros(1)}, version=1)
+
+
 def test_a_damaged_fid_entry_does_not_count_as_cached_at_config_time(cache_env):
     """check_metrics skips the real-data check when the statistics are cached: a damaged entry is not."""
     from diffode.metrics.fid import has_stats
@@ -252,7 +294,7 @@ def _compute_entry(path, start, out):
 
 def test_two_processes_computing_one_entry_both_get_it_uncorrupted(tmp_path):
     ctx = mp.get_context("spawn")  # fresh interpreters: a fork of this one could hang in OpenMP
-    path, start, out = tmp_path / "entry.pt", ctx.Event(), ctx.Queue()
+    path, start, out = C.entry_file(tmp_path / "entry.pt", 1), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_compute_entry, args=(path, start, out)) for _ in range(2)]
     for p in procs:
         p.start()
@@ -293,7 +335,7 @@ def test_the_one_hashing_helper_keeps_every_keys_value():
     assert weights_digest(m) == h.hexdigest()
     vp = DiscreteVP()
     assert schedule_spec(vp)["params"]["table_sha1"] == hashlib.sha1(vp.log_alphas.numpy().tobytes()).hexdigest()[:16]
-    assert stats_path("digits", "f").name.endswith(hashlib.sha1(b"digits|f").hexdigest()[:10] + ".pt")
+    assert stats_path("digits", "f").name.endswith(hashlib.sha1(b"digits|f").hexdigest()[:10] + ".cache2-v1.pt")
     from diffode.evaluation.runner import settings_hash
 
     cfg = OmegaConf.create({"source": {"kind": "gmm"}, "n_samples": 4, "seed": 0, "afs": False, "denoise_to_zero": False,

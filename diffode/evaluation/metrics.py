@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from diffode.config import cache_dir
-from diffode.cache import key_digest, load_or_compute
+from diffode.cache import entry_file, key_digest, load_or_compute
 from diffode.models import Model
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,8 @@ class ReferenceSolve:
                      "check_nfe": int(rcfg.check_nfe)}
         key = {"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
                "sigma": [model.sigma_min, model.sigma_max], **self.spec}
-        path = Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key_digest(key)}.pt"
+        path = entry_file(Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key_digest(key)}.pt",
+                          REFERENCE_VERSION)
 
         def compute() -> dict:
             name, opts = solver_config(self.spec["solver"])

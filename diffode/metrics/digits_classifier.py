@@ -114,9 +114,10 @@ def save_classifier(model: DigitsCNN, info: dict, path: Path) -> None:
 
 
 def _cached_path(kind: str = "fid") -> Path:
+    from diffode.cache import entry_file
     from diffode.config import cache_dir
 
-    return cache_dir() / KINDS[kind][0]
+    return entry_file(cache_dir() / KINDS[kind][0], CLASSIFIER_VERSION)
 
 
 def _from_blob(blob: dict) -> DigitsCNN:

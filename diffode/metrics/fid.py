@@ -164,10 +164,11 @@ def has_stats(key: str, fid_id: str, directory: str | Path | None = None, source
 
 def stats_path(key: str, fid_id: str, directory: str | Path | None = None) -> Path:
     """Where reference_stats caches the statistics of (key, feature net id)."""
-    from diffode.cache import digest
+    from diffode.cache import digest, entry_file
 
     name = digest(f"{key}|{fid_id}", length=10)
-    return Path(directory or cache_dir() / "fid_ref") / f"{_safe(key)}__{_safe(fid_id)}__{name}.pt"
+    return entry_file(Path(directory or cache_dir() / "fid_ref") / f"{_safe(key)}__{_safe(fid_id)}__{name}.pt",
+                      STATS_VERSION)
 
 
 def fid_score(fake_images: Tensor, feature_net: nn.Module, ref: dict, batch_size: int = 1000) -> float:

@@ -63,12 +63,12 @@ CHECK_VERSION = 1
 
 def file_check(path: Path) -> str:
     """The sha256 of a weights file, computed once per (name, size, modification time) and cached."""
-    from diffode.cache import digest, key_digest, load_or_compute
+    from diffode.cache import digest, entry_file, key_digest, load_or_compute
     from diffode.config import cache_dir
 
     st = path.stat()
     key = {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    entry = cache_dir("weights_checks") / f"{path.name}.{key_digest(key, 10)}.pt"
+    entry = entry_file(cache_dir("weights_checks") / f"{path.name}.{key_digest(key, 10)}.pt", CHECK_VERSION)
     data, _ = load_or_compute(entry, key, lambda: {"sha256": digest(path, algo="sha256")}, version=CHECK_VERSION,
                               fields=("sha256",))
     return str(data["sha256"])
