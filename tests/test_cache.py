@@ -285,10 +285,16 @@ def test_temps_of_dead_processes_are_swept_and_live_ones_kept(tmp_path):
 
 # -- concurrency --------------------------------------------------------------------------------------
 
+def _slow_entry() -> dict:
+    import time
+
+    time.sleep(1.0)  # long enough that, without the lock, both processes would be computing at once
+    return {"x": torch.arange(200_000.0).sin()}
+
+
 def _compute_entry(path, start, out):
     start.wait()
-    data, cached = C.load_or_compute(path, {"k": 1}, lambda: {"x": torch.arange(200_000.0).sin()}, version=1,
-                                     fields=("x",))
+    data, cached = C.load_or_compute(path, {"k": 1}, _slow_entry, version=1, fields=("x",))
     out.put((cached, float(data["x"].sum())))
 
 
