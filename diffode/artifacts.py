@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .cache import save, write_text
 from .config import shipped_path
 from .core.schedules import DTYPE
 from .models import Model, same_model, schedule_spec
@@ -92,12 +93,8 @@ def save_artifact(out_dir, *, kind: str, solver: str, nfe: int, sigmas, model: d
         manifest["hook"] = {"spec": _plain(hook_spec), "option": hook_option}
         weights["hook"] = {k: v.detach().cpu() for k, v in hook.state_dict().items()}
     if weights:
-        tmp = out / (WEIGHTS + ".tmp")
-        torch.save(weights, tmp)
-        tmp.replace(out / WEIGHTS)
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / MANIFEST)  # last: a directory with a manifest is complete
+        save(weights, out / WEIGHTS)
+    write_text(out / MANIFEST, json.dumps(manifest, indent=1))  # last: a directory with a manifest is complete
     return out
 
 

@@ -26,8 +26,6 @@ denoiser_for(None) is its denoiser itself, so nothing of the unconditional path 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from .cache import digest, save
 from .core.conditioning import Conditioned, batch_size as cond_batch, take
 from .core.guidance import Guidance, Guided
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
@@ -216,19 +215,12 @@ class Model:
 
 # -- identity ------------------------------------------------------------------------------
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str | Path) -> str:
+    return digest(Path(path), algo="sha256")
 
 
 def tensor_sha1(*tensors: Tensor) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().to(DTYPE).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return digest(*(t.detach().to(DTYPE) for t in tensors), length=16)
 
 
 def schedule_spec(schedule: Schedule | None) -> dict | None:
@@ -238,7 +230,7 @@ def schedule_spec(schedule: Schedule | None) -> dict | None:
     params = {k: v for k, v in vars(schedule).items()
               if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
     if hasattr(schedule, "log_alphas"):  # DiscreteVP: its table, by hash
-        params["table_sha1"] = hashlib.sha1(schedule.log_alphas.numpy().tobytes()).hexdigest()[:16]
+        params["table_sha1"] = digest(schedule.log_alphas, length=16)
     return {"name": schedule.name, "params": params}
 
 
@@ -250,10 +242,6 @@ def same_model(a: dict, b: dict) -> str | None:
         if key in a and key in b and a[key] != b[key]:
             return f"{key} {a[key]!r} vs {b[key]!r}"
     return None
-
-
-def cache_key(spec) -> str:
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # -- diffode checkpoints ------------------------------------------------------------------------
@@ -303,11 +291,8 @@ def export_denoiser(ckpt_path, out_path, ema: bool = True) -> Path:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     has_ema = "current_model_state" in ckpt
     state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": dict(state),
-                "ema": bool(ema and has_ema), "global_step": ckpt.get("global_step")}, out)
-    return out
+    return save({"hyper_parameters": ckpt["hyper_parameters"], "state_dict": dict(state),
+                 "ema": bool(ema and has_ema), "global_step": ckpt.get("global_step")}, out_path)
 
 
 # -- sources -------------------------------------------------------------------------------------
@@ -408,7 +393,7 @@ def load_model(src) -> Model:
         decoder = load_vae(path)
         lo, hi = _range(src, den.schedule.sigma_min, den.schedule.sigma_max)
         weights = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin"))
-        sha = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
+        sha = digest("".join(file_sha256(p) for p in weights), algo="sha256")
         identity = {"kind": "diffusers", "name": path.name, "sha256": sha}
         return Model(den, shape, den.schedule, lo, hi, identity, str(_get(src, "dataset", "cifar10")),
                      info={"path": str(path.resolve()), "latent": decoder is not None, **extra}, decoder=decoder,

@@ -83,14 +83,15 @@ def test_stats_cache_path_and_key_checks(tmp_path, monkeypatch):
     import hashlib
 
     name = hashlib.sha1(b"my data/x|flatten3").hexdigest()[:10]
-    assert F.stats_path("my data/x", "flatten3", tmp_path) == tmp_path / f"my_data_x__flatten3__{name}.pt"
+    assert F.stats_path("my data/x", "flatten3", tmp_path) == tmp_path / f"my_data_x__flatten3__{name}.cache2-v1.pt"
     monkeypatch.setenv("DIFFODE_CACHE", str(tmp_path / "c"))
-    assert F.stats_path("k", "id") == tmp_path / "c" / "fid_ref" / f"k__id__{hashlib.sha1(b'k|id').hexdigest()[:10]}.pt"
+    assert F.stats_path("k", "id") == tmp_path / "c" / "fid_ref" / f"k__id__{hashlib.sha1(b'k|id').hexdigest()[:10]}.cache2-v1.pt"
     net = torch.nn.Flatten()
     with pytest.raises(ValueError, match="cache_id"):
         F.reference_stats("k", net, torch.zeros(2, 3), directory=tmp_path)
     out = F.reference_stats("k", F.FlattenFeatures(3), torch.arange(6.0).reshape(2, 3), directory=tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [F.stats_path("k", "flatten3", tmp_path).name]
+    files = sorted(p.name for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".lock")  # the lock stays
+    assert files == [F.stats_path("k", "flatten3", tmp_path).name]
     assert out["path"] == str(F.stats_path("k", "flatten3", tmp_path))
 
 

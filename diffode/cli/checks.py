@@ -67,10 +67,9 @@ def run_dir_errors(cfg: DictConfig, out: Path) -> list[str]:
 
 def record_run(cfg: DictConfig, out: Path) -> None:
     """Write the run's identity into its dir (atomic; every rank writes the same bytes)."""
-    record = out / RUN_RECORD
-    tmp = record.with_name(f".{RUN_RECORD}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"identity": run_identity(cfg)}, indent=1, sort_keys=True, default=str))
-    tmp.replace(record)
+    from diffode.cache import write_text
+
+    write_text(out / RUN_RECORD, json.dumps({"identity": run_identity(cfg)}, indent=1, sort_keys=True, default=str))
 
 
 def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:
@@ -85,6 +84,17 @@ def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:
         log.info("ckpt_path=last: no %s yet, starting fresh", last)
         return None
     return str(ckpt_path)
+
+
+def stopped_message(trainer, out: Path, checkpointed: bool) -> str:
+    """What a job stopped by SIGTERM says: where it stopped and how to continue."""
+    last = out / "checkpoints" / "last.ckpt"
+    if checkpointed and last.is_file():
+        how = (f"its last checkpoint is {last} (written at the end of each epoch); run the same command again to "
+               "continue from it (ckpt_path=last, the default).")
+    else:
+        how = "it keeps no checkpoint to resume; run the same command again to start it over."
+    return f"stopped by SIGTERM at step {trainer.global_step}: {how}"
 
 
 def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:

@@ -1,8 +1,9 @@
-"""Entry points report a bad config as one short paragraph, once, without a traceback.
+"""Entry points report a bad config, a full disk or a stop as one short paragraph, once, without a traceback.
 
 Every check that runs before compute raises `ConfigError` (a ValueError whose message names the fix).
 `hydra_entry` wraps a Hydra task function so that such an error prints `diffode: <message>` to stderr
-and exits with status 2. HYDRA_FULL_ERROR=1 (or DIFFODE_TRACEBACK=1) re-raises it with its traceback.
+and exits with status 2; a full disk (OSError ENOSPC / EDQUOT) exits with 1 and `Stopped` (SIGTERM) with
+its own status (143). HYDRA_FULL_ERROR=1 (or DIFFODE_TRACEBACK=1) re-raises them with their traceback.
 An override Hydra refuses while composing (a key the config or a method's options schema does not have, a
 value of the wrong type or outside its choices) is said the same way: a single run composes once first
 (`compose_error`), since Hydra's own report of it suggests appending the key with `+`.
@@ -16,6 +17,21 @@ import textwrap
 import warnings
 
 from diffode.config import CONFIG_PATH, ConfigError  # noqa: F401  (re-exported: the error entry points report)
+
+
+class Stopped(Exception):
+    """The job was told to stop (SIGTERM) and did so cleanly; the message says how to continue."""
+
+    def __init__(self, message: str, status: int = 143):
+        super().__init__(message)
+        self.status = status
+
+
+def disk_full_message(e: OSError) -> str:
+    where = f" writing {e.filename}" if e.filename else ""
+    return (f"the disk is full ({e.strerror or e}){where}. Free space there (or point output_dir / $DIFFODE_CACHE "
+            "at a disk with room) and run the same command again: what was written before is intact, and the "
+            "re-run continues from it.")
 
 
 def wants_traceback() -> bool:
@@ -68,6 +84,8 @@ def hydra_entry(config_name: str):
     def wrap(fn):
         @functools.wraps(fn)
         def task(cfg):
+            from diffode.cache import disk_full
+
             try:
                 return fn(cfg)
             except ConfigError as e:
@@ -75,6 +93,16 @@ def hydra_entry(config_name: str):
                     raise
                 report(e)
                 sys.exit(2)
+            except Stopped as e:
+                if wants_traceback():
+                    raise
+                report(e)
+                sys.exit(e.status)
+            except OSError as e:
+                if wants_traceback() or not disk_full(e):
+                    raise
+                report(RuntimeError(disk_full_message(e)))
+                sys.exit(1)
 
         # conf/hydra/launcher/submitit_*.yaml share their names with the plugin's schemas on purpose:
         # Hydra then type-checks them against hydra-submitit-launcher's fields.

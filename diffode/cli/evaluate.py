@@ -29,6 +29,7 @@ def train_if_missing(cfg: DictConfig) -> None:
     source.path says."""
     from hydra import compose
 
+    from diffode.cache import atomic_path
     from diffode.evaluation.runner import output_dir
     from diffode.models import checkpoint_path
 
@@ -51,7 +52,8 @@ def train_if_missing(cfg: DictConfig) -> None:
     if not exported or not Path(exported).is_file():
         raise FileNotFoundError(f"training finished but wrote no denoiser_ema.ckpt under {run_dir}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(exported, path)
+    with atomic_path(path) as tmp:  # a kill during the copy leaves no half checkpoint under its name
+        shutil.copyfile(exported, tmp)
 
 
 def compose_parts(cfg: DictConfig) -> list[tuple[DictConfig, dict, str]]:

@@ -16,9 +16,11 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffode.cache import write_text
+
 from .checks import (ConfigError, generic_errors, record_run, resolve_ckpt_path, resolve_output_dir, run_dir_errors,
-                     type_errors)
-from .errors import hydra_entry
+                     stopped_message, type_errors)
+from .errors import Stopped, hydra_entry
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,10 @@ def _train(cfg: DictConfig) -> dict:
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from diffode.methods.callbacks import WeightDigest
+    from diffode.cache import sweep_stale
+    from diffode.methods.callbacks import AtomicCheckpointIO, FinalMetrics, WeightDigest
 
     from .loggers import build_loggers
 
@@ -126,6 +130,7 @@ def _train(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     spec, config, ctx = prepare(cfg)  # before any compute
     out = ctx.out_dir
+    sweep_stale(out)  # temp files of an earlier run of this dir that was killed
     record_run(cfg, out)  # after the checks: a refused config leaves no claim on the dir
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out) if spec.checkpoint else None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -133,7 +138,8 @@ def _train(cfg: DictConfig) -> dict:
     n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("method %s: %s trainable parameters, run dir %s", spec.name, f"{n_params:,}", out)
 
-    callbacks = [WeightDigest(str(out))]
+    final = FinalMetrics()
+    callbacks = [WeightDigest(str(out)), final]
     if spec.checkpoint:  # epoch ends only: resuming there is exact
         callbacks.insert(0, ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last="link", save_top_k=1,
                                             every_n_epochs=cfg.get("checkpoint_every_n_epochs", 1),
@@ -142,10 +148,13 @@ def _train(cfg: DictConfig) -> dict:
     if spec.trainer is not None:
         tcfg.update(spec.trainer(config))
     trainer = instantiate(tcfg, callbacks=callbacks, logger=build_loggers(cfg, out), default_root_dir=str(out),
-                          use_distributed_sampler=False, num_sanity_val_steps=0,
+                          use_distributed_sampler=False, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
                           enable_checkpointing=spec.checkpoint, _convert_="all")
     t0 = time.time()
-    trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=ctx.datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise Stopped(stopped_message(trainer, out, spec.checkpoint)) from None
     seconds = time.time() - t0
     if not trainer.is_global_zero:
         return {}
@@ -155,10 +164,10 @@ def _train(cfg: DictConfig) -> dict:
         step = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
     results = {"method": spec.name, "output_dir": str(out), "global_step": step, "train_seconds": round(seconds, 2),
                "parameters": n_params, "seed": int(cfg.seed),
-               **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+               **final.metrics(trainer)}
     if spec.export is not None:
         results["exported"] = spec.export(module, ctx)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_text(out / "results.json", json.dumps(results, indent=2))
     log.info("done in %.1f s: %s", seconds, json.dumps(results))
     return results
 

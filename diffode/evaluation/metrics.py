@@ -17,12 +17,17 @@ import torch
 from torch import Tensor
 
 from diffode.config import cache_dir
-from diffode.models import Model, cache_key
+from diffode.cache import entry_file, key_digest, load_or_compute
+from diffode.models import Model
 
 log = logging.getLogger(__name__)
 
 
 # -- metrics ---------------------------------------------------------------------------------
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
 
 def real_images(name: str, data_root: str | None = None) -> Tensor:
     """Real data in [-1, 1] for FID reference statistics: 'digits' (training split), 'cifar10' / 'mnist'
@@ -46,10 +51,21 @@ def real_images(name: str, data_root: str | None = None) -> Tensor:
         import numpy as np
         from PIL import Image
 
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        files = image_files(path)
         arr = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
     raise ValueError(f"no real data for FID reference {name!r}: use digits, cifar10 (with fid.data_root) or a folder")
+
+
+def real_source(name: str) -> dict | None:
+    """What a folder reference's statistics depend on beyond its name: its images (names, sizes, times),
+    so that a changed folder is recomputed rather than answered from the cache."""
+    path = Path(name)
+    if name in ("digits", "cifar10", "mnist") or not path.is_dir():
+        return None
+    files = image_files(path)
+    listing = [f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return {"files": len(files), "listing": key_digest(listing)}
 
 
 class FIDMetrics:
@@ -72,7 +88,7 @@ class FIDMetrics:
         self.batch_size = int(fcfg.batch_size)
         self.ref = reference_stats(f"{reference}", self.net,
                                    lambda: real_images(reference, fcfg.get("data_root")).to(device),
-                                   self.batch_size, fcfg.get("cache_dir"))
+                                   self.batch_size, fcfg.get("cache_dir"), source=real_source(reference))
         self.reference = reference
         self.solve_ref = solve_ref
         self.bootstrap, self.level = int(fcfg.get("bootstrap", 200)), float(fcfg.get("level", 0.95))
@@ -163,7 +179,7 @@ def check_metrics(model: Model, cfg) -> None:
     (missing weights or data) naming the fix."""
     from diffode.config import solver_config
     from diffode.core.sample import check_sampling_config
-    from diffode.metrics.fid import InceptionFeatures, stats_path
+    from diffode.metrics.fid import InceptionFeatures, has_stats
     from diffode.metrics.weights import require_weights
 
     kind = metric_kind(model, cfg)
@@ -185,8 +201,8 @@ def check_metrics(model: Model, cfg) -> None:
                          "images; use fid.features=inception.")
     if features == "inception":
         require_weights("inception")
-    cached = features == "inception" and stats_path(reference, InceptionFeatures.cache_id,
-                                                    cfg.fid.get("cache_dir")).is_file()
+    cached = features == "inception" and has_stats(reference, InceptionFeatures.cache_id, cfg.fid.get("cache_dir"),
+                                                   real_source(reference))
     folders = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw"}  # torchvision's layouts under data_root
     if reference in folders and not cached:
         need = Path(cfg.fid.get("data_root") or "data") / folders[reference]
@@ -235,6 +251,9 @@ def make_metrics(model: Model, cfg, x_T: Tensor, labels: Tensor | None = None, g
     raise ValueError(f"unknown metric {kind!r}; choose auto, fid or gmm")
 
 
+REFERENCE_VERSION = 1  # bump when the same key would give another solve
+
+
 class ReferenceSolve:
     """A high-NFE solve of the model from the same x_T, and its self-consistency (RMSE against the
     same solver at a lower NFE): the yardstick of every cell's solver error. Cached on disk per
@@ -247,22 +266,17 @@ class ReferenceSolve:
         check = rcfg.get("check_nfe")
         self.spec = {"solver": str(rcfg.solver), "grid": str(rcfg.grid), "nfe": int(rcfg.nfe),
                      "check_nfe": None if check is None else int(check)}  # None: no self-consistency solve
-        spec = {"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
-                "sigma": [model.sigma_min, model.sigma_max], **self.spec}
+        key = {"model": model.identity, "seed": int(seed), "n": int(x_T.shape[0]), "shape": list(model.shape),
+               "sigma": [model.sigma_min, model.sigma_max], **self.spec}
         if cond is not None:  # a conditional solve: its labels and guidance are part of what it is
             from diffode.models import tensor_sha1
 
             parts = [cond[k] for k in sorted(cond)] if isinstance(cond, dict) else [cond]
-            spec.update(condition=model.condition, labels=tensor_sha1(*(t.cpu() for t in parts)))
-        key = cache_key(spec)
-        path = Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key}.pt"
-        self.path, self.cached = path, path.is_file()
-        if self.cached:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            self.x_ref = blob["x_ref"]
-            self.self_rmse = None if blob["self_rmse"] is None else float(blob["self_rmse"])
-            self.counts, self.seconds = blob.get("counts") or {"nfe": self.spec["nfe"]}, blob.get("seconds")
-        else:
+            key.update(condition=model.condition, labels=tensor_sha1(*(t.cpu() for t in parts)))
+        path = entry_file(Path(rcfg.get("cache_dir") or cache_dir("reference_solves")) / f"ref_{key_digest(key)}.pt",
+                          REFERENCE_VERSION)
+
+        def compute() -> dict:
             import time
 
             name, opts = solver_config(self.spec["solver"])
@@ -272,15 +286,16 @@ class ReferenceSolve:
             log.info("reference solve: %s/%s at NFE %d (and %s for its self-consistency), %d samples",
                      self.spec["solver"], self.spec["grid"], self.spec["nfe"], self.spec["check_nfe"], x_T.shape[0])
             t0 = time.perf_counter()
-            x_ref, self.counts = solve(self.spec["nfe"])
-            self.x_ref, self.seconds = x_ref.cpu(), time.perf_counter() - t0
+            x_ref, counts = solve(self.spec["nfe"])
+            x_ref, seconds = x_ref.cpu(), time.perf_counter() - t0
             check = self.spec["check_nfe"]
-            self.self_rmse = None if check is None else _rmse(solve(check)[0].cpu(), self.x_ref)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
-            torch.save({"x_ref": self.x_ref, "self_rmse": self.self_rmse, "spec": self.spec, "counts": self.counts,
-                        "seconds": self.seconds}, tmp)
-            tmp.replace(path)
+            self_rmse = None if check is None else _rmse(solve(check)[0].cpu(), x_ref)
+            return {"x_ref": x_ref, "self_rmse": self_rmse, "counts": counts, "seconds": seconds}
+
+        blob, self.cached = load_or_compute(path, key, compute, version=REFERENCE_VERSION, fields=("x_ref", "self_rmse"))
+        self.path, self.x_ref = path, blob["x_ref"]
+        self.self_rmse = None if blob["self_rmse"] is None else float(blob["self_rmse"])
+        self.counts, self.seconds = blob.get("counts") or {"nfe": self.spec["nfe"]}, blob.get("seconds")
 
     def rmse(self, samples: Tensor) -> float:
         return _rmse(samples.cpu(), self.x_ref)

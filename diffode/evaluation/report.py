@@ -191,6 +191,6 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
     parts += ["## Run", "", f"- cells: {len(rows)} ({sum(r.get('status') == 'ok' for r in rows)} ok, "
               f"{len(failed)} failed, {len(na)} unreachable); sampling wall time {sum(walls):.1f} s"]
     parts += [f"- {k}: {v}" for k, v in summary.items()] + [""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    from diffode.cache import write_text
+
+    return write_text(out_dir / "report.md", "\n".join(parts))

@@ -1,6 +1,6 @@
 """The tidy results table of a sweep: one CSV row per (solver, grid, nfe) cell.
 
-Integrity rules: the file is rewritten whole through a temp file + os.replace after every
+Integrity rules: the file is rewritten whole through a temp file + os.replace (diffode.cache) after every
 cell, so a killed job leaves either the previous complete table or the new one, never a
 half-written row. A re-run reads it back and skips the cells whose row is final (status ok or
 failed); rows carry a hash of the sweep-wide settings, and a table made with other settings
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
+
+from diffode.cache import atomic_path
 
 BASE_COLUMNS = ["solver", "grid", "nfe", "status", "n_samples", "seeds", "wall_time", "samples_per_s",
                 "settings_hash", "message"]
@@ -71,17 +72,12 @@ class ResultsTable:
         return BASE_COLUMNS[:3] + sorted(extra) + BASE_COLUMNS[3:]
 
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         cols = self.columns()
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             for r in sorted(self.rows, key=cell_key):
                 w.writerow({k: _fmt(r.get(k)) for k in cols})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
 
 def _fmt(v):

@@ -9,7 +9,6 @@ raises ConfigError (one paragraph naming the fix).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -74,8 +73,9 @@ def settings_hash(cfg, condition: str = "none") -> str:
     g = cfg.get("guidance") or {}
     if g.get("interval") is not None or g.get("threshold") is not None:  # the scale is each row's own column
         keys["guidance"] = {"interval": g.get("interval"), "threshold": g.get("threshold")}
-    blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    from diffode.cache import key_digest
+
+    return key_digest(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), length=12)
 
 
 def _reference_identity(rcfg):
@@ -88,6 +88,7 @@ def _reference_identity(rcfg):
 def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, command: str | None = None) -> dict:
     """Run (or resume) the sweep described by cfg; returns rows, paths and the summary. `command` (for the report)
     defaults to the running Hydra job's."""
+    from diffode.cache import sweep_stale, write_text
     from diffode.evaluation.families import families
     from diffode.evaluation.metrics import check_metrics, make_metrics
     from diffode.evaluation.report import markdown_table, write_report
@@ -101,6 +102,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
         torch.set_num_threads(int(cfg.threads))
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out_dir)  # temp files of an earlier run of this dir that was killed
 
     # Everything that can be wrong with the config fails here, before any sampling.
     try:
@@ -147,7 +149,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
     command = command or "diffode eval " + " ".join(task_overrides())
     report = write_report(rows, names, out_dir, cfg.title, summary, command.strip(),
                           families(cells, cfg.sweep.get("usual_grid")))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     print(f"\n{cfg.title} ({n} samples per cell; {out_dir})\n")
     for w in sorted({r.get("guidance") for r in rows}, key=lambda w: -1 if w is None else w):
         if w is not None:

@@ -1,13 +1,16 @@
-"""Training callbacks: EMA of the weights and a per-rank weight digest (DDP consistency checks)."""
+"""Training callbacks: EMA of the weights, a per-rank weight digest (DDP consistency checks), and the
+checkpoint writer."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from diffode.cache import digest, save, write_text
 
 
 class EMA(WeightAveraging):
@@ -53,11 +56,36 @@ class EMAUpdate:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    parts = [p for name, t in sorted(module.state_dict().items()) for p in (name, t)]
+    return digest(*parts, algo="sha256")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through diffode.cache.save: the temp file sits next to the checkpoint
+    (Lightning's own goes to $TMPDIR and is moved across file systems by a copy that a kill can tear), and a
+    full disk is an OSError that leaves the previous checkpoint as it was."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        save(checkpoint, path)
+
+
+class FinalMetrics(L.Callback):
+    """Keeps the logged scalars (train/loss, val/...) in every checkpoint, so that a run re-started after
+    its fit had finished (killed during export) reports the same results as one that was never stopped."""
+
+    KEY = "diffode_metrics"
+
+    def __init__(self):
+        self.restored: dict = {}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[self.KEY] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self.restored = dict(checkpoint.get(self.KEY) or {})
+
+    def metrics(self, trainer) -> dict:
+        return {**self.restored, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
 
 
 class WeightDigest(L.Callback):
@@ -66,8 +94,8 @@ class WeightDigest(L.Callback):
     def __init__(self, out_dir: str):
         self.out_dir = Path(out_dir)
 
-    def on_train_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer, pl_module):  # also when a re-run resumes a finished fit (no on_train_end)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rec = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
                "sha256": weights_digest(pl_module)}
-        (self.out_dir / f"weights_rank{trainer.global_rank}.json").write_text(json.dumps(rec))
+        write_text(self.out_dir / f"weights_rank{trainer.global_rank}.json", json.dumps(rec))

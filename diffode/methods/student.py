@@ -86,14 +86,11 @@ def save_student_checkpoint(student: ModelDenoiser, hp: dict, path, global_step:
 
     The weights are the student's own (the distillations train without EMA), so `ema` is False and
     load them with load_denoiser(path, ema=False) (ema=True loads them too, with a warning)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from ..cache import save
+
     state = {f"denoiser.{k}": v.detach().cpu().clone() for k, v in student.state_dict().items()}
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save({"hyper_parameters": student_hparams(hp, student, **extra), "state_dict": state, "ema": False,
-                "global_step": global_step}, tmp)
-    tmp.replace(out)  # atomic: a killed job never leaves half a student
-    return out
+    return save({"hyper_parameters": student_hparams(hp, student, **extra), "state_dict": state, "ema": False,
+                 "global_step": global_step}, path)  # atomic: a killed job never leaves half a student
 
 
 def save_student_artifact(out_dir, student: nn.Module, hp: dict, *, kind: str, solver: str, nfe: int, sigmas,

@@ -15,7 +15,6 @@ When a file is missing its classifier is trained on first use (under a minute on
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +30,7 @@ def _asset(name: str = "digits_classifier.pt") -> Path:
 
 
 TRAIN = dict(epochs=60, batch_size=64, lr=2e-3, weight_decay=1e-4, max_shift=1, seed=0, width=32)
+CLASSIFIER_VERSION = 1  # of the first-use cache (bump when training changes)
 # kind -> (shipped file, training options over TRAIN)
 KINDS = {"fid": ("digits_classifier.pt", {}), "perceptual": ("digits_perceptual.pt", dict(seed=1, width=16))}
 
@@ -108,37 +108,45 @@ def train_classifier(epochs: int = TRAIN["epochs"], batch_size: int = TRAIN["bat
 
 
 def save_classifier(model: DigitsCNN, info: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
+    from diffode.cache import save
+
+    save({"state_dict": model.state_dict(), "info": info}, path)
 
 
 def _cached_path(kind: str = "fid") -> Path:
+    from diffode.cache import entry_file
     from diffode.config import cache_dir
 
-    return cache_dir() / KINDS[kind][0]
+    return entry_file(cache_dir() / KINDS[kind][0], CLASSIFIER_VERSION)
+
+
+def _from_blob(blob: dict) -> DigitsCNN:
+    model = DigitsCNN(blob["info"]["train_config"].get("width", TRAIN["width"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval().requires_grad_(False)
 
 
 @lru_cache(maxsize=2)
 def load_classifier(kind: str = "fid") -> tuple[DigitsCNN, dict]:
-    """The shipped classifier of this kind (KINDS), else the one cached from a first-use training, else
-    train it now."""
+    """The shipped classifier of this kind (KINDS), else the one cached from a first-use training (trained
+    now when missing or damaged)."""
+    from diffode.cache import digest, load_or_compute
+
     if kind not in KINDS:
         raise ValueError(f"unknown digits classifier {kind!r}; choose one of {', '.join(KINDS)}")
     name, over = KINDS[kind]
-    for path in (_asset(name), _cached_path(kind)):
-        if path.is_file():
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = DigitsCNN(blob["info"]["train_config"].get("width", TRAIN["width"]))
-            model.load_state_dict(blob["state_dict"])
-            model.eval().requires_grad_(False)
-            digest = hashlib.sha1(path.read_bytes()).hexdigest()[:8]
-            return model, {**blob["info"], "path": str(path), "sha1": digest}
-    model, info = train_classifier(**over)
-    save_classifier(model, info, _cached_path(kind))
-    load_classifier.cache_clear()
-    return load_classifier(kind)
+    path = _asset(name)
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        def compute() -> dict:
+            model, info = train_classifier(**over)
+            return {"state_dict": model.state_dict(), "info": info}
+
+        path = _cached_path(kind)
+        blob, _ = load_or_compute(path, {"kind": kind, "train": {**TRAIN, **over}}, compute,
+                                  version=CLASSIFIER_VERSION, fields=("state_dict", "info"))
+    return _from_blob(blob), {**blob["info"], "path": str(path), "sha1": digest(path, length=8)}
 
 
 class DigitsFeatures(nn.Module):

@@ -15,8 +15,6 @@ The real side of FID is the same for every cell of a sweep, so its sufficient st
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -126,33 +124,51 @@ def feature_stats(images: Tensor, feature_net: nn.Module, batch_size: int = 1000
     return {k: getattr(fid, k).detach().cpu().clone() for k in STAT_KEYS}
 
 
+STATS_VERSION = 1  # bump when the statistics of the same (data, feature net) would change
+
+
 def reference_stats(key: str, feature_net: nn.Module, real_images: Tensor | Callable[[], Tensor],
-                    batch_size: int = 1000, directory: str | Path | None = None) -> dict:
+                    batch_size: int = 1000, directory: str | Path | None = None, source: dict | None = None) -> dict:
     """Real-data statistics for (key, feature net), loaded from the cache or computed and saved.
 
-    `real_images` may be a callable so the data is not even loaded when the cache hits.
-    The returned dict has the states plus 'path' and 'cached' (True when read from disk).
+    `real_images` may be a callable so the data is not even loaded when the cache hits. `source`: what
+    else the data depends on (e.g. a folder's file list), stored in the entry's key so that changed data
+    is recomputed, not answered from the cache. The returned dict has the states plus 'path' and 'cached'.
     """
+    from diffode.cache import load_or_compute
+
     fid_id = getattr(feature_net, "cache_id", None)
     if fid_id is None:
         raise ValueError("feature net needs a `cache_id` string naming it (and its weights) for the stats cache")
     path = stats_path(key, fid_id, directory)
-    if path.is_file():
-        stats = torch.load(path, map_location="cpu", weights_only=True)
-        return {**stats, "path": str(path), "cached": True}
-    images = real_images() if callable(real_images) else real_images
-    stats = feature_stats(images, feature_net, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(stats, tmp)
-    os.replace(tmp, path)  # a killed job never leaves a truncated stats file behind
-    return {**stats, "path": str(path), "cached": False}
+
+    def compute() -> dict:
+        return feature_stats(real_images() if callable(real_images) else real_images, feature_net, batch_size)
+
+    stats, cached = load_or_compute(path, _stats_key(key, fid_id, source), compute, version=STATS_VERSION,
+                                    fields=STAT_KEYS)
+    return {**stats, "path": str(path), "cached": cached}
+
+
+def _stats_key(key: str, fid_id: str, source: dict | None) -> dict:
+    return {"reference": key, "features": fid_id, "source": source}
+
+
+def has_stats(key: str, fid_id: str, directory: str | Path | None = None, source: dict | None = None) -> bool:
+    """Whether valid statistics are cached (so the real data will not be needed)."""
+    from diffode.cache import read_entry
+
+    path = stats_path(key, fid_id, directory)
+    return read_entry(path, _stats_key(key, fid_id, source), STATS_VERSION, STAT_KEYS, heal=False) is not None
 
 
 def stats_path(key: str, fid_id: str, directory: str | Path | None = None) -> Path:
     """Where reference_stats caches the statistics of (key, feature net id)."""
-    name = hashlib.sha1(f"{key}|{fid_id}".encode()).hexdigest()[:10]
-    return Path(directory or cache_dir() / "fid_ref") / f"{_safe(key)}__{_safe(fid_id)}__{name}.pt"
+    from diffode.cache import digest, entry_file
+
+    name = digest(f"{key}|{fid_id}", length=10)
+    return entry_file(Path(directory or cache_dir() / "fid_ref") / f"{_safe(key)}__{_safe(fid_id)}__{name}.pt",
+                      STATS_VERSION)
 
 
 def fid_score(fake_images: Tensor, feature_net: nn.Module, ref: dict, batch_size: int = 1000) -> float:

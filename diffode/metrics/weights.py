@@ -39,15 +39,39 @@ def weights_path(key: str) -> Path:
 
 
 def require_weights(key: str) -> Path:
+    """The path of weights file `key`, checked against the sha256 prefix its name carries (the check is
+    cached per file size and time); a missing or damaged file raises MissingWeightsError naming it."""
     path = weights_path(key)
+    fetch_hint = (f"On a machine with internet run `diffode fetch-weights {key}` (it downloads {WEIGHTS[key][1]} "
+                  f"into {path.parent}), then copy {path.name} into $TORCH_HOME/hub/checkpoints here "
+                  f"(TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch (default)')}).")
     if not path.is_file():
-        raise MissingWeightsError(
-            f"{key} weights not found: {path} is missing. On a machine with internet run "
-            f"`diffode fetch-weights {key}` (it downloads {WEIGHTS[key][1]} into {path.parent}), "
-            f"then copy {path.name} into $TORCH_HOME/hub/checkpoints here "
-            f"(TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch (default)')})."
-        )
+        raise MissingWeightsError(f"{key} weights not found: {path} is missing. {fetch_hint}")
+    want, have = _hash_prefix(path.name), file_check(path)
+    if want and not have.startswith(want):
+        from diffode.cache import set_aside
+
+        aside = set_aside(path, f"is damaged (sha256 {have[:len(want)]}, its name says {want})")
+        raise MissingWeightsError(f"{key} weights {path} were damaged (a partial download or a bad copy: sha256 "
+                                  f"starts {have[:len(want)]}, its name says {want}); moved aside to {aside.name}. "
+                                  f"{fetch_hint}")
     return path
+
+
+CHECK_VERSION = 1
+
+
+def file_check(path: Path) -> str:
+    """The sha256 of a weights file, computed once per (name, size, modification time) and cached."""
+    from diffode.cache import digest, entry_file, key_digest, load_or_compute
+    from diffode.config import cache_dir
+
+    st = path.stat()
+    key = {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    entry = entry_file(cache_dir("weights_checks") / f"{path.name}.{key_digest(key, 10)}.pt", CHECK_VERSION)
+    data, _ = load_or_compute(entry, key, lambda: {"sha256": digest(path, algo="sha256")}, version=CHECK_VERSION,
+                              fields=("sha256",))
+    return str(data["sha256"])
 
 
 def fetch_weights(key: str, force: bool = False) -> Path:

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffode.cache import save
 from diffode.core import consistency as cm
 from diffode.core.conditioning import bind
 from diffode.core.distances import l2
@@ -139,8 +140,8 @@ class ConsistencyDistillationModule(L.LightningModule):
         out = (self.out_dir or Path(self.trainer.default_root_dir)) / "snapshots"
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"ema_step{self.global_step:07d}.pt"
-        torch.save({"step": self.global_step, "spec": self.student_spec,
-                    "state_dict": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}}, path)
+        save({"step": self.global_step, "spec": self.student_spec,
+              "state_dict": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}}, path)
         return path
 
     # -- validation: fixed noise, the EMA student ------------------------------------------------------

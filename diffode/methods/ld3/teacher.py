@@ -6,15 +6,14 @@ rank, rank + world, ... and the shards are all-gathered back into index order.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from diffode.cache import cached
 from diffode.core.schedules import DTYPE
-from diffode.models import cache_key
 
 def start_noise(indices, shape, seed: int) -> Tensor:
     """Unit-variance z for the given pair indices [len, *shape], float64, one generator per index."""
@@ -68,20 +67,17 @@ def make_pairs(denoiser, shape, count: int, seed: int, teacher: dict, schedule, 
     return z.cpu(), x0.cpu()
 
 
+PAIRS_VERSION = 1  # bump when the same spec would give other pairs
+
+
 def cached_pairs(cache_dir: str | Path | None, spec: dict, make: Callable[[], tuple[Tensor, Tensor]],
                  rank: int = 0, barrier: Callable[[], None] | None = None) -> tuple[Tensor, Tensor, Path | None]:
     """Load the pairs for `spec` from cache_dir, or make (on every rank) and save them (rank 0)."""
-    path = Path(cache_dir) / f"ld3_pairs_{cache_key(spec)}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        if blob["spec"] == json.loads(json.dumps(spec, default=str)):
-            return blob["z"], blob["x0"], path
-    z, x0 = make()
-    if path is not None and rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
-        torch.save({"spec": json.loads(json.dumps(spec, default=str)), "z": z, "x0": x0}, tmp)
-        tmp.replace(path)  # atomic: concurrent jobs of a multirun never read half a file
+    if not cache_dir:
+        z, x0 = make()
+        return z, x0, None
+    data, _, path = cached("ld3_pairs", spec, lambda: dict(zip(("z", "x0"), make())), version=PAIRS_VERSION,
+                           fields=("z", "x0"), directory=cache_dir, write=rank == 0)
     if barrier is not None:
         barrier()
-    return z, x0, path
+    return data["z"], data["x0"], path

@@ -110,7 +110,9 @@ class ProgressiveDistillationModule(L.LightningModule):
             self._finish_stage()
         self.teacher.eval()
 
-    def on_train_end(self):
+    def on_fit_end(self):
+        # not on_train_end: Lightning skips that hook when a re-run resumes a fit that had already finished
+        # (a job killed between its last checkpoint and this write), and the last student would be lost
         if int(self.global_step) >= self.total_updates and int(self.stage) == len(self.steps) - 1:
             self._finish_stage()
 
