@@ -226,3 +226,20 @@ def test_reference_line_without_any_solver_error(tmp_path):
     summary = {"reference": "ref", "reference_check_nfe": 100, "reference_self_rmse": 0.001}
     md = write_report(rows, ["fid"], tmp_path, "t", summary).read_text()
     assert "its self-consistency (RMSE against NFE 100) is 0.001. For a distilled student" in md
+
+
+def test_previous_command_reads_back_the_command_write_report_put_in_the_header(tmp_path):
+    from diffode.evaluation.report import previous_command
+
+    rows = [_row("a", 4, 10.0, 1.0)]
+    assert previous_command(tmp_path / "report.md") == ""  # no report yet
+    path = write_report(rows, ["fid"], tmp_path, "t", {}, command="diffode eval  solver=ddim nfe=[4]")
+    assert previous_command(path) == "diffode eval  solver=ddim nfe=[4]"
+    assert previous_command(write_report(rows, ["fid"], tmp_path, "t", {})) == ""  # re-rendered without one
+    # the header's exact shape: "Command:", a blank line, the indented command (it may end the file)
+    path.write_text("Command:\n\n    diffode eval x=1")
+    assert previous_command(path) == "diffode eval x=1"
+    path.write_text("Command:\n\ndiffode eval x=1\n")  # not indented: not the header
+    assert previous_command(path) == ""
+    path.write_text("# t\nCommand: \n\n    diffode eval x=1\n")  # another line that merely starts alike
+    assert previous_command(path) == ""
