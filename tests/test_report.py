@@ -243,3 +243,17 @@ def test_previous_command_reads_back_the_command_write_report_put_in_the_header(
     assert previous_command(path) == ""
     path.write_text("# t\nCommand: \n\n    diffode eval x=1\n")  # another line that merely starts alike
     assert previous_command(path) == ""
+
+
+def test_counts_note_names_every_ok_cell_whose_forwards_differ_from_its_nfe():
+    from diffode.evaluation.report import counts_note
+
+    note = ("NFE counts the denoiser calls a sampler makes per sample (the table's columns); forwards counts the "
+            "network forward passes per sample (a guided call costs two).")
+    plain = {**_row("a", 4, 10.0, 1.0), "forwards": 4}
+    assert counts_note([plain]) == note + " They are equal in every cell here."
+    guided = {**_row("g", 4, 9.0, 1.0), "forwards": 8.0}
+    failed = {**_row("f", 4, 9.0, 1.0), "status": "failed", "forwards": 8}  # no samples made: not counted
+    assert counts_note([plain, guided, failed]) == note + " g/edm at NFE 4: 8 forwards."
+    assert counts_note([failed]) == note  # nothing evaluated: neither claim is made
+    assert counts_note([_row("a", 4, 10.0, 1.0)]) == note  # rows without the column (older results)
