@@ -257,3 +257,22 @@ def test_counts_note_names_every_ok_cell_whose_forwards_differ_from_its_nfe():
     assert counts_note([plain, guided, failed]) == note + " g/edm at NFE 4: 8 forwards."
     assert counts_note([failed]) == note  # nothing evaluated: neither claim is made
     assert counts_note([_row("a", 4, 10.0, 1.0)]) == note  # rows without the column (older results)
+
+
+def test_representatives_pick_each_familys_best_cell_at_the_nfe_most_families_share():
+    from diffode.evaluation.report import representatives
+
+    rows = [_cell_row("a", 4, fid=10.0), _cell_row("a", 8, fid=5.0), _cell_row("a2", 4, fid=9.0),
+            _cell_row("a2", 8, fid=6.0), _cell_row("b", 8, fid=7.0), _cell_row("b", 16, fid=3.0),
+            _cell_row("c", 6, fid=20.0), _cell_row("c", 10, fid=15.0),
+            {**_cell_row("c", 8, fid=1.0), "status": "failed"}]  # a failed cell: never shown, not counted
+    families = {"A": ["a/edm", "a2/edm"], "B": ["b/edm"], "C": ["c/edm"]}
+    got = [(t, r["solver"], r["nfe"]) for t, r in representatives(rows, families, "fid")]
+    # NFE 8 is in two families (A, B), every other NFE in one: A's best at 8 is a (5 < 6), B has 8, C's
+    # nearest are 6 and 10 (both 2 away): the smaller
+    assert got == [("A", "a", 8), ("B", "b", 8), ("C", "c", 6)]
+    # without the 8s, every NFE is in one family: the smallest, 4 (A: a2, 9 < 10); B's nearest is 16, C's 6
+    rows = [r for r in rows if r["nfe"] != 8]
+    got = [(t, r["solver"], r["nfe"]) for t, r in representatives(rows, families, "fid")]
+    assert got == [("A", "a2", 4), ("B", "b", 16), ("C", "c", 6)]
+    assert representatives(rows, families, "rmse") == []  # no cell has the metric
