@@ -276,3 +276,33 @@ def test_representatives_pick_each_familys_best_cell_at_the_nfe_most_families_sh
     got = [(t, r["solver"], r["nfe"]) for t, r in representatives(rows, families, "fid")]
     assert got == [("A", "a2", 4), ("B", "b", 16), ("C", "c", 6)]
     assert representatives(rows, families, "rmse") == []  # no cell has the metric
+
+
+def test_contact_sheet_section_captions_each_familys_cell_and_names_the_missing_pictures(tmp_path, monkeypatch):
+    import diffode.pictures
+    from diffode.evaluation.results import samples_png
+
+    made = []
+
+    def fake_sheet(entries, path):  # the picture itself is tested in test_figures.py; here: what it is given
+        made.append((entries, path))
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(diffode.pictures, "contact_sheet", fake_sheet)
+    fam = {"free": ["a/edm", "b/edm"], "students": ["s/edm"]}  # c/edm is in no family: the "other cells" panel
+    rows = [_row("a", 4, 20.0, 1.0), _row("b", 4, 12.0, 0.5), _row("s", 4, 9.0, 1.0), _row("c", 4, 30.0, 1.0)]
+    md = write_report(rows, ["fid"], tmp_path, "t", {}, families=fam).read_text()
+    assert "## Samples" not in md and made == []  # no saved pictures: no section
+    png = samples_png(tmp_path, rows[1])
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"")
+    lines = write_report(rows, ["fid"], tmp_path, "t", {}, families=fam).read_text().splitlines()
+    assert made == [([("free\nb/edm, NFE 4: FID 12 ± 0.5", png)], tmp_path / "contact_sheet.png")]
+    i = lines.index("## Samples, one row per family")
+    assert lines[i:i + 6] == [
+        "## Samples, one row per family", "",
+        "Each family's best cell by FID at the NFE most families share (or the family's nearest NFE), its first "
+        "samples, from the same seeds (the same initial noise) in every band; in an image band a column is one "
+        "seed. Each cell's own picture is in samples/. No saved samples for s/edm NFE 4, c/edm NFE 4.", "",
+        "![samples per family](contact_sheet.png)", ""]
