@@ -255,6 +255,8 @@ def test_counts_note_names_every_ok_cell_whose_forwards_differ_from_its_nfe():
     guided = {**_row("g", 4, 9.0, 1.0), "forwards": 8.0}
     failed = {**_row("f", 4, 9.0, 1.0), "status": "failed", "forwards": 8}  # no samples made: not counted
     assert counts_note([plain, guided, failed]) == note + " g/edm at NFE 4: 8 forwards."
+    guided6 = {**_row("g", 6, 9.0, 1.0), "forwards": 12}
+    assert counts_note([guided, plain, guided6]) == note + " g/edm at NFE 4: 8 forwards. g/edm at NFE 6: 12 forwards."
     assert counts_note([failed]) == note  # nothing evaluated: neither claim is made
     assert counts_note([_row("a", 4, 10.0, 1.0)]) == note  # rows without the column (older results)
 
