@@ -128,7 +128,17 @@ def test_reference_stats_create_nested_cache_folders_and_any_dtype_of_states_sco
     y = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5
     net = F.FlattenFeatures(3)
     ref = F.reference_stats("k", net, x, directory=tmp_path / "a" / "b")  # folders that do not exist yet
-    assert not ref["cached"] and F.reference_stats("k", net, x, directory=tmp_path / "a" / "b")["cached"]
+    assert not ref["cached"]
+
+    def not_loaded():
+        raise AssertionError("the cache hit must not load the real images")
+
+    again = F.reference_stats("k", net, not_loaded, directory=tmp_path / "a" / "b")
+    assert again["cached"] and again["path"] == ref["path"] == str(F.stats_path("k", "flatten3", tmp_path / "a" / "b"))
+    for k in F.STAT_KEYS:  # read back exactly what was computed, and that is x's sum, outer-product sum and count
+        assert torch.equal(again[k], ref[k])
+    assert torch.equal(again["real_features_sum"], x.sum(0)) and int(again["real_features_num_samples"]) == 40
+    torch.testing.assert_close(again["real_features_cov_sum"], x.T @ x, rtol=1e-12, atol=1e-12)
     # states stored in float32 (another tool's cache) are read in float64: the same FID to round-off of the states
     ref32 = {k: ref[k].float() for k in F.STAT_KEYS}
     exact = F.fid_score(y, net, {k: ref32[k].double() for k in F.STAT_KEYS})

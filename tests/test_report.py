@@ -226,3 +226,85 @@ def test_reference_line_without_any_solver_error(tmp_path):
     summary = {"reference": "ref", "reference_check_nfe": 100, "reference_self_rmse": 0.001}
     md = write_report(rows, ["fid"], tmp_path, "t", summary).read_text()
     assert "its self-consistency (RMSE against NFE 100) is 0.001. For a distilled student" in md
+
+
+def test_previous_command_reads_back_the_command_write_report_put_in_the_header(tmp_path):
+    from diffode.evaluation.report import previous_command
+
+    rows = [_row("a", 4, 10.0, 1.0)]
+    assert previous_command(tmp_path / "report.md") == ""  # no report yet
+    path = write_report(rows, ["fid"], tmp_path, "t", {}, command="diffode eval  solver=ddim nfe=[4]")
+    assert previous_command(path) == "diffode eval  solver=ddim nfe=[4]"
+    assert previous_command(write_report(rows, ["fid"], tmp_path, "t", {})) == ""  # re-rendered without one
+    # the header's exact shape: "Command:", a blank line, the indented command (it may end the file)
+    path.write_text("Command:\n\n    diffode eval x=1")
+    assert previous_command(path) == "diffode eval x=1"
+    path.write_text("Command:\n\ndiffode eval x=1\n")  # not indented: not the header
+    assert previous_command(path) == ""
+    path.write_text("# t\nCommand: \n\n    diffode eval x=1\n")  # another line that merely starts alike
+    assert previous_command(path) == ""
+
+
+def test_counts_note_names_every_ok_cell_whose_forwards_differ_from_its_nfe():
+    from diffode.evaluation.report import counts_note
+
+    note = ("NFE counts the denoiser calls a sampler makes per sample (the table's columns); forwards counts the "
+            "network forward passes per sample (a guided call costs two).")
+    plain = {**_row("a", 4, 10.0, 1.0), "forwards": 4}
+    assert counts_note([plain]) == note + " They are equal in every cell here."
+    guided = {**_row("g", 4, 9.0, 1.0), "forwards": 8.0}
+    failed = {**_row("f", 4, 9.0, 1.0), "status": "failed", "forwards": 8}  # no samples made: not counted
+    assert counts_note([plain, guided, failed]) == note + " g/edm at NFE 4: 8 forwards."
+    guided6 = {**_row("g", 6, 9.0, 1.0), "forwards": 12}
+    assert counts_note([guided, plain, guided6]) == note + " g/edm at NFE 4: 8 forwards. g/edm at NFE 6: 12 forwards."
+    assert counts_note([failed]) == note  # nothing evaluated: neither claim is made
+    assert counts_note([_row("a", 4, 10.0, 1.0)]) == note  # rows without the column (older results)
+
+
+def test_representatives_pick_each_familys_best_cell_at_the_nfe_most_families_share():
+    from diffode.evaluation.report import representatives
+
+    rows = [_cell_row("a", 4, fid=10.0), _cell_row("a", 8, fid=5.0), _cell_row("a2", 4, fid=9.0),
+            _cell_row("a2", 8, fid=6.0), _cell_row("b", 8, fid=7.0), _cell_row("b", 16, fid=3.0),
+            _cell_row("c", 6, fid=20.0), _cell_row("c", 10, fid=15.0),
+            {**_cell_row("c", 8, fid=1.0), "status": "failed"}]  # a failed cell: never shown, not counted
+    families = {"A": ["a/edm", "a2/edm"], "B": ["b/edm"], "C": ["c/edm"]}
+    got = [(t, r["solver"], r["nfe"]) for t, r in representatives(rows, families, "fid")]
+    # NFE 8 is in two families (A, B), every other NFE in one: A's best at 8 is a (5 < 6), B has 8, C's
+    # nearest are 6 and 10 (both 2 away): the smaller
+    assert got == [("A", "a", 8), ("B", "b", 8), ("C", "c", 6)]
+    # without the 8s, every NFE is in one family: the smallest, 4 (A: a2, 9 < 10); B's nearest is 16, C's 6
+    rows = [r for r in rows if r["nfe"] != 8]
+    got = [(t, r["solver"], r["nfe"]) for t, r in representatives(rows, families, "fid")]
+    assert got == [("A", "a2", 4), ("B", "b", 16), ("C", "c", 6)]
+    assert representatives(rows, families, "rmse") == []  # no cell has the metric
+
+
+def test_contact_sheet_section_captions_each_familys_cell_and_names_the_missing_pictures(tmp_path, monkeypatch):
+    import diffode.pictures
+    from diffode.evaluation.results import samples_png
+
+    made = []
+
+    def fake_sheet(entries, path):  # the picture itself is tested in test_figures.py; here: what it is given
+        made.append((entries, path))
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(diffode.pictures, "contact_sheet", fake_sheet)
+    fam = {"free": ["a/edm", "b/edm"], "students": ["s/edm"]}  # c/edm is in no family: the "other cells" panel
+    rows = [_row("a", 4, 20.0, 1.0), _row("b", 4, 12.0, 0.5), _row("s", 4, 9.0, 1.0), _row("c", 4, 30.0, 1.0)]
+    md = write_report(rows, ["fid"], tmp_path, "t", {}, families=fam).read_text()
+    assert "## Samples" not in md and made == []  # no saved pictures: no section
+    png = samples_png(tmp_path, rows[1])
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"")
+    lines = write_report(rows, ["fid"], tmp_path, "t", {}, families=fam).read_text().splitlines()
+    assert made == [([("free\nb/edm, NFE 4: FID 12 ± 0.5", png)], tmp_path / "contact_sheet.png")]
+    i = lines.index("## Samples, one row per family")
+    assert lines[i:i + 6] == [
+        "## Samples, one row per family", "",
+        "Each family's best cell by FID at the NFE most families share (or the family's nearest NFE), its first "
+        "samples, from the same seeds (the same initial noise) in every band; in an image band a column is one "
+        "seed. Each cell's own picture is in samples/. No saved samples for s/edm NFE 4, c/edm NFE 4.", "",
+        "![samples per family](contact_sheet.png)", ""]
