@@ -58,7 +58,7 @@ def dpm_solver(denoiser, x, sigmas, *, order=2, net_sigmas=None, callback=None, 
             phi_2 = phi_1 / h - 1
             x_next = x_euler - coef(t / r2 * phi_2, x) * (eps_2 - eps_s)
         x = x_next
-        report(callback, i, x, sigmas, D)
+        x = report(callback, i, x, sigmas, D)
     return x
 
 
