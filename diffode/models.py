@@ -48,18 +48,33 @@ class Model:
     def label(self) -> str:
         return self.identity.get("name") or self.dataset
 
-    def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, **options) -> Tensor:
+    def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, seed: int | None = None,
+               **options) -> Tensor:
         """`diffode.sample` of x_T on this model's schedule and sigma range, batch by batch, without
-        gradients (memory only: a sample does not depend on its batch). `progress` names a bar over the
-        batches (None: no bar); options are sample()'s (solver, nfe, grid, ...)."""
+        gradients (memory only: a deterministic sample does not depend on its batch). `progress` names a bar
+        over the batches (None: no bar); options are sample()'s (solver, nfe, grid, ...). A stochastic solver
+        draws its noise from one generator per batch seeded by (seed, batch index) when `seed` is given.
+        Inputs the solver declares as coming from the model (SolverSpec.model_inputs, e.g. Analytic-DPM's
+        moments) are computed, and cached, for this model and grid when options leave them out
+        (diffode/solver_inputs.py)."""
         from tqdm import tqdm
 
         from .core.sample import sample
+        from .core.solvers import get_solver
+        from .solver_inputs import with_model_inputs
 
+        options = with_model_inputs(self, options)
+        seeded = seed is not None and options.get("generator") is None and \
+            get_solver(options.get("solver", "dpmpp_2m")).stochastic
         batches = tqdm(x_T.split(int(batch_size)), desc=progress, unit="batch", disable=progress is None)
+        out = []
         with torch.no_grad():
-            return torch.cat([sample(self.denoiser, xb, schedule=self.schedule, sigma_min=self.sigma_min,
-                                     sigma_max=self.sigma_max, **options) for xb in batches])
+            for k, xb in enumerate(batches):
+                if seeded:  # the artifacts' rule (evaluation/sweep.py): one generator per batch, by position
+                    options["generator"] = torch.Generator(device=xb.device).manual_seed(int(seed) * 1_000_003 + k)
+                out.append(sample(self.denoiser, xb, schedule=self.schedule, sigma_min=self.sigma_min,
+                                  sigma_max=self.sigma_max, **options))
+        return torch.cat(out)
 
 
 # -- identity ------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
     model.denoiser = model.denoiser.to(device)
     x_T = initial_noise(model.shape, seeds, model.sigma_max).to(device)  # drawn on CPU: same noise on any device
     metrics = make_metrics(model, cfg, x_T)
-    names = [metrics.primary] + [m for m in ("fid", "rmse", "confident", "sw") if m != metrics.primary]
+    names = [metrics.primary] + [m for m in metrics.names if m != metrics.primary]
 
     table = ResultsTable(out_dir / "results.csv", settings_hash(cfg))
     log.info("sweep: %d cells (%d unreachable), %d samples each, output %s", len(cells), len(unreachable), n, out_dir)

@@ -130,6 +130,10 @@ def check_likelihood_config(solver: str, trace: str = "auto", probes: int = 1) -
                          "fixed-NFE one such as dpmpp_3m, unipc_bh1, heun).")
     if trace not in TRACES:
         resolve_trace(trace, 0)
+    if isinstance(probes, Tensor):
+        if probes.ndim < 2 or probes.shape[0] < 1:
+            raise ValueError(f"a probe tensor has shape [P, B, ...] with P >= 1, got {tuple(probes.shape)}.")
+        return
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes={probes!r}: the Hutchinson estimator needs at least one probe vector; set "
                          "probes to an integer >= 1 (1 is score_sde's setting).")
@@ -142,8 +146,8 @@ def log_likelihood(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, s
     """log p_{sigma_min}(x) per sample (nats) under the model's PF-ODE, for x in VE coordinates [B, ...].
 
     solver / nfe / grid / solver_options: as for sample() (the adaptive rk45, rtol = atol = 1e-5 as in
-    score_sde, by default; nfe=None then). trace: auto | exact | hutchinson; probes: Rademacher vectors
-    per point (hutchinson), drawn from `generator`. prior: None for N(0, sigma_max^2 I), else a callable
+    score_sde, by default; nfe=None then). trace: auto | exact | hutchinson; probes: the number of
+    Rademacher vectors per point (hutchinson), drawn from `generator`, or the vectors themselves [P, B, ...]. prior: None for N(0, sigma_max^2 I), else a callable
     x_T -> log-density [B]. With return_info, also a dict: nfe (augmented calls), forwards, vjps, x_T,
     delta_logp (the divergence integral) and prior_logp, per sample where it applies."""
     check_likelihood_config(solver, trace, probes)
@@ -153,7 +157,8 @@ def log_likelihood(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, s
     mode = resolve_trace(trace, math.prod(shape))
     probe = None
     if mode == "hutchinson":
-        probe = rademacher((probes, *x.shape), generator, torch.float64, x.device)
+        probe = probes if isinstance(probes, Tensor) else rademacher((probes, *x.shape), generator, torch.float64,
+                                                                    x.device)
     aug = DivergenceAugmented(denoiser, shape, mode, probe)
     y0 = torch.cat([x.reshape(x.shape[0], -1).to(torch.float64),
                     torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)], 1)
@@ -165,5 +170,5 @@ def log_likelihood(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, s
     logp = prior_logp + delta
     if not return_info:
         return logp
-    return logp, dict(nfe=aug.calls, forwards=aug.forwards, vjps=aug.vjps, trace=mode, probes=probes if probe is not None
-                      else 0, x_T=x_T, delta_logp=delta, prior_logp=prior_logp)
+    return logp, dict(nfe=aug.calls, forwards=aug.forwards, vjps=aug.vjps, trace=mode,
+                      probes=0 if probe is None else len(probe), x_T=x_T, delta_logp=delta, prior_logp=prior_logp)

@@ -52,10 +52,24 @@ def real_images(name: str, data_root: str | None = None) -> Tensor:
     raise ValueError(f"no real data for FID reference {name!r}: use digits, cifar10 (with fid.data_root) or a folder")
 
 
-class FIDMetrics:
+class SampleMetrics:
+    """Metrics of a cell's samples: `measure` samples the cell from x_T (the same noise in every cell) and
+    scores the samples with __call__. Metrics of data instead (likelihood, reconstruction:
+    diffode/evaluation/data_metrics.py) measure a cell their own way through the same `measure`."""
+
+    names: tuple = ()
+
+    def measure(self, cell, model: Model, x_T: Tensor, cfg) -> tuple[dict, Tensor]:
+        from diffode.evaluation.sweep import measure_samples
+
+        return measure_samples(self, cell, model, x_T, cfg)
+
+
+class FIDMetrics(SampleMetrics):
     """FID against cached real-data statistics (+ the digits classifier's confident share)."""
 
     primary = "fid"
+    names = ("fid", "rmse", "confident")
 
     def __init__(self, model: Model, fcfg, device=torch.device("cpu"), reference: "ReferenceSolve | None" = None):
         from diffode.metrics.fid import get_feature_net, reference_stats
@@ -96,11 +110,12 @@ class FIDMetrics:
                 "fid_reference_n": int(self.ref["real_features_num_samples"]), "fid_stats": self.ref["path"]}
 
 
-class GMMMetrics:
+class GMMMetrics(SampleMetrics):
     """Endpoint RMSE against the reference ODE solve from the same x_T, and sliced W2 to fresh
     exact samples (with its noise floor: exact samples against exact samples)."""
 
     primary = "rmse"
+    names = ("rmse", "sw")
 
     def __init__(self, model: Model, gcfg, x_T: Tensor):
         from diffode.metrics.gmm import reference_solve, sw_noise_floor

@@ -187,10 +187,10 @@ def validate_cells(cells: list[Cell], model, cfg) -> dict:
 
 
 def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg) -> torch.Tensor:
-    if cell.sampler is None:
+    if cell.sampler is None:  # stochastic solvers: per-batch generators seeded by cfg.seed (Model.sample)
         return model.sample(x_T, int(cfg.batch_size), solver=cell.solver_name, nfe=cell.nfe, grid=cell.grid_name,
                             grid_options=cell.grid_options, afs=bool(cfg.afs),
-                            denoise_to_zero=bool(cfg.denoise_to_zero), **cell.solver_options)
+                            denoise_to_zero=bool(cfg.denoise_to_zero), seed=int(cfg.seed), **cell.solver_options)
     out = []
     cell.sampler.to(x_T.device)
     for k, xb in enumerate(x_T.split(int(cfg.batch_size))):
@@ -198,6 +198,18 @@ def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg) -> torch.Tensor:
             g = torch.Generator(device=x_T.device).manual_seed(int(cfg.seed) * 1_000_003 + k)
             out.append(cell.sampler.sample(model.denoiser, xb, generator=g))
     return torch.cat(out)
+
+
+def measure_samples(metrics, cell: Cell, model, x_T: torch.Tensor, cfg) -> tuple[dict, torch.Tensor]:
+    """What a sample metric measures of a cell: sample it from x_T, refuse non-finite samples, score them.
+    Returns (values with the sampling's wall_time, samples)."""
+    t0 = time.perf_counter()
+    samples = sample_cell(cell, model, x_T, cfg)
+    wall = time.perf_counter() - t0
+    bad = int((~torch.isfinite(samples)).sum())
+    if bad:
+        raise FloatingPointError(f"{bad} NaN/Inf values in the samples")
+    return {**metrics(samples, x_T), "wall_time": wall}, samples
 
 
 def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str = "") -> None:
@@ -239,21 +251,19 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
             table.add({**row, "status": "unreachable", "n_samples": 0, "message": unreachable[c.key]})
         else:
             t0 = time.perf_counter()
-            try:
-                samples = sample_cell(c, model, x_T, cfg)
-                bad = int((~torch.isfinite(samples)).sum())
-                err = f"{bad} NaN/Inf values in the samples" if bad else ""
-            except FloatingPointError as e:  # sample() found NaN/Inf mid-trajectory
-                samples, err = None, str(e)
-            wall = time.perf_counter() - t0
-            row.update(wall_time=wall, samples_per_s=n / wall)
+            try:  # the metric measures the cell: by default it samples it from x_T and scores the samples
+                values, samples = metrics.measure(c, model, x_T, cfg)
+                err = ""
+            except FloatingPointError as e:  # NaN/Inf mid-trajectory or in the output
+                values, samples, err = {}, None, str(e)
+            wall = values.pop("wall_time", time.perf_counter() - t0)  # the sampling (or solving) time alone
+            row.update(wall_time=wall, samples_per_s=int(values.get("n_samples", n)) / wall)
             if err:
                 # A diverged cell is reported as failed; its numbers are never averaged into a metric.
                 table.add({**row, "status": "failed", "message": err[:300]})
                 log.warning("cell %s nfe=%d failed: %s", c.label, c.nfe, err)
             else:
-                values = metrics(samples, x_T)
-                if int(cfg.save_images) > 0:
+                if samples is not None and int(cfg.save_images) > 0:
                     save_samples_png(samples, out_dir / "samples" / f"{c.solver}__{c.grid}__nfe{c.nfe:02d}.png",
                                      int(cfg.save_images), f"{c.label} NFE={c.nfe}")
                 table.add({**row, **values, "status": "ok", "message": ""})

@@ -1,0 +1,104 @@
+"""Solver inputs that come from the model: the general hook behind registry.SolverSpec.model_inputs.
+
+A solver that needs something only the model can give (Analytic-DPM's moments E||eps_hat||^2/d at each grid
+sigma, estimated over the model's training data) declares the option's name in `model_inputs` and stays a
+plain function taking it as an option. `Model.sample` calls `with_model_inputs` before sampling: every
+declared input the caller left out (None) is computed by its provider here, for the grid the options plan.
+So the sweep, the reference solves and any caller of Model.sample get it without knowing the solver.
+
+The moments are cached on disk by `cached_tensor`, the one place with I/O, keyed on the model's identity,
+the grid's sigmas, the number of Monte Carlo points and the seed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .config import cache_dir
+from .models import cache_key
+
+log = logging.getLogger(__name__)
+
+_NOT_PLAN = ("callback", "return_trajectory", "return_info", "generator")  # sample() arguments the plan ignores
+
+
+def with_model_inputs(model, options: dict) -> dict:
+    """options with every model input of its solver that is missing computed for `model`."""
+    from .core.sample import check_sampling_config
+    from .core.solvers import get_solver
+
+    spec = get_solver(options.get("solver", "dpmpp_2m"))
+    missing = [k for k in spec.model_inputs if options.get(k) is None]
+    if not missing:
+        return options
+    plan = check_sampling_config(schedule=model.schedule, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
+                                 **{k: v for k, v in options.items() if k not in _NOT_PLAN})
+    out = dict(options)
+    for name in missing:
+        if name not in PROVIDERS:
+            raise ValueError(f"solver {spec.name!r} declares the model input {name!r}, which no provider in "
+                             f"diffode/solver_inputs.py computes; pass {name}=... yourself.")
+        out[name] = PROVIDERS[name](model, plan["sigmas"], options)
+    return out
+
+
+def cached_tensor(kind: str, key_spec: dict, compute) -> Tensor:
+    """compute() once per key (model identity + grid + settings), kept under $DIFFODE_CACHE/<kind>/."""
+    path = Path(cache_dir(kind)) / f"{kind}_{cache_key(key_spec)}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
+    torch.save({"value": value, "key": key_spec}, tmp)
+    tmp.replace(path)
+    return value
+
+
+def training_points(model, n: int, seed: int) -> Tensor:
+    """n points of the model's training data in its data space: exact samples of a mixture, or a random subset
+    (with repeats when n exceeds it) of the digits / torchvision training split."""
+    g = torch.Generator().manual_seed(int(seed))
+    if model.gmm is not None:
+        return model.gmm.sample(n, g)
+    if model.dataset == "digits":
+        from .data.digits import load_digits_tensors
+
+        data = load_digits_tensors("train")[0]
+    elif model.dataset in ("cifar10", "mnist"):
+        from .data.torchvision_data import CIFAR10DataModule, MNISTDataModule
+
+        dm = (CIFAR10DataModule if model.dataset == "cifar10" else MNISTDataModule)(download=False)
+        dm.setup()
+        idx = torch.randperm(len(dm.train_set), generator=g)[:n]
+        return torch.stack([dm.train_set[int(i)][0] for i in idx])
+    else:
+        raise ValueError(f"no training data known for dataset {model.dataset!r} (digits, cifar10, mnist or a "
+                         "mixture); pass eps_moments=... (estimate_eps_moments over your data) to the solver.")
+    reps = math.ceil(n / data.shape[0])
+    idx = torch.cat([torch.randperm(data.shape[0], generator=g) for _ in range(reps)])[:n]
+    return data[idx]
+
+
+def eps_moments(model, sigmas: Tensor, options: dict) -> Tensor:
+    """Analytic-DPM's E||eps_hat||^2/d at sigmas[:-1] (the paper's beta-bar Gamma), cached per model and grid."""
+    from .core.solvers.analytic_dpm import estimate_eps_moments
+
+    n, seed = int(options.get("mc_samples", 1000)), int(options.get("mc_seed", 0))
+    grid = sigmas[:-1].detach().cpu().to(torch.float64)
+    key = {"model": model.identity, "sigmas": [float.hex(float(s)) for s in grid], "n": n, "seed": seed}
+
+    def compute():
+        log.info("Analytic-DPM moments: %d training points at %d sigmas", n, grid.numel())
+        device = next(iter(model.denoiser.parameters()), torch.empty(0)).device
+        x0 = training_points(model, n, seed).to(device)
+        return estimate_eps_moments(model.denoiser, x0, grid.to(device), torch.Generator().manual_seed(seed + 1))
+
+    return cached_tensor("analytic_moments", key, compute)
+
+
+PROVIDERS = {"eps_moments": eps_moments}
