@@ -57,6 +57,7 @@ def check(options: dict, ctx: Context) -> list[str]:
         else:
             errors.append(f"net input shape {net_shape} does not match dataset={name} samples of shape {data_shape}; "
                           "set net.in_channels / net.resolution (or net.dim) to match.")
+    errors += _high_order_errors(options, ctx, data_shape)
     if int(options.get("n_samples", 0)) > 0:
         from ...core.sample import check_sampling_config
 
@@ -65,6 +66,53 @@ def check(options: dict, ctx: Context) -> list[str]:
         except ValueError as e:
             errors.append(f"method.sample_nfe={options['sample_nfe']} (the sample grid's Heun solve): {e}")
     return errors
+
+
+def _init_path(options: dict):
+    from ...models import checkpoint_path
+
+    ic = options.get("init_checkpoint")
+    return None if ic in (None, "") else checkpoint_path({"path": None if ic == "shipped" else ic})
+
+
+def _high_order_errors(options: dict, ctx: Context, data_shape) -> list[str]:
+    """score_order, hdsm_*, dequantize and init_checkpoint (fine-tuning, as Lu et al. do)."""
+    errors = []
+    order = options.get("score_order", 1)
+    if isinstance(order, bool) or order not in (1, 2, 3):
+        errors.append(f"method.score_order={order!r} must be 1 (DSM), 2 or 3 (Lu et al. 2022's high-order DSM).")
+    if not float(options.get("hdsm_weight", 1.0)) >= 0:
+        errors.append(f"method.hdsm_weight={options.get('hdsm_weight')} must be >= 0 (the paper: 1).")
+    if options.get("dequantize"):
+        from ...data.dequantize import bin_width
+
+        name = getattr(ctx.datamodule, "name", "?")
+        if bin_width(name) is None:
+            errors.append(f"method.dequantize=true needs discrete data (digits, mnist, cifar10) but dataset={name} is "
+                          "continuous; drop method.dequantize.")
+    path = _init_path(options)
+    if path is not None:
+        if not path.is_file():
+            errors.append(f"method.init_checkpoint={options['init_checkpoint']!r}: no file at {str(path)!r}; give the "
+                          "path of a denoiser_ema.ckpt (or 'shipped' for the digits UNet).")
+        else:
+            import torch
+
+            hp = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+            mine = {"net": _net_spec(ctx), "schedule": dict(ctx.schedule or {}), "prediction": options.get("prediction")}
+            theirs = {"net": hp["net"], "schedule": hp["schedule"], "prediction": hp["prediction"]}
+            differ = [k for k in mine if _plain(mine[k]) != _plain(theirs[k])]
+            if differ:
+                errors.append(f"method.init_checkpoint={options['init_checkpoint']!r} was trained with other "
+                              f"{', '.join(differ)} ({', '.join(f'{k}={theirs[k]}' for k in differ)}); fine-tune with "
+                              "the same settings (experiment=digits for the shipped UNet) or start from scratch.")
+    return errors
+
+
+def _plain(v):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
 
 
 def export(module: DenoiserModule, ctx: Context) -> dict:
@@ -87,4 +135,7 @@ def build(options: dict, ctx: Context) -> DenoiserModule:
                             seed=ctx.seed, out_dir=str(ctx.out_dir), **options)
     if hasattr(ctx.datamodule, "analytic_denoiser"):
         module.analytic = ctx.datamodule.analytic_denoiser()  # scatter plots over the true density
+    path = _init_path(options)
+    if path is not None:  # fine-tuning: start from the checkpoint's (EMA) weights
+        module.denoiser.load_state_dict(load_denoiser(path)[0].state_dict())
     return module
