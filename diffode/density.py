@@ -93,6 +93,7 @@ def likelihood(model, x: Tensor, *, solver: str = "rk45", nfe: int | None = None
         bin_width = dataset_bin_width(getattr(model, "dataset", ""))
     d = math.prod(x.shape[1:])
     mode = resolve_trace(trace, d)
+    schedule = solver_options.pop("schedule", getattr(model, "schedule", None))  # grids in the model's time
     g = torch.Generator().manual_seed(int(seed))
     y = dequantize(x.to(torch.float64).cpu(), bin_width, g).to(x.device)
     v = rademacher((probes, *x.shape), g, torch.float64).to(x.device) if mode == "hutchinson" else None
@@ -108,6 +109,7 @@ def likelihood(model, x: Tensor, *, solver: str = "rk45", nfe: int | None = None
     for s in bar:
         yb = y[s:s + bs]
         lp, info = log_likelihood(denoiser, yb, sigma_min=lo, sigma_max=hi, solver=solver, nfe=nfe, grid=grid,
+                                  schedule=schedule,
                                   trace=mode, probes=v[:, s:s + bs] if v is not None else probes, prior=prior,
                                   return_info=True, **solver_options)
         logps.append(lp.cpu())

@@ -78,6 +78,8 @@ def settings_hash(cfg) -> str:
                 denoise_to_zero=cfg.denoise_to_zero, metric=cfg.metric, fid=cfg.fid, gmm=cfg.gmm_metrics,
                 reference=cfg.get("reference"),
                 solver_options=cfg.sweep.get("solver_options"), grid_options=cfg.sweep.get("grid_options"))
+    if cfg.metric in ("nll", "reconstruction"):  # the data metrics' settings (not in older tables' hash)
+        keys.update(data_points=cfg.get("data_points"), nll=cfg.get("nll") if cfg.metric == "nll" else None)
     blob = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -110,7 +112,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None) ->
         cells = build_cells(cfg, _choices() if choices is None else choices)
         model = load_model(cfg.source)
         unreachable = validate_cells(cells, model, cfg)
-        check_metrics(model, cfg)
+        check_metrics(model, cfg, cells)
         device = _device(cfg.get("device"))  # refused here when it does not exist
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None

@@ -140,12 +140,12 @@ def check_likelihood_config(solver: str, trace: str = "auto", probes: int = 1) -
 
 
 def log_likelihood(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, solver: str = "rk45",
-                   nfe: int | None = None, grid="logsnr", trace: str = "auto", probes: int = 1,
+                   nfe: int | None = None, grid="logsnr", schedule=None, trace: str = "auto", probes: int = 1,
                    generator: torch.Generator | None = None, prior=None, return_info: bool = False,
                    **solver_options):
     """log p_{sigma_min}(x) per sample (nats) under the model's PF-ODE, for x in VE coordinates [B, ...].
 
-    solver / nfe / grid / solver_options: as for sample() (the adaptive rk45, rtol = atol = 1e-5 as in
+    solver / nfe / grid / schedule / solver_options: as for sample() (the adaptive rk45, rtol = atol = 1e-5 as in
     score_sde, by default; nfe=None then). trace: auto | exact | hutchinson; probes: the number of
     Rademacher vectors per point (hutchinson), drawn from `generator`, or the vectors themselves [P, B, ...]. prior: None for N(0, sigma_max^2 I), else a callable
     x_T -> log-density [B]. With return_info, also a dict: nfe (augmented calls), forwards, vjps, x_T,
@@ -163,7 +163,7 @@ def log_likelihood(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, s
     y0 = torch.cat([x.reshape(x.shape[0], -1).to(torch.float64),
                     torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)], 1)
     with torch.no_grad():
-        y_T = encode(aug, y0, solver, nfe, grid, sigma_min=sigma_min, sigma_max=sigma_max, **solver_options)
+        y_T = encode(aug, y0, solver, nfe, grid, schedule, sigma_min=sigma_min, sigma_max=sigma_max, **solver_options)
     d = math.prod(shape)
     x_T, delta = y_T[:, :d].reshape(x.shape), y_T[:, d]
     prior_logp = gaussian_prior_logp(x_T, sigma_max) if prior is None else prior(x_T).to(torch.float64)

@@ -155,17 +155,23 @@ def metric_kind(model: Model, cfg) -> str:
     return ("gmm" if model.gmm is not None else "fid") if kind in (None, "auto") else str(kind)
 
 
-def check_metrics(model: Model, cfg) -> None:
+def check_metrics(model: Model, cfg, cells=()) -> None:
     """Everything make_metrics will need, checked before any sampling: ValueError / FileNotFoundError
-    (missing weights or data) naming the fix."""
+    (missing weights or data) naming the fix. `cells`: the sweep's, for metrics that cannot measure every
+    kind of cell (the data metrics need deterministic solvers)."""
     from diffode.config import solver_config
     from diffode.core.sample import check_sampling_config
+    from diffode.evaluation.data_metrics import DATA_METRICS, check_data_metric
     from diffode.metrics.fid import InceptionFeatures, stats_path
     from diffode.metrics.weights import require_weights
 
     kind = metric_kind(model, cfg)
-    if kind not in ("fid", "gmm"):
-        raise ValueError(f"unknown metric={kind!r}; choose metric=auto, fid or gmm.")
+    if kind not in ("fid", "gmm", *DATA_METRICS):
+        raise ValueError(f"unknown metric={kind!r}; choose metric=auto, fid, gmm, nll (PF-ODE likelihood) or "
+                         "reconstruction (encode-decode error).")
+    if kind in DATA_METRICS:
+        check_data_metric(kind, model, cfg, cells)
+        return
     if kind == "gmm":
         if model.gmm is None:
             raise ValueError("metric=gmm needs an exact mixture (source=gmm2d or source=gmm16d); use metric=fid for images.")
@@ -210,7 +216,11 @@ def check_metrics(model: Model, cfg) -> None:
 
 
 def make_metrics(model: Model, cfg, x_T: Tensor):
+    from diffode.evaluation.data_metrics import DATA_METRICS, make_data_metrics
+
     kind = metric_kind(model, cfg)
+    if kind in DATA_METRICS:
+        return make_data_metrics(kind, model, cfg)
     if kind == "gmm":
         if model.gmm is None:
             raise ValueError("metric=gmm needs model.source=gmm (an exact mixture); use metric=fid for images")

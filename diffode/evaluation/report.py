@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-LOWER_IS_BETTER = {"fid": True, "rmse": True, "sw": True, "confident": False}
+LOWER_IS_BETTER = {"fid": True, "rmse": True, "sw": True, "confident": False, "bpd": True, "nll": True,
+                   "bpd_err": True, "recon_rmse": True, "recon_max": True}
 
 
 def _label(r):
@@ -138,7 +139,7 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
     parts = [f"# {title}", ""]
     if command:
         parts += ["Command:", "", f"    {command}", ""]
-    parts += [samples_note(rows), ""]
+    parts += [summary.get("cells_note") or samples_note(rows), ""]
     if "reference" in summary:
         smallest = min((r["rmse"] for r in rows if _ok(r, "rmse")), default=None)
         times = smallest / max(summary['reference_self_rmse'], 1e-300) if smallest else None
