@@ -41,7 +41,7 @@ class Model:
     sigma_max: float
     identity: dict  # what artifacts record; compare with same_model()
     dataset: str  # the data it models (FID reference): digits, cifar10, gmm2d, ...
-    gmm: object | None = None  # the GaussianMixture, for exact metrics
+    gmm: object | None = None  # the GaussianMixture it models (its exact denoiser, or a net trained on it): exact metrics
     info: dict = field(default_factory=dict)  # checkpoint hyper-parameters, path, ...
 
     @property
@@ -213,7 +213,9 @@ def load_model(src) -> Model:
         lo, hi = _range(src, info["sigma_min"], info["sigma_max"])
         identity = {"kind": "checkpoint", "name": path.stem, "sha256": file_sha256(path), "ema": ema,
                     "dataset": info["dataset"]}
-        return Model(den, tuple(info["shape"]), info["schedule"], lo, hi, identity, str(info["dataset"]),
+        # a network trained on a mixture preset: the mixture is its data, known exactly (exact metrics, likelihoods)
+        gmm = make_gmm(**GMM_PRESETS[info["dataset"]]) if info["dataset"] in GMM_PRESETS else None
+        return Model(den, tuple(info["shape"]), info["schedule"], lo, hi, identity, str(info["dataset"]), gmm=gmm,
                      info={**info, "path": str(path.resolve())})
     if kind == "diffusers":
         from .nets.diffusers_adapter import load_diffusers_unet

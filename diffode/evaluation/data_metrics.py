@@ -92,6 +92,10 @@ class NLLMetrics:
         self.what = describe(model, cfg.data_points, int(self.ncfg.repeats))
         self.x = x.repeat(int(self.ncfg.repeats), *([1] * (x.ndim - 1)))
         self.batch_size = int(cfg.batch_size)
+        self.exact = None
+        if model.gmm is not None:  # the data's own density, smoothed to sigma_min, on the same points
+            d = self.x[0].numel()
+            self.exact = -model.gmm.log_prob(self.x.to(torch.float64), 1.0, model.sigma_min) / d
         self.ref = None
         r = self.ncfg.reference
         if r.get("enabled", True):
@@ -129,6 +133,13 @@ class NLLMetrics:
                              "the points; bpd_err is the distance to the reference solve on the same points.",
                "nll_points": int(self.x.shape[0]), "nll_trace": str(self.ncfg.trace), "nll_probes": int(self.ncfg.probes),
                "nll_repeats": int(self.ncfg.repeats)}
+        if self.exact is not None:
+            from diffode.density import mean_interval
+
+            lo, hi = mean_interval(self.exact)
+            out.update({"nll_exact_density": float(self.exact.mean()), "nll_exact_density_lo": lo,
+                        "nll_exact_density_hi": hi, "nll_exact_note": "the mixture's own -log p_{sigma_min} / d on the "
+                        "same points (nats/dim): the floor every model's nll is compared with"})
         if self.ref is not None:
             s = self.ref.summary()
             out.update({"nll_reference": f"rk45 rtol {float(self.ncfg.reference.rtol):g}",
