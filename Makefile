@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install main test test-slow clean
+.PHONY: install main test test-slow mutate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -ra -m slow
+
+# Mutation testing, not part of CI (hours on 2 cores; README.md, "Testing"). Results are kept in mutants/, so a
+# re-run tests only mutants whose function changed; `rm -rf mutants` first for a full measurement.
+# MUTANTS='diffode.core.grids.*' re-runs just those; MUTATE_JOBS sets the parallel workers.
+MUTANTS     ?=
+MUTATE_JOBS ?= 2
+mutate: install
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e ".[dev,mutate]"
+	-OMP_NUM_THREADS=1 nice -n 10 $(PY) -m mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(PY) tests/mutation/score.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

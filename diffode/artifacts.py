@@ -4,7 +4,7 @@ An artifact is a directory:
 
     manifest.json   format, kind, label, solver (config name) + its complete options, nfe, sigmas,
                     net_sigmas, afs, denoise_to_zero, schedule, sigma range, model identity (the model
-                    it was made for), training config, metrics, history
+                    it was made for), its condition setting, training config, metrics, history
     weights.pt      optional: {"student": state_dict, "hook": state_dict}
 
 Two optional pieces make it more than a grid:
@@ -19,12 +19,14 @@ NFE or schedule it was not made for (`check`). `save_artifact` is the one writer
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .config import shipped_path
 from .core.schedules import DTYPE
 from .models import Model, same_model, schedule_spec
 from .spec import build
@@ -35,6 +37,11 @@ MANIFEST, WEIGHTS = "manifest.json", "weights.pt"
 
 
 def _plain(x):
+    """Plain JSON data, without the absolute paths of the machine that writes it (a cache, a source file):
+    those are recorded as null, since a manifest travels (and ships in the wheel); the model it was made for
+    is identified by its hash."""
+    if isinstance(x, str) and _absolute(x):
+        return None
     if isinstance(x, Tensor):
         return x.detach().cpu().tolist()
     if isinstance(x, dict):
@@ -44,13 +51,18 @@ def _plain(x):
     return x
 
 
+def _absolute(s: str) -> bool:
+    return s.startswith(("/", "~")) or bool(re.match(r"[A-Za-z]:[\\/]", s))
+
+
 def save_artifact(out_dir, *, kind: str, solver: str, nfe: int, sigmas, model: dict, schedule,
                   solver_options: dict | None = None, net_sigmas=None, afs: bool = False,
                   denoise_to_zero: bool = False, label: str | None = None, training: dict | None = None,
                   metrics: dict | None = None, history: list | None = None, student: nn.Module | None = None,
                   student_spec: dict | None = None, hook: nn.Module | None = None, hook_spec: dict | None = None,
-                  hook_option: str = "midpoints", extra: dict | None = None) -> Path:
-    """Write an artifact directory; returns its path. `schedule` is a Schedule or its spec dict.
+                  hook_option: str = "midpoints", extra: dict | None = None, condition: dict | None = None) -> Path:
+    """Write an artifact directory; returns its path. `schedule` is a Schedule or its spec dict; `condition`
+    how the model was conditioned when the sampler was learned (Model.condition; None: unconditional).
 
     student / hook: the modules (their state_dict is saved) with the `_target_` build specs that
     rebuild them (diffode.spec.build), so loading needs no pickles (torch.load weights_only)."""
@@ -65,6 +77,7 @@ def save_artifact(out_dir, *, kind: str, solver: str, nfe: int, sigmas, model: d
         "schedule": schedule if isinstance(schedule, dict) or schedule is None else schedule_spec(schedule),
         "sigma_min": float(sigmas[-1]), "sigma_max": float(sigmas[0]), "model": _plain(model),
         "training": _plain(training or {}), "metrics": _plain(metrics or {}), "history": _plain(history or []),
+        "condition": _plain(condition or {"num_classes": None}),
         "student": None, "hook": None, **(_plain(extra or {})),
     }
     weights = {}
@@ -94,12 +107,17 @@ def manifest_path(path) -> Path:
 
 
 def read_manifest(path) -> dict:
-    """The manifest of an artifact directory (or of a manifest / legacy LD3 .json file)."""
-    p = manifest_path(path)
+    """The manifest of an artifact directory (or of a manifest / legacy LD3 .json file, or a shipped
+    artifact's `asset:` name)."""
+    p = manifest_path(shipped_path(path) or path)
     if not p.is_file():
         raise ValueError(f"no artifact at {str(path)!r}: expected a directory with {MANIFEST} (written by "
                          "`diffode train method=...`, see <run dir>/artifacts/) or such a file.")
-    m = json.loads(p.read_text())
+    try:
+        m = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(p)!r} is not valid JSON ({e}); it is not a complete diffode artifact manifest: "
+                         "re-export the artifact (`diffode train method=...`) or remove it from sweep.learned.") from None
     if m.get("format") == LEGACY_LD3:  # same keys, kind under `method`, checkpoints called "ckpt"
         m = {**m, "format": FORMAT, "kind": m.get("method", "ld3"), "afs": False, "denoise_to_zero": False,
              "student": None, "hook": None}
@@ -111,13 +129,17 @@ def read_manifest(path) -> dict:
     return m
 
 
-@dataclass
+@dataclass(repr=False)
 class LearnedSampler:
     """A learned sampler: solver + grid (+ student / hook) that samples with exactly `nfe` calls."""
     manifest: dict
     path: Path
     student: nn.Module | None = None
     hook: nn.Module | None = None
+
+    def __repr__(self) -> str:  # one line: the manifest (grid, training config, history) is `.manifest`
+        return (f"LearnedSampler(kind={self.kind!r}, label={self.label!r}, solver={self.solver!r}, nfe={self.nfe}, "
+                f"path={str(self.path)!r})")
 
     kind = property(lambda self: self.manifest["kind"])
     solver = property(lambda self: self.manifest["solver"])
@@ -146,8 +168,9 @@ class LearnedSampler:
             options[self.manifest["hook"].get("option", "midpoints")] = self.hook
         return options
 
-    def check(self, model: Model, nfe: int | None = None) -> None:
-        """ValueError naming what differs when this artifact was made for another model, NFE or schedule."""
+    def check(self, model: Model, nfe: int | None = None):
+        """ValueError naming what differs when this artifact was made for another model, NFE or schedule; else
+        its Plan (self.plan())."""
         m, where = self.manifest, str(self.path)
         why = same_model(m["model"], model.identity)
         if why:
@@ -163,15 +186,21 @@ class LearnedSampler:
         if abs(float(m["sigmas"][0]) - float(model.sigma_max)) > 1e-6 * float(model.sigma_max):
             raise ValueError(f"artifact {where} starts at sigma={m['sigmas'][0]:g} but the model samples from "
                              f"sigma_max={model.sigma_max:g}; set source.sigma_max={m['sigmas'][0]:g}.")
-        from .core.sample import check_sampling_config
-
-        options = self.solver_options()
         try:  # the plan sample() will follow: its solver makes exactly nfe calls on these sigmas
-            check_sampling_config(self.registry_solver, self.nfe, self.sigmas, net_sigmas=self.net_sigmas,
-                                  afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")), **options)
+            return self.plan()
         except ValueError as e:
             raise ValueError(f"artifact {where} cannot sample as its manifest says ({m['solver']} at nfe={self.nfe} "
                              f"on its {len(m['sigmas'])} sigmas: {e}); re-export it with `diffode train`.") from None
+
+    def plan(self):
+        """The Plan (diffode.core.sample) this artifact samples with: its solver and options (the hook included)
+        at its NFE on its own sigmas."""
+        from .core.sample import check_sampling_config
+
+        m = self.manifest
+        return check_sampling_config(self.registry_solver, self.nfe, self.sigmas, net_sigmas=self.net_sigmas,
+                                     afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")),
+                                     **self.solver_options())
 
     def to(self, device):
         for mod in (self.student, self.hook):
@@ -179,21 +208,25 @@ class LearnedSampler:
                 mod.to(device)
         return self
 
-    def sample(self, denoiser, x_T: Tensor, generator: torch.Generator | None = None, **kwargs):
-        """Sample from x_T = sigma_max z with exactly `nfe` denoiser calls (the student's when it has one)."""
-        from .core.sample import sample
+    def sample(self, model, x_T: Tensor, cond=None, generator: torch.Generator | None = None, plan=None, **kwargs):
+        """Sample from x_T = sigma_max z with exactly `nfe` denoiser calls (the student's when it has one).
+        model: the Model it was made for (its denoiser under `cond`, one condition per row of x_T), or a
+        plain denoiser D(x, sigma). plan: self.plan(), when the caller made it once for many batches;
+        kwargs: run_plan's (start, stop, callback, return_info, ...)."""
+        from .core.conditioning import Conditioned
+        from .core.sample import run_plan
 
-        m = self.manifest
-        D = self.student if self.student is not None else denoiser
-        options = self.solver_options()
-        return sample(D, x_T, solver=self.registry_solver, nfe=self.nfe, grid=self.sigmas.to(x_T.device),
-                      net_sigmas=None if self.net_sigmas is None else self.net_sigmas.to(x_T.device),
-                      afs=bool(m.get("afs")), denoise_to_zero=bool(m.get("denoise_to_zero")), generator=generator,
-                      **options, **kwargs)
+        if self.student is not None:
+            D = self.student if cond is None else Conditioned(self.student, cond)
+        else:
+            D = model.denoiser_for(cond) if isinstance(model, Model) else model
+        return run_plan(D, x_T, self.plan() if plan is None else plan, generator=generator, **kwargs)
 
 
 def load_sampler(path, map_location="cpu") -> LearnedSampler:
-    """The learned sampler stored at `path` (an artifact directory)."""
+    """The learned sampler stored at `path`: an artifact directory, or `asset:artifacts/<method>/<name>` for
+    one shipped in diffode/assets (as `diffode eval sweep.learned=[...]` takes it)."""
+    path = shipped_path(path) or path
     m = read_manifest(path)
     p = manifest_path(path)
     weights = None

@@ -10,11 +10,15 @@ parameters and hash). Kinds:
 - diffusers:  a UNet2DModel + DDPM scheduler directory saved with save_pretrained.
 
 The sigma range is the source's sigma_min / sigma_max when set, else the model's own (its schedule's).
+
+Conditions belong to the model (core/conditioning.py): `Model.denoiser_for(cond)` is the plain D(x, sigma)
+the solvers take for a batch whose samples have conditions `cond` (class labels [B] of a class-conditional
+model); `Model.sample(x_T, ..., cond=labels)` binds each batch's rows. An unconditional model's
+denoiser_for(None) is its denoiser itself, so nothing of the unconditional path changes.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .config import cache_key  # noqa: F401  (re-exported: where callers have always found it)
+from .core.conditioning import Conditioned, batch_size as cond_batch, take
 from .core.denoisers import GMM_PRESETS, ModelDenoiser, make_gmm
 from .core.schedules import DTYPE, EDM, Schedule
 from .spec import build
@@ -48,33 +54,79 @@ class Model:
     def label(self) -> str:
         return self.identity.get("name") or self.dataset
 
-    def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, seed: int | None = None,
-               **options) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        """Class labels of a class-conditional model (None: unconditional)."""
+        return getattr(self.denoiser, "num_classes", None)
+
+    @property
+    def condition(self) -> dict:
+        """What artifacts and results record of how this model is conditioned."""
+        return {"num_classes": self.num_classes}
+
+    def check_condition(self, cond) -> None:
+        """ValueError naming the fix when `cond` does not fit this model (before any compute)."""
+        if cond is None:
+            return
+        if self.num_classes is None:
+            raise ValueError(f"model {self.label} is unconditional (its network takes no labels) but a condition was "
+                             "given; drop the labels or load a class-conditional checkpoint.")
+        if isinstance(cond, Tensor) and not cond.is_floating_point():
+            bad = cond[(cond < 0) | (cond > self.num_classes)]
+            if bad.numel():
+                raise ValueError(f"labels {sorted(set(bad.tolist()))[:5]} are out of range for model {self.label}: "
+                                 f"use 0..{self.num_classes - 1}, or {self.num_classes} (the null label) for none.")
+
+    def denoiser_for(self, cond=None):
+        """The plain D(x, sigma) for a batch whose samples have conditions `cond` (None: unconditional)."""
+        if cond is None:
+            return self.denoiser
+        self.check_condition(cond)
+        return Conditioned(self.denoiser, cond)
+
+    def plan(self, **options):
+        """The Plan (diffode.core.sample) of sample()'s options (solver, nfe, grid, ...) on this model's schedule
+        and sigma range: every check of the sampling setup, before any compute."""
+        from .core.sample import check_sampling_config
+
+        return check_sampling_config(schedule=self.schedule, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+                                     **options)
+
+    def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, cond=None, return_info: bool = False,
+               plan=None, seed: int | None = None, **options):
         """`diffode.sample` of x_T on this model's schedule and sigma range, batch by batch, without
-        gradients (memory only: a deterministic sample does not depend on its batch). `progress` names a bar
-        over the batches (None: no bar); options are sample()'s (solver, nfe, grid, ...). A stochastic solver
+        gradients (memory only: a deterministic sample does not depend on its batch). `cond`: one condition
+        per row of x_T (bound per batch). `progress` names a bar over the batches (None: no bar); options are
+        sample()'s (solver, nfe, grid, direction, ...), planned once for every batch, or `plan` is the one
+        made beforehand (self.plan). return_info: also dict(nfe, forwards) per sample. A stochastic solver
         draws its noise from one generator per batch seeded by (seed, batch index) when `seed` is given.
         Inputs the solver declares as coming from the model (SolverSpec.model_inputs, e.g. Analytic-DPM's
-        moments) are computed, and cached, for this model and grid when options leave them out
+        moments) are computed, and cached, for this model and grid when the plan lacks them
         (diffode/solver_inputs.py)."""
         from tqdm import tqdm
 
-        from .core.sample import sample
-        from .core.solvers import get_solver
+        from .core.sample import run_plan
         from .solver_inputs import with_model_inputs
 
-        options = with_model_inputs(self, options)
-        seeded = seed is not None and options.get("generator") is None and \
-            get_solver(options.get("solver", "dpmpp_2m")).stochastic
-        batches = tqdm(x_T.split(int(batch_size)), desc=progress, unit="batch", disable=progress is None)
-        out = []
+        if plan is not None and options:
+            raise ValueError(f"Model.sample takes a plan or the sampling options that make one, not both (got "
+                             f"{sorted(options)} with the plan); make the plan with them: model.plan(...).")
+        plan = with_model_inputs(self, self.plan(**options) if plan is None else plan)
+        seeded = seed is not None and plan.spec.stochastic
+        if cond is not None and cond_batch(cond) != x_T.shape[0]:
+            raise ValueError(f"{cond_batch(cond)} conditions for {x_T.shape[0]} samples; give one per sample")
+        n, bs = x_T.shape[0], int(batch_size)
+        out, counts = [], {}
         with torch.no_grad():
-            for k, xb in enumerate(batches):
-                if seeded:  # the artifacts' rule (evaluation/sweep.py): one generator per batch, by position
-                    options["generator"] = torch.Generator(device=xb.device).manual_seed(int(seed) * 1_000_003 + k)
-                out.append(sample(self.denoiser, xb, schedule=self.schedule, sigma_min=self.sigma_min,
-                                  sigma_max=self.sigma_max, **options))
-        return torch.cat(out)
+            for k, lo in enumerate(tqdm(range(0, n, bs), desc=progress, unit="batch", disable=progress is None)):
+                part = slice(lo, min(lo + bs, n))
+                # the artifacts' rule (evaluation/sweep.py): one generator per batch, by position
+                g = torch.Generator(device=x_T.device).manual_seed(int(seed) * 1_000_003 + k) if seeded else None
+                x, info = run_plan(self.denoiser_for(take(cond, part)), x_T[part], plan, return_info=True, generator=g)
+                out.append(x)
+                counts = {k: max(counts.get(k, 0), info[k]) for k in ("nfe", "forwards")}
+        x = torch.cat(out)
+        return (x, counts) if return_info else x
 
 
 # -- identity ------------------------------------------------------------------------------
@@ -115,10 +167,6 @@ def same_model(a: dict, b: dict) -> str | None:
     return None
 
 
-def cache_key(spec) -> str:
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # -- diffode checkpoints ------------------------------------------------------------------------
 
 def _net_state(state: dict) -> dict:
@@ -136,8 +184,15 @@ def load_denoiser(ckpt_path, ema: bool = True, map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the path of a .ckpt written by "
                                 "`diffode train` (<run dir>/checkpoints/last.ckpt or denoiser_ema.ckpt)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hp = ckpt["hyper_parameters"]
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        hp = ckpt["hyper_parameters"]
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a damaged or foreign file)
+        # torch's own text for a foreign pickle suggests weights_only=False, which diffode never does
+        why = "not a torch zip file, or a damaged one" if not isinstance(e, KeyError) else f"no {e} in it"
+        raise ValueError(f"{str(path)!r} is not a readable diffode checkpoint ({type(e).__name__}: {why}); pass a "
+                         "checkpoint written by `diffode train` (denoiser_ema.ckpt or checkpoints/last.ckpt), or "
+                         "copy it again if it was damaged.") from None
     if ema or "current_model_state" not in ckpt:
         if ema and not ckpt.get("ema", "current_model_state" in ckpt):
             log.warning("%s holds no EMA weights; loading the raw weights", path)
@@ -196,7 +251,10 @@ def load_model(src) -> Model:
         preset = _get(src, "preset")
         if preset not in GMM_PRESETS:
             raise ValueError(f"unknown mixture preset {preset!r}; choose one of {', '.join(GMM_PRESETS)}.")
-        params = dict(GMM_PRESETS[preset])
+        params = {**GMM_PRESETS[preset], **dict(_get(src, "params", {}))}  # source.params: a variant of the preset
+        if set(params) - set(GMM_PRESETS[preset]):
+            raise ValueError(f"source.params {sorted(set(params) - set(GMM_PRESETS[preset]))}: a mixture takes "
+                             f"{', '.join(GMM_PRESETS[preset])}, e.g. +source.params.spread=0.7.")
         gmm = make_gmm(**params)
         schedule = EDM()
         lo, hi = _range(src, schedule.sigma_min, schedule.sigma_max)
@@ -243,3 +301,13 @@ def initial_noise(shape: tuple, seeds, sigma_max: float, dtype=torch.float64) ->
     noise depends on its seed alone (not on the batch size or on which cells ran before)."""
     z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=dtype) for s in seeds])
     return float(sigma_max) * z
+
+
+LABEL_SEED = 1 << 40  # label generators: seeded apart from the noise generators (seeds 0..)
+
+
+def initial_labels(num_classes: int, seeds) -> Tensor:
+    """One class label per seed, uniform over 0..num_classes-1, drawn from its own generator (seed + 2^40), so a
+    sample's label, like its noise, depends on its seed alone: the same labels in every cell of a sweep."""
+    return torch.tensor([int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(LABEL_SEED + int(s))))
+                         for s in seeds], dtype=torch.long)

@@ -2,8 +2,8 @@
 
 A solver that needs something only the model can give (Analytic-DPM's moments E||eps_hat||^2/d at each grid
 sigma, estimated over the model's training data) declares the option's name in `model_inputs` and stays a
-plain function taking it as an option. `Model.sample` calls `with_model_inputs` before sampling: every
-declared input the caller left out (None) is computed by its provider here, for the grid the options plan.
+plain function taking it as an option. `Model.sample` calls `with_model_inputs` on its plan before sampling:
+every declared input the caller left out (None) is computed by its provider here, for the plan's grid.
 So the sweep, the reference solves and any caller of Model.sample get it without knowing the solver.
 
 The moments are cached on disk by `cached_tensor`, the one place with I/O, keyed on the model's identity,
@@ -18,32 +18,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import cache_dir
-from .models import cache_key
+from .config import cache_dir, cache_key
 
 log = logging.getLogger(__name__)
 
-_NOT_PLAN = ("callback", "return_trajectory", "return_info", "generator")  # sample() arguments the plan ignores
+def with_model_inputs(model, plan):
+    """The plan with every model input its solver declares and the plan's options lack computed for `model`
+    on the plan's grid (the plan itself when nothing is missing)."""
+    from dataclasses import replace
 
-
-def with_model_inputs(model, options: dict) -> dict:
-    """options with every model input of its solver that is missing computed for `model`."""
-    from .core.sample import check_sampling_config
-    from .core.solvers import get_solver
-
-    spec = get_solver(options.get("solver", "dpmpp_2m"))
-    missing = [k for k in spec.model_inputs if options.get(k) is None]
+    missing = [k for k in plan.spec.model_inputs if plan.options.get(k) is None]
     if not missing:
-        return options
-    plan = check_sampling_config(schedule=model.schedule, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
-                                 **{k: v for k, v in options.items() if k not in _NOT_PLAN})
-    out = dict(options)
+        return plan
+    options = dict(plan.options)
     for name in missing:
         if name not in PROVIDERS:
-            raise ValueError(f"solver {spec.name!r} declares the model input {name!r}, which no provider in "
+            raise ValueError(f"solver {plan.spec.name!r} declares the model input {name!r}, which no provider in "
                              f"diffode/solver_inputs.py computes; pass {name}=... yourself.")
-        out[name] = PROVIDERS[name](model, plan["sigmas"], options)
-    return out
+        options[name] = PROVIDERS[name](model, plan.sigmas, options)
+    return replace(plan, options=options)
 
 
 def cached_tensor(kind: str, key_spec: dict, compute) -> Tensor:

@@ -106,8 +106,10 @@ def test_dpmpp_2m_plugin_takes_its_orders_from_the_doubled_grid():
 
 @pytest.mark.parametrize("name", STUDENTS)
 def test_direction_scale_stretches_the_stage_update(name):
-    """One step: x(c) = x_from + c (x(1) - x_from), x_from = x_T for single-step solvers and the state
-    at s (the base solver's own first step to s) where the stage is an inserted node."""
+    """One step: x(c) = L + c (x(1) - L), L the update's part without model terms: x_from = x_T for
+    single-step solvers and the state at s (the base solver's own first step to s) where the stage is
+    an inserted node; (sigma_next / s) x_from for dpmpp_2m's data-prediction sub-step (the official
+    plugin's convention, tests/test_amed_official.py)."""
     x_T = _x_T()
     t0, t1 = torch.tensor(2.0, dtype=F64), torch.tensor(1.0, dtype=F64)
     s = torch.sqrt(t0 * t1)
@@ -116,7 +118,8 @@ def test_direction_scale_stretches_the_stage_update(name):
     c = torch.tensor(1.07, dtype=F64)
     xc = sample(GMM, x_T, name, nfe=None, grid=grid, midpoints=lambda i, a, b, x: Stage(s, c=c))
     x_from = sample(GMM, x_T, name, nfe=None, grid=torch.stack([t0, s])) if name in INSERTED else x_T
-    torch.testing.assert_close(xc, x_from + 1.07 * (x1 - x_from), rtol=1e-12, atol=1e-12)
+    base = (t1 / s) * x_from if name == "dpmpp_2m" else x_from
+    torch.testing.assert_close(xc, base + 1.07 * (x1 - base), rtol=1e-12, atol=1e-12)
     assert float((xc - x1).abs().max()) > 1e-4  # c did something
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffode.config import method_defaults
+from dataclasses import replace
+
 from diffode.core.denoisers import ModelDenoiser
 from diffode.core.sample import prior_sample, sample
 from diffode.core.schedules import EDM
-from diffode.methods.amed import AMEDModule, AMEDPredictor, build, check, grids, resolve
-from diffode.methods.registry import Context
+from diffode.methods.amed import AMEDModule, AMEDPredictor, build, check, resolve
+from diffode.methods.registry import Context, method_options
 from diffode.models import load_model
 
 F64 = torch.float64
@@ -28,17 +29,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(**kw):
-    o = method_defaults("amed")
-    o.update(n_trajectories=64, batch=16, n_val=16, val_every=2)
-    o.update(kw)
-    return o
+    return method_options("amed", **{"n_trajectories": 64, "batch": 16, "n_val": 16, "val_every": 2, **kw})
 
 
 def _module(model, **kw) -> AMEDModule:
     o = _options(**kw)
     ctx = Context(out_dir=Path("."), teacher=model, trainer={"devices": 1})
     assert check(o, ctx) == []
-    return build(o, ctx)
+    return build(resolve(o, ctx), ctx)
 
 
 def _tiny_unet_model():
@@ -59,6 +57,49 @@ GMM2 = load_model({"kind": "gmm", "preset": "gmm2d"})
 
 
 # -- the predictor ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("features", [None, (2, 2)])
+def test_saturated_heads_reach_exactly_the_configured_scale_bounds(features):
+    """c = 1 +- scale_dir and a = 1 +- scale_time at the saturated ends, each head with its own option
+    (the module built from method.scale_dir / method.scale_time; distinct values so a swap shows)."""
+    scale_dir, scale_time = 0.05, 0.2
+    m = _module(_tiny_unet_model() if features else GMM2, student="ipndm", nfe=5, scale_dir=scale_dir,
+                scale_time=scale_time)
+    p = m.predictor
+    assert p.feature_shape == features
+    x = torch.randn(3, 1, 8, 8, dtype=F64) if features else torch.randn(3, 2, dtype=F64)
+    feats = None if features is None else torch.randn(3, 16, *features, dtype=F64)
+    cur, nxt = torch.tensor(5.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    for sign_dir, sign_time in ((1, -1), (-1, 1)):
+        with torch.no_grad():
+            for head, sign in ((p.fc_dir, sign_dir), (p.fc_time, sign_time)):
+                head.weight.zero_()
+                head.bias.fill_(60.0 * sign)  # sigmoid(+-60) is 1 or 0 to float64 precision
+        st = p(0, cur, nxt, x, feats)
+        torch.testing.assert_close(st.c, torch.full_like(st.c, 1 + sign_dir * scale_dir), rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(st.a, torch.full_like(st.a, 1 + sign_time * scale_time), rtol=1e-15, atol=1e-15)
+
+
+def test_predictor_spec_rebuilds_the_same_predictor_and_ratio_inverts_the_stage():
+    from diffode.methods.amed.predictor import predictor_spec
+    from diffode.spec import build as build_spec
+
+    kw = dict(feature_shape=(2, 2), scale_dir=0.05, scale_time=0.2, hidden=16, time_channels=4, feature_channels=3,
+              prior={"grid": "edm", "rho": 7}, first_at_start=True)
+    spec = predictor_spec(**kw)
+    assert spec == {"_target_": "diffode.methods.amed.predictor.AMEDPredictor", **kw, "feature_shape": [2, 2]}
+    p = build_spec(spec)
+    assert (p.feature_shape, p.scale_dir, p.scale_time, p.prior, p.first_at_start) == ((2, 2), 0.05, 0.2, kw["prior"], True)
+    assert p.features[0].out_features == 16 and p.features[2].out_features == 3 and p.time.out_features == 4
+    bare = build_spec(predictor_spec(None, 0.0, 0.0, 8, 8, 4))
+    assert bare.feature_shape is None and bare.prior is None and not bare.first_at_start
+    assert bare.fc_dir is None and bare.fc_time is None
+    cur, nxt = torch.tensor(5.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    s = nxt ** 0.3 * cur ** 0.7
+    from diffode.core.stage import Stage
+
+    torch.testing.assert_close(p.ratio(Stage(s), cur, nxt), torch.tensor(0.3, dtype=F64), rtol=1e-12, atol=0)
+
 
 @pytest.mark.parametrize("features", [None, (2, 2)])
 def test_predictor_outputs_stay_in_their_bounds(features):
@@ -254,7 +295,7 @@ def _cfg(tmp_path, *ov):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["method.student=heun"], "not an AMED student; choose amed"),
+    (["method.student=dpmpp_3m"], "not an AMED student; choose amed"),
     (["method.nfe=6", "method.afs=true"], "NFE must be odd"),
     (["method.nfe=5", "method.afs=false"], "NFE must be even"),
     (["method.scale_dir=1.5"], "scale_dir=1.5 is out of range"),
@@ -265,8 +306,8 @@ def _cfg(tmp_path, *ov):
     (["method.teacher_solver=nope"], "unknown solver 'nope'"),
     (["method.select=fid"], "select=fid scores images"),
     (["method.distance=digits_perceptual"], "compares 8x8 grey digits"),
-    (["method.distance=l1"], "method.distance='l1' is unknown; choose one of l2, digits_perceptual, lpips"),
-    (["method.l2_weight=0.5"], "0 with method.distance=l2"),
+    (["method.distance=l3"], "method.distance='l3' is unknown; choose one of l2, l2_sum, l1, pseudo_huber"),
+    (["method.l2_weight=0.5"], "0 with method.distance=l2_sum"),
 ])
 def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, match, monkeypatch):
     from diffode.cli.errors import ConfigError
@@ -282,8 +323,8 @@ def test_bad_options_fail_before_compute_naming_the_fix(tmp_path, overrides, mat
 def test_runner_builds_the_configured_student(tmp_path):
     from diffode.cli.train import prepare
 
-    spec, options, ctx = prepare(_cfg(tmp_path, "method.student=ipndm", "method.nfe=7"))
-    m = spec.build(options, ctx)
+    spec, config, ctx = prepare(_cfg(tmp_path, "method.student=ipndm", "method.nfe=7"))
+    m = spec.build(config, ctx)
     assert (m.cfg.student, m.cfg.teacher, m.cfg.M, m.cfg.steps) == ("ipndm", "ipndm", 2, 4)
     # afs_grid auto -> base at odd NFE: the intervals end at the odd nodes of iPNDM's 7-step edm grid u,
     # the teacher runs on u refined 2-fold (14 >= (M + 1) N = 12 steps)
@@ -294,12 +335,14 @@ def test_runner_builds_the_configured_student(tmp_path):
     torch.testing.assert_close(m.teacher_sigmas[::2], u, rtol=1e-12, atol=0)
     assert m.cfg.first_at_start and m.teacher_at == [2, 6, 10, 14]
     assert not m.predictor.needs_features  # the mixture has no bottleneck: times-only predictor
-    s, t = grids(dict(options, afs_grid="paper"), ctx.teacher)  # the paper's: the 4-step grid, 3-fold refined
+    options = config.options
+    paper = resolve(replace(options, afs_grid="paper"), ctx)  # the paper's: the 4-step grid, 3-fold refined
+    s, t = paper.sigmas, paper.teacher_sigmas
     assert s.numel() == 5 and t.numel() == 13 and torch.allclose(t[::3], s, rtol=1e-12)
-    assert resolve(dict(options, student="amed", nfe=5), ctx.teacher).teacher == "heun"
-    assert [resolve(dict(options, nfe=k), ctx.teacher).afs for k in (3, 4, 5, 6)] == [True, False, True, False]
+    assert resolve(replace(options, student="amed", nfe=5), ctx).teacher == "heun"
+    assert [resolve(replace(options, nfe=k), ctx).afs for k in (3, 4, 5, 6)] == [True, False, True, False]
     # grid auto: the student's usual grid; r_prior auto: the grid's own point for the plugins only
-    got = {st: resolve(dict(options, student=st, nfe=6), ctx.teacher) for st in ("amed", "ipndm", "dpm_solver_2")}
+    got = {st: resolve(replace(options, student=st, nfe=6), ctx) for st in ("amed", "ipndm", "dpm_solver_2")}
     assert {st: (c.grid, c.prior) for st, c in got.items()} == {
         "amed": ("edm", None), "ipndm": ("edm", {"grid": "edm", "rho": 7.0}),
         "dpm_solver_2": ("logsnr", {"grid": "logsnr"})}

@@ -46,7 +46,7 @@ def test_equals_the_closed_form_for_gaussian_data(eta):
     lam^2 + (1 - sqrt(S'^2 - lam^2)/S)^2 s^2 S^2/(s^2 + S^2); for DDPM (eta = 1) that is also the Markov chain's
     (S^2 - S'^2)(S'^2 + s^2)/(s^2 + S^2). The analytic variance from the exact moments is exactly it, and from
     Monte Carlo moments within their error."""
-    sig = check_sampling_config("ddpm", 10, "edm")["sigmas"]
+    sig = check_sampling_config("ddpm", 10, "edm").sigmas
     S, S1 = sig[:-1], sig[1:]
     var, lam2 = optimal_variance(_exact_moments(S), S, S1, eta, data_radius=None)
     c = 1 - torch.sqrt(S1**2 - lam2) / S
@@ -64,7 +64,7 @@ def test_equals_the_closed_form_for_gaussian_data(eta):
 def test_samples_gaussian_data_exactly_at_10_steps(name, baseline):
     """Every analytic step is the exact reverse conditional for Gaussian data, so 10 steps give the exact
     final law: variance (s^2 + S'^2) - Var[x' | x] at the last, mean-only step. DDPM / DDIM miss it by far."""
-    sig = check_sampling_config("ddpm", 10, "edm")["sigmas"]
+    sig = check_sampling_config("ddpm", 10, "edm").sigmas
     x_T = prior_sample((200_000, 1), 80.0, torch.Generator().manual_seed(2))
     x = sample(G, x_T, name, nfe=10, grid="edm", eps_moments=_exact_moments(sig[:-1]),
                generator=torch.Generator().manual_seed(3))
@@ -81,7 +81,7 @@ def test_samples_gaussian_data_exactly_at_10_steps(name, baseline):
 
 @pytest.mark.parametrize("name", ["analytic_ddpm", "analytic_ddim"])
 def test_exact_nfe_on_any_step_subset(name):
-    full = check_sampling_config("ddpm", 100, "logsnr")["sigmas"]
+    full = check_sampling_config("ddpm", 100, "logsnr").sigmas
     for k in (1, 2, 5, 10, 25):
         idx = torch.round(torch.linspace(0, 100, k + 1)).long()  # an even subsequence of the 100-step grid
         sub = full[idx]
@@ -91,7 +91,7 @@ def test_exact_nfe_on_any_step_subset(name):
         assert len(rec.sigmas) == k and bool(torch.isfinite(x).all())
         rec = Recorder(G)
         sample(rec, prior_sample((4, 1), 80.0), name, nfe=k, grid="edm",
-               eps_moments=_exact_moments(check_sampling_config("ddpm", k, "edm")["sigmas"][:-1]))
+               eps_moments=_exact_moments(check_sampling_config("ddpm", k, "edm").sigmas[:-1]))
         assert len(rec.sigmas) == k
 
 
@@ -120,7 +120,7 @@ def test_model_sample_computes_and_caches_the_moments(tmp_path, monkeypatch):
     a = model.sample(x_T, 32, solver="analytic_ddpm", nfe=6, grid="edm", seed=0, mc_samples=500)
     files = list((tmp_path / "analytic_moments").glob("*.pt"))
     assert len(files) == 1
-    sig = check_sampling_config("ddpm", 6, "edm", sigma_min=model.sigma_min, sigma_max=model.sigma_max)["sigmas"]
+    sig = check_sampling_config("ddpm", 6, "edm", sigma_min=model.sigma_min, sigma_max=model.sigma_max).sigmas
     m = torch.load(files[0], weights_only=True)["value"]
     want = estimate_eps_moments(model.denoiser, si.training_points(model, 500, 0), sig[:-1],
                                 torch.Generator().manual_seed(1))

@@ -89,9 +89,11 @@ def test_option_composes_and_resolves(hydra_ctx, entry, group, option):
     assert choices[group] == option
     if group == "method":
         assert cfg["method"]["name"] == option  # the runner finds the method by this name
-        from diffode.methods.registry import get_method
+        from diffode.methods.registry import get_method, typed_options
 
-        assert get_method(option).name == option
+        spec = get_method(option)
+        assert spec.name == option
+        assert isinstance(typed_options(spec, cfg["method"]), spec.options)  # the YAML fills every field
     if group == "solver":
         from diffode.config import solver_config
         from diffode.core.solvers import get_solver
@@ -170,5 +172,100 @@ def test_eval_preset_cells_validate(hydra_ctx, name, tmp_path):
     if OmegaConf.is_missing(cfg.source, "path"):
         pytest.skip(f"experiment={name} needs source.path")
     cells = build_cells(cfg)
-    unreachable = validate_cells(cells, load_model(cfg.source), cfg)
+    _, unreachable = validate_cells(cells, load_model(cfg.source), cfg)
     assert cells and len(unreachable) < len(cells)
+
+
+# -- the methods' options schemas ----------------------------------------------------------------------------
+
+SCHEMA_REFUSALS = [  # (method, override, what Hydra's composition says)
+    ("ld3", "method.bogus=1", "Key 'bogus' not in 'LD3Config'"),
+    ("ld3", "method.teacher.bogus=1", "Key 'bogus' not in 'LD3Teacher'"),
+    ("ld3", "method.nfe=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("ld3", "method.space=foo", "Invalid value 'foo', expected one of [lambda, t]"),
+    ("ld3", "method.lpips_net=resnet", "expected one of [vgg, alex]"),
+    ("denoiser", "method.prediction=nosuch", "expected one of [eps, x0, v, edm]"),
+    ("denoiser", "method.ema.decay=abc", "could not be converted to Float"),
+    ("denoiser", "method.betas=0.9", "Invalid value assigned: float is not a ListConfig"),
+    ("gits", "method.metric=nosuch", "expected one of [dev, l2, l1]"),
+    ("gits", "method.teacher.steps=many", "could not be converted to Integer"),
+    ("amed", "method.objective=both", "expected one of [interval, endpoint]"),
+    ("amed", "method.predictor.features=pixels", "expected one of [auto, bottleneck, times_only]"),
+    ("amed", "method.M=1.5", "could not be converted to Integer"),
+    ("progressive_distillation", "method.weighting=nosuch", "expected one of [snr_trunc, v_mse]"),
+    ("consistency_distillation", "method.optimizer=sgd", "expected one of [radam, adam]"),
+    ("consistency_distillation", "method.sample_steps=[1,x]", "could not be converted to Integer"),
+]
+
+
+@pytest.mark.parametrize("method,override,message", SCHEMA_REFUSALS, ids=[f"{m}-{o}" for m, o, _ in SCHEMA_REFUSALS])
+def test_hydra_refuses_a_bad_method_option_when_it_composes(hydra_ctx, method, override, message):
+    """An unknown key, a value of the wrong type and a value outside its choices never reach the runner."""
+    from hydra.errors import ConfigCompositionException
+
+    if method not in group_options("method"):
+        pytest.skip(f"no method {method}")
+    with pytest.raises(ConfigCompositionException) as e:
+        compose("train", overrides=[f"method={method}", override])
+    assert message in str(e.value.__cause__), str(e.value.__cause__)
+
+
+@pytest.mark.parametrize("method", group_options("method"))
+def test_a_method_yaml_is_its_schema_and_the_one_place_of_its_defaults(method):
+    """conf/method/<name>.yaml has exactly the schema's keys; the schema declares no default (MISSING); the typed
+    options hold the YAML's values, choices as plain strings; diffode.config reads the YAML without `defaults`."""
+    import dataclasses
+
+    from diffode.config import group_config, method_defaults
+    from diffode.methods.registry import get_method, method_options
+
+    spec = get_method(method)
+    yaml = group_config("method", method)
+    assert "defaults" not in yaml and "defaults" not in method_defaults(method)
+    assert set(yaml) == {f.name for f in dataclasses.fields(spec.options)}
+    fields = dataclasses.fields(spec.options)
+    assert all(f.default == "???" and f.default_factory is dataclasses.MISSING for f in fields)
+    options = dataclasses.asdict(method_options(method))
+    assert options == yaml
+    assert all(type(v) is str for v in options.values() if isinstance(v, str))  # no Enum member leaks out
+
+
+def test_the_choices_are_those_the_code_dispatches_on():
+    from diffode.core.denoisers import PREDICTIONS
+    from diffode.core.distillation import WEIGHTINGS
+    from diffode.core.gits import METRICS
+    from diffode.methods.denoiser.options import Prediction
+    from diffode.methods.gits.options import Metric
+    from diffode.methods.progressive_distillation.options import StudentOutput, Weighting
+
+    assert tuple(Prediction.__members__) == PREDICTIONS and set(Weighting.__members__) == set(WEIGHTINGS)
+    assert set(Metric.__members__) == set(METRICS) and set(StudentOutput.__members__) == {"auto", *PREDICTIONS}
+
+
+@pytest.mark.parametrize("override,fragments", [
+    ("method.bogus=1", ["method.bogus is not a key", "remove it", "conf/method/ld3.yaml"]),
+    ("method.nfe=abc", ["method.nfe=abc", "could not be converted to Integer", "conf/method/ld3.yaml"]),
+])
+def test_the_console_script_says_a_refused_option_in_one_paragraph(tmp_path, override, fragments):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "diffode.cli", "train", "method=ld3", override, f"output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and err.startswith("diffode: ") and "Traceback" not in err and "\n\n" not in err, err
+    assert all(f in " ".join(err.split()) for f in fragments), err
+
+
+def test_registering_the_schemas_imports_no_lightning():
+    """Hydra reads the schemas when it imports diffode.conf, in every entry: `diffode eval` composes no method
+    and must not pay Lightning's import for them."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, diffode.conf; from diffode.methods.registry import METHODS; "
+            "print(json.dumps([sorted(METHODS), [m for m in ('lightning', 'torch') if m in sys.modules]]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    methods, heavy = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(methods) == set(group_options("method")) and heavy == [], (methods, heavy)

@@ -152,22 +152,29 @@ def test_teacher_step_refuses_stochastic_and_adaptive_solvers():
 # -- distances and the target EMA ----------------------------------------------------------------
 
 def test_distances():
+    """The registry's plain distances against their formulas written here, with the reduction each states."""
+    from diffode.core.distances import huber_c, pseudo_huber
+    from diffode.metrics.distance import DISTANCES, make_distance
+
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 1, 8, 8, generator=g, dtype=F64), torch.randn(4, 1, 8, 8, generator=g, dtype=F64)
     diff = (a - b).reshape(4, -1)
-    torch.testing.assert_close(cm.l2(a, b), (diff**2).sum(1) / 64)
-    torch.testing.assert_close(cm.l1(a, b), diff.abs().sum(1) / 64)
+    torch.testing.assert_close(make_distance("l2")(a, b), (diff**2).sum(1) / 64)
+    torch.testing.assert_close(make_distance("l2_sum")(a, b), (diff**2).sum(1))
+    torch.testing.assert_close(make_distance("l1")(a, b), diff.abs().sum(1) / 64)
+    assert "mean" in DISTANCES["l2"].reduction and "sum" in DISTANCES["l2_sum"].reduction
     c = 0.00054 * 8.0  # sqrt(64)
-    assert cm.huber_c(64) == pytest.approx(c, rel=1e-15)
+    assert huber_c(64) == pytest.approx(c, rel=1e-15)
     norm = diff.norm(dim=1)
-    torch.testing.assert_close(cm.pseudo_huber(a, b), torch.sqrt(norm**2 + c * c) - c)
-    torch.testing.assert_close(cm.make_distance("pseudo_huber", 0.5)(a, b), torch.sqrt(norm**2 + 0.25) - 0.5)
+    torch.testing.assert_close(make_distance("pseudo_huber")(a, b), torch.sqrt(norm**2 + c * c) - c)
+    torch.testing.assert_close(make_distance("pseudo_huber", huber_c=0.5)(a, b), torch.sqrt(norm**2 + 0.25) - 0.5)
     small = 1e-8 * diff  # quadratic regime |d|^2 / (2c), large regime |d|
-    torch.testing.assert_close(cm.pseudo_huber(small, 0 * small), (small**2).sum(1) / (2 * c), rtol=1e-6, atol=0)
+    torch.testing.assert_close(pseudo_huber(small, 0 * small), (small**2).sum(1) / (2 * c), rtol=1e-6, atol=0)
     big = 1e3 * diff
-    torch.testing.assert_close(cm.pseudo_huber(big, 0 * big), big.norm(dim=1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(pseudo_huber(big, 0 * big), big.norm(dim=1), rtol=1e-5, atol=0)
+    assert make_distance("l2").net is None
     with pytest.raises(ValueError, match="unknown distance"):
-        cm.make_distance("lpip")
+        make_distance("lpip")
 
 
 def test_ema_update_is_the_papers_rule():

@@ -34,7 +34,7 @@ def test_digits_datamodule_batches():
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (64, 1, 8, 8) and y.shape == (64,)
-    assert dm.info() == {"name": "digits", "shape": [1, 8, 8]}
+    assert dm.info() == {"name": "digits", "shape": [1, 8, 8], "num_classes": 10}
 
 
 def test_gmm_datamodule_matches_its_mixture():

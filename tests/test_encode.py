@@ -74,9 +74,9 @@ def test_round_trip_error_shrinks_with_nfe():
 def test_grid_tensor_and_check():
     sig = torch.tensor([0.01, 0.1, 1.0, 10.0], dtype=F64)
     plan = check_sampling_config("heun", 6, sig, direction="encode")
-    assert torch.equal(plan["sigmas"], sig)
-    named = check_sampling_config("dpmpp_2m", 5, "edm", direction="encode")["sigmas"]
-    assert torch.equal(named, check_sampling_config("dpmpp_2m", 5, "edm")["sigmas"].flip(0))
+    assert torch.equal(plan.sigmas, sig)
+    named = check_sampling_config("dpmpp_2m", 5, "edm", direction="encode").sigmas
+    assert torch.equal(named, check_sampling_config("dpmpp_2m", 5, "edm").sigmas.flip(0))
     with pytest.raises(ValueError, match="strictly increasing"):
         encode(GMM, X0, "heun", nfe=6, grid=sig.flip(0))
 

@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from diffode.cli.errors import ConfigError
-from diffode.cli.evaluate import evaluate
+from diffode.evaluation.runner import evaluate
 from diffode.evaluation.results import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +39,15 @@ def test_gmm_sweep_orders_solvers_by_order(tmp_path):
     rows = read_rows(out["csv"])
     assert sorted(keys(rows)) == sorted((s, "logsnr", n) for s in ("euler", "dpmpp_2m", "dpmpp_3m") for n in (10, 20))
     assert all(r["status"] == "ok" and r["n_samples"] == 64 and r["seeds"] == "0-63" for r in rows)
+    # both counts in every row: unguided, a call is one network pass; the condition setting is recorded
+    assert all(r["forwards"] == r["nfe"] and r["condition"] == "none" for r in rows)
     rmse = {(r["solver"], r["nfe"]): r["rmse"] for r in rows}
     for n in (10, 20):  # order 1 > order 2 > order 3 in error
         assert rmse["euler", n] > rmse["dpmpp_2m", n] > rmse["dpmpp_3m", n]
     report = Path(out["report"]).read_text()
     assert "dpmpp_3m/logsnr" in report and "64 samples" in report
+    assert "forwards counts the network forward passes" in report and "equal in every cell" in report
+    assert "condition: none" in report
     assert (tmp_path / "rmse_vs_nfe.png").is_file() and (tmp_path / "samples" / "euler__logsnr__nfe10.png").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["sw_exact_vs_exact_mean"] > 0
 
@@ -81,7 +85,7 @@ def test_resume_after_hard_kill(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_evaluation import cfg_for
-        from diffode.cli.evaluate import evaluate
+        from diffode.evaluation.runner import evaluate
         from pathlib import Path
         def die(k, cell):
             if k == 1:
@@ -233,6 +237,7 @@ def test_learned_artifacts_add_one_cell_each_and_are_checked(tmp_path):
                   f"sweep.learned=[{path}]")
     rows = {(r["solver"], r["grid"], int(r["nfe"])): r for r in read_rows(evaluate(cfg)["csv"])}
     assert set(rows) == {("ipndm", "edm", 5), ("ipndm", "ld3", 5)}
+    assert rows["ipndm", "ld3", 5]["forwards"] == 5
     assert rows["ipndm", "ld3", 5]["rmse"] == rows["ipndm", "edm", 5]["rmse"]
     with pytest.raises(ConfigError, match="no artifact"):
         evaluate(cfg_for(tmp_path / "bad", "sweep.solvers=[ipndm]", "sweep.nfes=[5]", "sweep.learned=[nope]"))
@@ -241,6 +246,38 @@ def test_learned_artifacts_add_one_cell_each_and_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="another model"):
         evaluate(cfg_for(tmp_path / "bad2", "sweep.solvers=[ipndm]", "sweep.nfes=[5]", f"sweep.learned=[{other}]"))
     assert not (tmp_path / "bad2" / "results.csv").exists()
+
+
+def test_a_cell_is_planned_once_whatever_its_batches(tmp_path, monkeypatch):
+    """Each cell (training-free or an artifact) is planned once, at validation: its 8 batches follow that plan;
+    Model.sample takes a plan or the options that make one, not both."""
+    import diffode.core.sample as core
+    from diffode.artifacts import save_artifact
+    from diffode.core.grids import make_grid
+    from diffode.core.schedules import EDM
+    from diffode.models import load_model
+
+    model = load_model({"kind": "gmm", "preset": "gmm2d"})
+    path = save_artifact(tmp_path / "ld3", kind="ld3", solver="ipndm", nfe=5, sigmas=make_grid("edm", 5, EDM()),
+                         schedule=EDM(), model=model.identity)
+    planned, real = [], core.check_sampling_config
+
+    def counted(*a, **k):
+        planned.append((k.get("solver", a[0] if a else None), k.get("nfe", a[1] if len(a) > 1 else None)))
+        return real(*a, **k)
+
+    monkeypatch.setattr(core, "check_sampling_config", counted)
+    out = evaluate(cfg_for(tmp_path / "run", "sweep.solvers=[dpmpp_2m]", "sweep.nfes=[7]", f"sweep.learned=[{path}]",
+                           "batch_size=8"))
+    assert all(r["status"] == "ok" for r in read_rows(out["csv"]))
+    assert planned.count(("dpmpp_2m", 7)) == 1 and planned.count(("ipndm", 5)) == 1
+    plan = model.plan(solver="dpmpp_2m", nfe=7)
+    x_T = 80.0 * torch.randn(10, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = core.sample(model.denoiser, x_T, "dpmpp_2m", 7, schedule=model.schedule, sigma_min=model.sigma_min,
+                        sigma_max=model.sigma_max)
+    assert torch.equal(model.sample(x_T, 3, plan=plan), whole)
+    with pytest.raises(ValueError, match="a plan or the sampling options"):
+        model.sample(x_T, 3, plan=plan, nfe=5)
 
 
 def test_one_cell_from_solver_and_grid_groups(tmp_path):

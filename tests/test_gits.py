@@ -142,7 +142,7 @@ def test_method_search_artifacts_and_sampling(tmp_path):
     L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(m)
     # the mean cost over 12 warm-up samples, whatever the batches (5 + 5 + 2): one direct computation
-    x_T = warmup_noise(range(options["seed"], options["seed"] + 12), (2,), 80.0)
+    x_T = warmup_noise(range(options.seed, options.seed + 12), (2,), 80.0)
     xs, ds = teacher_trajectory(ctx.teacher.denoiser, x_T, m.fine, "ipndm", max_order=4)
     C = cost_matrix(xs, ds, m.fine, "l2")
     fin = torch.isfinite(C)
@@ -155,7 +155,7 @@ def test_method_search_artifacts_and_sampling(tmp_path):
         nfe = int(name[-1])
         assert ls.label == f"{name.split('_nfe')[0]}/gits" and ls.nfe == nfe
         idx = ls.manifest["gits"]["indices"]
-        assert idx == gits_dp(C, nfe, options["coeff"])
+        assert idx == gits_dp(C, nfe, options.coeff)
         torch.testing.assert_close(ls.sigmas, m.fine[idx], rtol=0, atol=0)
         ls.check(ctx.teacher)
         x = ls.sample(ctx.teacher.denoiser, x_T)
@@ -168,11 +168,15 @@ def test_method_bad_settings_fail_before_compute(tmp_path):
     from diffode.cli.errors import ConfigError
     from diffode.cli.train import prepare
 
-    for ov, msg in ((["method.metric=cosine"], "metric"), (["method.nfe=11"], "more than the teacher grid"),
+    from hydra.errors import ConfigCompositionException
+
+    for ov, msg in ((["method.nfe=11"], "more than the teacher grid"),
                     (["method.solver=heun", "method.nfe=5"], "nfe=5"), (["method.coeff=0"], "coeff"),
                     (["method.teacher.grid=from_file"], "teacher.grid"), (["method.teacher.solver=rk45"], "fixed-step")):
         with pytest.raises(ConfigError, match=msg):
             prepare(_cfg(tmp_path, *ov))
+    with pytest.raises(ConfigCompositionException, match="method.metric=cosine"):  # a choice: refused by Hydra
+        _cfg(tmp_path, "method.metric=cosine")
 
 
 def test_grid_config_reads_gits_artifacts():

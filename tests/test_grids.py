@@ -15,7 +15,7 @@ F64 = torch.float64
 SCHEDULES = [None, EDM(), VE(), VPLinear(), VPCosine(), DiscreteVP()]
 
 
-@pytest.mark.parametrize("name", ["time_uniform", "time_quadratic", "logsnr", "edm"])
+@pytest.mark.parametrize("name", ["time_uniform", "time_uniform_vp", "time_quadratic", "logsnr", "edm"])
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: "none" if s is None else s.name)
 def test_named_grids_are_decreasing_and_span_the_range(name, schedule):
     g = make_grid(name, 7, schedule)
@@ -50,6 +50,32 @@ def test_vp_time_grids_are_uniform_in_t():
                                                    6, dtype=F64))
 
 
+@pytest.mark.parametrize("rho", [1.0, 7.0])
+@pytest.mark.parametrize("lo,hi", [(0.002, 80.0), (0.03, 14.6)])
+def test_time_uniform_vp_is_diff_samplers_time_uniform(rho, lo, hi):
+    """diff-sampler's get_schedule('time_uniform'), re-derived: the VP sigma sqrt(e^(beta_d t^2/2 +
+    beta_min t) - 1) with beta_d, beta_min fitted to sigma(1) = sigma_max, sigma(1e-3) = sigma_min, at
+    t = (1 + k/N (eps^(1/rho) - 1))^rho."""
+    n, eps = 6, 1e-3
+    beta_d = 2 * (math.log(lo ** 2 + 1) / eps - math.log(hi ** 2 + 1)) / (eps - 1)
+    beta_min = math.log(hi ** 2 + 1) - 0.5 * beta_d
+    ts = [(1 + k / n * (eps ** (1 / rho) - 1)) ** rho for k in range(n + 1)]
+    ref = torch.tensor([(math.e ** (0.5 * beta_d * t ** 2 + beta_min * t) - 1) ** 0.5 for t in ts], dtype=F64)
+    torch.testing.assert_close(make_grid("time_uniform_vp", n, sigma_min=lo, sigma_max=hi, rho=rho), ref,
+                               rtol=1e-10, atol=0)
+    # not the no-schedule time_uniform (uniform in sigma)
+    assert float((make_grid("time_uniform", n, sigma_min=lo, sigma_max=hi) - ref).abs().max()) > 1e-3 * hi
+
+
+def test_time_uniform_vp_on_the_vp_sde_range_is_its_time_uniform():
+    """On VPLinear's own range the fit recovers its betas: the grid is time_uniform under that schedule."""
+    sch = VPLinear()
+    torch.testing.assert_close(make_grid("time_uniform_vp", 7, sch), make_grid("time_uniform", 7, sch),
+                               rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="0 < t_min < 1"):
+        make_grid("time_uniform_vp", 4, t_min=1.0)
+
+
 def test_sigma_overrides_and_range_checks():
     g = make_grid("logsnr", 4, EDM(), sigma_min=0.01, sigma_max=10.0)
     assert float(g[0]) == 10.0 and float(g[-1]) == 0.01
@@ -66,7 +92,7 @@ def test_unknown_grid_and_option():
         make_grid("logsnr", 4, rho=7)
     with pytest.raises(ValueError, match="steps >= 1"):
         make_grid("logsnr", 0)
-    assert set(GRIDS) == {"time_uniform", "time_quadratic", "logsnr", "edm", "explicit", "from_file"}
+    assert set(GRIDS) == {"time_uniform", "time_uniform_vp", "time_quadratic", "logsnr", "edm", "explicit", "from_file"}
 
 
 def test_explicit_grid_validation():

@@ -25,7 +25,7 @@ def _x_T(n=16, dim=2, seed=0):
 @pytest.mark.parametrize("predictor", PREDICTORS)
 def test_zero_corrector_steps_is_the_predictor(predictor):
     steps = 6
-    sig = check_sampling_config("ddim", steps, "edm")["sigmas"]
+    sig = check_sampling_config("ddim", steps, "edm").sigmas
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     base = sample(GMM, _x_T(), predictor, nfe=None, grid=sig, generator=g())
     pc = sample(GMM, _x_T(), "pc", nfe=None, grid=sig, predictor=predictor, corrector_steps=0, generator=g())
@@ -39,7 +39,7 @@ def test_exact_nfe_counts_every_corrector_step(predictor, m):
         rec = Recorder(GMM)
         x = sample(rec, _x_T(4), "pc", nfe=nfe, grid="logsnr", predictor=predictor, corrector_steps=m,
                    generator=torch.Generator().manual_seed(0))
-        steps = check_sampling_config("pc", nfe, "logsnr", predictor=predictor, corrector_steps=m)["steps"]
+        steps = check_sampling_config("pc", nfe, "logsnr", predictor=predictor, corrector_steps=m).steps
         per = 2 if predictor == "heun" else 1
         assert len(rec.sigmas) == nfe == per * steps + m * (steps - 1)
         assert bool(torch.isfinite(x).all())
@@ -47,7 +47,7 @@ def test_exact_nfe_counts_every_corrector_step(predictor, m):
 
 def test_the_predictor_continues_from_the_corrected_state():
     """pc(ddim) equals Euler steps and Langevin steps interleaved by hand with the same noise."""
-    sig = check_sampling_config("ddim", 5, "logsnr")["sigmas"]
+    sig = check_sampling_config("ddim", 5, "logsnr").sigmas
     x = _x_T(8)
     out = sample(GMM, x, "pc", nfe=None, grid=sig, predictor="ddim", corrector_steps=2, snr=0.2,
                  generator=torch.Generator().manual_seed(5))

@@ -125,8 +125,8 @@ import lightning as L  # noqa: E402
 
 from diffode.core.denoisers import make_gmm  # noqa: E402
 from diffode.core.sample import sample  # noqa: E402
-from diffode.config import method_defaults  # noqa: E402
-from diffode.methods.ld3 import Checkpointed, LD3Config, LD3Module  # noqa: E402
+from diffode.methods.ld3 import Checkpointed, LD3Module  # noqa: E402
+from diffode.methods.registry import method_options  # noqa: E402
 from diffode.methods.ld3.teacher import cached_pairs, make_pairs, start_noise  # noqa: E402
 
 EDM_S = EDM()
@@ -163,13 +163,14 @@ CHEAP_TEACHER = {"solver": "dpmpp_3m", "nfe": 24, "grid": "logsnr", "grid_option
 
 
 def _module(tmp_path, **kw):
-    base = dict(method_defaults("ld3"), solver="dpmpp_3m", nfe=3, distance="l2", n_pairs=24, teacher=CHEAP_TEACHER,
+    base = dict(solver="dpmpp_3m", nfe=3, distance="l2", n_pairs=24, teacher=CHEAP_TEACHER,
                 rounds_logits=2, rounds_joint=2, batch_size=4, cache_dir=str(tmp_path / "cache"),
                 init_grid="uniform", val_every=1, checkpointing=False)  # a 12-update run: validate after every update
     base.update(kw)
     D = base.pop("denoiser", None) or _gmm()
     shape = base.pop("shape", (D.dim,))
-    return LD3Module(D, shape, EDM_S, EDM_S.sigma_min, EDM_S.sigma_max, {"kind": "gmm-test"}, LD3Config(**base))
+    return LD3Module(D, shape, EDM_S, EDM_S.sigma_min, EDM_S.sigma_max, {"kind": "gmm-test"},
+                     method_options("ld3", **base))
 
 
 def _fit(module, **kw):
@@ -241,6 +242,21 @@ def test_soft_loss_latents_stay_in_the_ball_and_only_move_when_better(tmp_path):
     assert torch.equal(hard.z_soft, hard.z)  # r = 0: the hard loss, latents never move
 
 
+def test_soft_ball_radius_is_gamma_dim_over_n_squared_in_units_of_sigma_T(tmp_path):
+    """LD3's ball: |x'_T - x_T| <= r sigma_T with r = gamma * dim / N^2, computed here from the definition.
+    A learning rate far beyond the ball puts every accepted latent on its sphere, so the distance the
+    latents moved (in units of sigma_T = sigma_max) must be exactly r: not r * sigma_max, not r / N."""
+    gamma, dim, nfe = 0.5, 2, 3
+    N = nfe  # dpmpp_3m makes one call per step
+    r = gamma * dim / N**2
+    m = _module(tmp_path, gamma=gamma, nfe=nfe, rounds_logits=1, rounds_joint=1, lr_latent=1e6)
+    _fit(m)
+    d = (m.z_soft - m.z).flatten(1).norm(dim=1)  # the latents are x_T / sigma_T
+    moved = d > 0
+    assert int(moved.sum()) >= 3, d
+    torch.testing.assert_close(d[moved], torch.full_like(d[moved], r), rtol=1e-9, atol=0)
+
+
 def test_teacher_pairs_do_not_depend_on_the_number_of_devices_and_are_cached(tmp_path):
     D = _gmm()
     args = (D, (2,), 7, 3, CHEAP_TEACHER, EDM_S, EDM_S.sigma_min, EDM_S.sigma_max)
@@ -302,9 +318,11 @@ def test_runner_composes_ld3_and_bad_settings_fail_before_compute(tmp_path):
         prepare(cfg("method.solver=heun", "method.nfe=5"))  # heun makes 2 calls a step
     with pytest.raises(ConfigError, match="distance"):
         prepare(cfg("method.distance=cosine"))
-    with pytest.raises(ConfigError, match="space"):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="method.space=sigma"):  # a choice: refused by Hydra
         prepare(cfg("method.space=sigma"))
-    with pytest.raises(ConfigError, match="gamma=-1"):
+    with pytest.raises(ConfigError, match="gamma=-1.0"):
         prepare(cfg("method.gamma=-1"))
 
 

@@ -29,6 +29,13 @@ is composed). Skipped, each listed by test_skips_are_only_the_documented_kinds w
 - a shell variable other than those above (`$SOMETHING` set elsewhere);
 - a line inside a block whose first line says it is GPU/cluster-only (`# GPU only`, `# cluster only`).
 Commands in running text (inline `code`) are not extracted: the README's commands live in blocks.
+
+A study is often a training command followed by an eval of what it wrote (`diffode ld3 -m ...
+hydra.sweep.dir=outputs/x` then `diffode eval sweep.learned=[outputs/x]`). Such an eval is checked in full
+except for the `sweep.learned` entries that an EARLIER training command of the same README writes (under its
+output_dir / hydra.run.dir / hydra.sweep.dir): those exist only after that command ran, so they are left
+out of the cell check and named in the result. Every command line is also parsed by Hydra's own argparse as
+the real entry hands it over (a flag such as -m after an override is refused there, not only by Hydra).
 """
 from __future__ import annotations
 
@@ -58,6 +65,50 @@ class Command:
     run: str = ""  # what is checked (placeholders filled); "" when skipped
     skip: str = ""  # why it is skipped
     loop_vars: dict = field(default_factory=dict)
+    later: list = field(default_factory=list)  # sweep.learned entries an earlier command of the file writes
+
+
+TRAINING_OUT = re.compile(r"^(?:output_dir|hydra\.run\.dir|hydra\.sweep\.dir)=(.+)$")
+
+
+def _outputs(part: str) -> list[tuple[str, bool]]:
+    """Where a `diffode train | <method>` command writes: (path, cut) for its output_dir / hydra.run.dir /
+    hydra.sweep.dir, a path with a shell variable cut before it (cut=True: a prefix of every path it writes)."""
+    try:
+        argv = shlex.split(part)
+    except ValueError:
+        return []
+    if argv[:1] != ["diffode"] or argv[1:2] in (["eval"], ["report"], ["main"], ["fetch-weights"]):
+        return []
+    out = []
+    for a in argv[2:]:
+        m = TRAINING_OUT.match(a)
+        if m:
+            path = m.group(1).replace("$PWD", str(REPO)).replace("${PWD}", str(REPO))
+            cut = "$" in path
+            out.append((path.split("$")[0] if cut else path.rstrip("/"), cut))
+    return [(p, c) for p, c in out if p]
+
+
+def _written_earlier(entry: str, produced: list[tuple[str, bool]]) -> bool:
+    e = entry.strip().rstrip("/")
+    return any(e.startswith(p) if cut else (e == p or e.startswith(p + "/") or p.startswith(e + "/"))
+               for p, cut in produced)
+
+
+def _drop_later(run: str, produced: list[tuple[str, bool]]) -> tuple[str, list[str]]:
+    """An eval / report command without the sweep.learned entries that earlier commands write."""
+    argv = shlex.split(run)
+    if argv[1:2] not in (["eval"], ["report"]) or not produced:
+        return run, []
+    later = []
+    for i, a in enumerate(argv):
+        m = re.match(r"^(\+?sweep\.learned(?:_grids)?)=\[(.*)\]$", a)
+        if m:
+            entries = [e.strip() for e in m.group(2).split(",") if e.strip()]
+            later += [e for e in entries if _written_earlier(e, produced)]
+            argv[i] = f"{m.group(1)}=[{','.join(e for e in entries if not _written_earlier(e, produced))}]"
+    return (shlex.join(argv), later) if later else (run, [])
 
 
 def _strip_comment(line: str) -> str:
@@ -102,7 +153,7 @@ def _blocks(text: str):
 
 def extract(text: str, name: str) -> list[Command]:
     """The commands of one Markdown text, in order."""
-    out = []
+    out, produced = [], []
     for first, body in _blocks(text):
         skip_block = bool(body) and bool(SKIP_BLOCK.search(body[0]))
         loop_vars: dict = {}
@@ -135,7 +186,8 @@ def extract(text: str, name: str) -> list[Command]:
                 elif SHELL_VAR.search(run):
                     cmd.skip = f"uses the shell variable ${SHELL_VAR.search(run).group(1)}"
                 else:
-                    cmd.run = run
+                    cmd.run, cmd.later = _drop_later(run, produced)
+                produced += _outputs(part)
                 out.append(cmd)
     return out
 
@@ -176,7 +228,7 @@ def _entry_of(argv: list[str]):
         cli._hydra_main = real
     if not seen:
         raise ValueError("the command does not reach a Hydra entry")
-    names = {"diffode.cli.train": "train", "diffode.cli.evaluate": "eval"}
+    names = {"diffode.cli.train": "train", "diffode.cli.evaluate": "eval", "diffode.cli.report": "report"}
     if seen["module"] not in names:
         raise ValueError(f"unknown Hydra entry module {seen['module']} (add its config name to the checker)")
     return names[seen["module"]], seen["args"]
@@ -215,11 +267,11 @@ def _jobs(args: list[str]) -> tuple[bool, list[list[str]]]:
     return multirun, jobs
 
 
-def _check_job(entry: str, overrides: list[str], multirun: bool, tmp: Path) -> str:
+def _check_job(entry: str, overrides: list[str], multirun: bool, tmp: Path, later: list[str] = ()) -> str:
     from hydra import compose
     from omegaconf import OmegaConf, open_dict
 
-    cfg = compose(entry, overrides=overrides, return_hydra_config=True)
+    cfg = compose("eval" if entry == "report" else entry, overrides=overrides, return_hydra_config=True)
     hydra_cfg = cfg.hydra
     if multirun:
         OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
@@ -240,18 +292,33 @@ def _check_job(entry: str, overrides: list[str], multirun: bool, tmp: Path) -> s
     from diffode.evaluation.sweep import build_cells, validate_cells
     from diffode.models import load_model
 
-    cells = build_cells(cfg, choices)
+    try:
+        cells = build_cells(cfg, choices)
+    except ValueError as e:
+        if later and "no cells" in str(e):  # all of them are the artifacts an earlier command writes
+            return "composed, resolved; its cells are the artifacts an earlier command writes"
+        raise
+    if entry == "report":  # it re-renders a finished sweep: its table must be there, made with these settings
+        from diffode.evaluation.runner import settings_hash
+        from diffode.evaluation.results import ResultsTable
+        from diffode.evaluation.sweep import resolve_path
+
+        table = resolve_path(cfg.output_dir) / "results.csv"
+        if not table.is_file():
+            raise ValueError(f"diffode report: no {table}")
+        ResultsTable(table, settings_hash(cfg))
+        return f"composed, resolved, {len(cells)} cells; {table} matches their settings"
     try:
         model = load_model(cfg.source)
     except FileNotFoundError as e:
         return f"composed, resolved, {len(cells)} cells built (model not on this machine: {e})"
-    unreachable = validate_cells(cells, model, cfg)
+    _, unreachable = validate_cells(cells, model, cfg)
     if len(unreachable) == len(cells):
         raise ValueError("no cell of the sweep is reachable")
     return f"composed, resolved, {len(cells)} cells valid for the model"
 
 
-def check_diffode(run: str, tmp: Path) -> str:
+def check_diffode(run: str, tmp: Path, later: list[str] = ()) -> str:
     argv = shlex.split(run)[1:]
     if argv and argv[0] == "fetch-weights":
         from diffode.metrics.weights import WEIGHTS
@@ -261,9 +328,16 @@ def check_diffode(run: str, tmp: Path) -> str:
             raise ValueError(f"unknown weights {bad}; known: all, {', '.join(WEIGHTS)}")
         return "weights keys known (nothing downloaded)"
     entry, args = _entry_of(argv)
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main runs on sys.argv
+
+    try:
+        get_args_parser().parse_args(args)
+    except SystemExit:
+        raise ValueError(f"Hydra's command line refuses {args} (a flag after an override?)") from None
     multirun, jobs = _jobs(args)
-    notes = [_check_job(entry, job, multirun, tmp / str(i)) for i, job in enumerate(jobs)]
-    return f"{len(jobs)} job(s): {notes[0]}"
+    notes = [_check_job(entry, job, multirun, tmp / str(i), later) for i, job in enumerate(jobs)]
+    also = f"; not checked, written by an earlier command: sweep.learned {later}" if later else ""
+    return f"{len(jobs)} job(s): {notes[0]}{also}"
 
 
 class _Parsed(Exception):
@@ -300,8 +374,8 @@ def check_script(run: str) -> str:
     return "imports (no argparse)"
 
 
-def worker(runs: list[str]) -> list[dict]:
-    """Check each command line; [{run, ok, detail}] in order."""
+def worker(runs: list) -> list[dict]:
+    """Check each command line (a string, or {run, later}); [{run, ok, detail}] in order."""
     import tempfile
     import warnings
 
@@ -313,12 +387,13 @@ def worker(runs: list[str]) -> list[dict]:
     warnings.filterwarnings("ignore")
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, run in enumerate(runs):
+        for i, item in enumerate(runs):
+            run, later = (item, []) if isinstance(item, str) else (item["run"], item["later"])
             try:
                 if run.startswith("diffode "):
                     GlobalHydra.instance().clear()
                     with initialize_config_module(CONF_PACKAGE, version_base="1.3"):
-                        detail = check_diffode(run, Path(tmp) / str(i))
+                        detail = check_diffode(run, Path(tmp) / str(i), later)
                 elif run.startswith("python "):
                     detail = check_script(run)
                 elif run.startswith("bash "):
@@ -350,13 +425,17 @@ MUST_FAIL = [
     "diffode eval sweep.no_such_key=1",                        # a key the config does not have
     "diffode eval solver=heun,euler nfe=6",                    # a sweep without -m
     "diffode fetch-weights no_such_weights",
-    "python experiments/ld3/gmm_rmse.py --no_such_flag",       # argparse refuses it
+    "diffode report experiment=eval_main output_dir=experiments/no_such_run",  # no finished sweep there
+    "diffode report output_dir=experiments/main_job",          # a table made with other settings
+    "python experiments/ld3/ablation.py --no_such_flag",       # argparse refuses it
+    "diffode eval solver=heun -m nfe=4,6",                     # Hydra's argparse: no flag after an override
+    "diffode eval sweep.learned=[outputs/nothing_wrote_this]",  # no earlier command writes it: it must exist
     "python experiments/no_such_folder/run.py",
     "make no_such_target",
 ]
 
 
-def _run_worker(runs: list[str]) -> list[dict]:
+def _run_worker(runs: list) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, __file__], input=json.dumps(runs), capture_output=True, text=True,
                        cwd=REPO, env=env, timeout=600)
@@ -367,7 +446,7 @@ def _run_worker(runs: list[str]) -> list[dict]:
 def _results():
     if not hasattr(_results, "cache"):
         cmds = all_commands()
-        runs = [c.run for c in cmds if c.run]
+        runs = [{"run": c.run, "later": c.later} for c in cmds if c.run]
         res = _run_worker(runs + MUST_FAIL)
         _results.cache = (cmds, res[:len(runs)], res[len(runs):])
     return _results.cache
@@ -406,6 +485,26 @@ def test_extractor_on_a_known_text():
     assert [bool(c.skip) for c in got] == [False, False, False, False, True, True, False, False, True]
     assert "<run dir>" in got[4].skip and "$CKPT" in got[5].skip and "GPU" in got[8].skip
     assert got[0].source == "T:4"
+
+
+def test_an_eval_of_what_an_earlier_command_writes():
+    text = "\n".join([
+        "```bash",
+        "diffode eval sweep.learned=[out/x]",  # before the training: must exist as written
+        "diffode ld3 -m method.nfe=4,5 hydra.sweep.dir=out/x",
+        "for s in a b; do",
+        "  diffode ld3 method.solver=$s hydra.run.dir=out/loop/${s}_nfe4",
+        "done",
+        "diffode eval solver=heun grid=edm nfe=6 sweep.learned=[out/x,asset:artifacts/ld3,out/xy]",
+        "diffode eval sweep.solvers=[] 'sweep.learned=[out/loop/a_nfe4]'",
+        "diffode eval sweep.learned=[out]",  # a folder above a training's output
+        "```",
+    ])
+    got = extract(text, "T")
+    assert [c.later for c in got] == [[], [], [], ["out/x"], ["out/loop/a_nfe4"], ["out"]]
+    assert got[0].run == "diffode eval sweep.learned=[out/x]"
+    assert got[3].run == "diffode eval solver=heun grid=edm nfe=6 'sweep.learned=[asset:artifacts/ld3,out/xy]'"
+    assert got[4].run == "diffode eval 'sweep.solvers=[]' 'sweep.learned=[]'"
 
 
 def test_the_readmes_have_commands():

@@ -120,7 +120,7 @@ def env(data, tmp_path, monkeypatch):
 
 def run(entry: str, overrides: list[str], out: Path) -> dict:
     """`diffode <entry> <overrides>` in process (the functions the console script's tasks call)."""
-    from diffode.cli.evaluate import evaluate
+    from diffode.evaluation.runner import evaluate
     from diffode.cli.train import train
 
     cfg = compose(entry, overrides=[*overrides, f"output_dir={out}"], return_hydra_config=True)

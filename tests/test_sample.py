@@ -103,7 +103,7 @@ def test_net_sigmas_condition_the_network_only():
     # The same conditioning as the grid is a no-op.
     for name in MINE:
         nfe = reachable_nfes(name, 12)[-1]
-        steps = check_sampling_config(name, nfe)["steps"]
+        steps = check_sampling_config(name, nfe).steps
         a = sample(GMM, x_T, name, nfe=nfe)
         b = sample(GMM, x_T, name, nfe=nfe, net_sigmas=make_grid("logsnr", steps))
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
@@ -167,7 +167,7 @@ def _diffusers_run(scheduler_cls, gmm, x_T_ve, sch, **kw):
 def test_matches_diffusers_schedulers(name, options, diffusers_kw):
     """Independent implementation: diffusers' multistep schedulers on the same discrete-VP grid
     (DESIGN oracle 4). diffusers steps in float32, hence the tolerance."""
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers  # a required dev dependency: a missing peer fails the test
     from diffode.core.schedules import DiscreteVP
 
     sch = DiscreteVP()
@@ -184,7 +184,7 @@ def test_matches_diffusers_schedulers(name, options, diffusers_kw):
 def test_dpm_solver_2_with_hook_matches_diffusers_singlestep():
     """diffusers' singlestep DPM-Solver-2 takes its intermediate points from its own t grid; handing the
     same points to our `midpoints` hook must reproduce it (checks the general-r1 update and the hook)."""
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers  # a required dev dependency: a missing peer fails the test
     from diffode.core.schedules import DiscreteVP
 
     sch = DiscreteVP()
@@ -205,6 +205,9 @@ def test_dpm_solver_2_with_hook_matches_diffusers_singlestep():
     ref = x / alpha[0]
     mids = pts[1::2]
     ours = sample(GMM, x_T, "dpm_solver_2", nfe=6, grid=pts[::2], schedule=sch, midpoints=lambda i, a, b, x: mids[i])
+    torch.testing.assert_close(ours, ref.to(F64), rtol=1e-4, atol=1e-4)
+    # inner='grid' is the same rule without a hook: the grid's own nodes are the inner points
+    ours = sample(GMM, x_T, "dpm_solver_2", nfe=6, grid=pts, schedule=sch, inner="grid")
     torch.testing.assert_close(ours, ref.to(F64), rtol=1e-4, atol=1e-4)
 
 # -- the AMED hook -------------------------------------------------------------------------------
@@ -252,7 +255,7 @@ def test_clear_errors_before_compute():
     with pytest.raises(ValueError, match="nfe must be an integer >= 1"):
         check_sampling_config("ddim", 0)
     plan = check_sampling_config("dpm_solver_2", 10, "time_uniform", None, VPLinear(), afs=True, denoise_to_zero=True)
-    assert plan["steps"] == 5 and plan["nfe"] == 10
+    assert plan.steps == 5 and plan.nfe == 10
 
 
 def test_nan_reports_step_and_sigma():

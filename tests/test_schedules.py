@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from diffode.core.schedules import EDM, VE, DiscreteVP, VPCosine, VPLinear, discrete_betas, get_schedule
+from diffode.core.schedules import (EDM, VE, DiscreteVP, Schedule, VESchedule, VPCosine, VPLinear, VPSchedule,
+                                    discrete_betas, get_schedule)
 
 ALL = [VPLinear(), VPCosine(), VE(), EDM(), DiscreteVP(), DiscreteVP(kind="cosine")]
 IDS = ["vp_linear", "vp_cosine", "ve", "edm", "vp_discrete_linear", "vp_discrete_cosine"]
@@ -16,7 +17,10 @@ def _ts(s, n=20001):
     return torch.cat([lin, near0[near0 <= s.t_max]])
 
 
-@pytest.mark.parametrize("s", [s for s in ALL if s.is_vp], ids=[i for i, s in zip(IDS, ALL) if s.is_vp])
+VP = [(s, i) for s, i in zip(ALL, IDS) if isinstance(s, VPSchedule)]
+
+
+@pytest.mark.parametrize("s", [s for s, _ in VP], ids=[i for _, i in VP])
 def test_vp_alpha2_plus_sigma2_is_one(s):
     t = _ts(s)
     assert (s.alpha(t) ** 2 + s.sigma(t) ** 2 - 1).abs().max() < 1e-14
@@ -88,3 +92,46 @@ def test_get_schedule_errors():
         get_schedule("vp_lin")
     with pytest.raises(ValueError, match="strictly"):
         DiscreteVP(betas=torch.zeros(10))
+
+
+@pytest.mark.parametrize("s", ALL, ids=IDS)
+def test_maps_equal_the_closed_forms_of_each_family(s):
+    """The structure change (no is_vp flag: every map derived from alpha, sigma and the inverse of lambda, a
+    family's closed form only as an override) changes no number: each map equals the closed form the schedule
+    had before, written here, and the base class's derivation, to 1e-12."""
+    t = _ts(s, 2001)
+    vp = isinstance(s, VPSchedule)
+    lam = s.log_alpha(t) - s.log_sigma(t)
+    sig = torch.exp(-lam) if vp else s.sigma(t)  # the VE sigma before: exp(-lambda) for VP, sigma for VE
+    assert torch.allclose(s.ve_sigma(t), sig, rtol=1e-12, atol=0)
+    alpha = torch.rsqrt(1 + sig * sig) if vp else torch.ones_like(sig)
+    assert torch.allclose(s.alpha_from_ve_sigma(sig), alpha, rtol=1e-12, atol=0)
+    assert torch.allclose(Schedule.alpha_from_ve_sigma(s, sig), alpha, rtol=1e-12, atol=0)
+    assert torch.allclose(Schedule.ve_sigma(s, t), sig, rtol=1e-12, atol=0)
+    assert torch.allclose(s.t_from_ve_sigma(sig), s.t_from_lambda(-torch.log(sig)), rtol=1e-12, atol=0)
+    if not vp:
+        assert isinstance(s, VESchedule) and torch.equal(s.alpha(t), torch.ones_like(t))
+
+
+def test_a_schedule_needs_only_its_three_primitives():
+    """A new family defines log_alpha, log_sigma and t_from_lambda; everything else follows (docs/design.md,
+    "Adding a schedule"). Here the flow-matching path alpha = 1 - t, sigma = t, written only through those."""
+
+    class Flow(Schedule):
+        t_min, t_max = 1e-4, 0.999
+
+        def log_alpha(self, t):
+            return torch.log1p(-torch.as_tensor(t, dtype=torch.float64))
+
+        def log_sigma(self, t):
+            return torch.log(torch.as_tensor(t, dtype=torch.float64))
+
+        def t_from_lambda(self, lam):
+            return torch.sigmoid(-torch.as_tensor(lam, dtype=torch.float64))
+
+    s, t = Flow(), torch.linspace(1e-4, 0.999, 101, dtype=torch.float64)
+    assert torch.allclose(s.ve_sigma(t), t / (1 - t), rtol=1e-12)
+    assert torch.allclose(s.alpha_from_ve_sigma(t / (1 - t)), 1 - t, rtol=1e-12)
+    assert torch.allclose(s.t_from_ve_sigma(t / (1 - t)), t, rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="log_alpha"):
+        Schedule().alpha(0.5)

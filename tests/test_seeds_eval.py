@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from test_bad_inputs import hydra_ctx, no_compute, refusal  # noqa: F401  (fixtures)
-from diffode.cli.evaluate import evaluate
+from diffode.evaluation.runner import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,12 +1,16 @@
 """The runner's plumbing: run directories, checkpoints to resume from, the checks every method shares."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError  # noqa: F401  (re-exported: the error every check raises)
+from diffode.config import ConfigError, type_errors  # noqa: F401  (re-exported: what every check raises / runs)
+
+from .launch import check_launcher
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +24,53 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
         out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+RUN_RECORD = "run.json"
+# What makes two trainings the same run (the length, threads, loggers and launch may change between a run and
+# its continuation): a run dir holding another identity is never resumed or written into.
+RUN_IDENTITY = ("method", "source", "dataset", "net", "schedule", "seed")
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg.get(k))
+            else cfg.get(k) for k in RUN_IDENTITY}
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix[:-1]}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}"]
+
+
+def run_dir_errors(cfg: DictConfig, out: Path) -> list[str]:
+    """A run dir that holds another config's run (a second `diffode train` inside one SLURM job lands in the
+    first one's outputs/<task>/<job id>) is refused: resuming its checkpoint would silently continue a
+    different run. A requeue of the same job, or any run of the same config, passes (and resumes)."""
+    record = out / RUN_RECORD
+    if not record.is_file():
+        return []
+    try:
+        theirs = json.loads(record.read_text())["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{record} is not a readable diffode run record, so this run dir cannot be checked before it is "
+                f"resumed or written into; give this run its own directory (output_dir=<new dir>) or remove {record}."]
+    diff = _differences(theirs, json.loads(json.dumps(run_identity(cfg), default=str)))
+    if not diff:
+        return []
+    job = os.environ.get("SLURM_JOB_ID")
+    where = f" (SLURM job {job}: every `diffode train` of one task in this job lands here)" if job else ""
+    return [f"run dir {out}{where} already holds a run of another config, which differs in "
+            f"{'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}. Nothing was resumed or overwritten: give this "
+            "run its own directory (output_dir=<dir> or hydra.run.dir=<dir>), or delete that run dir to start over."]
+
+
+def record_run(cfg: DictConfig, out: Path) -> None:
+    """Write the run's identity into its dir (atomic; every rank writes the same bytes)."""
+    record = out / RUN_RECORD
+    tmp = record.with_name(f".{RUN_RECORD}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"identity": run_identity(cfg)}, indent=1, sort_keys=True, default=str))
+    tmp.replace(record)
 
 
 def resolve_ckpt_path(ckpt_path, out: Path) -> str | None:
@@ -47,12 +98,6 @@ def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     if spec.trainer is None and (tr.get("max_steps", -1) in (None, 0) or
                                  (tr.get("max_steps", -1) < 0 and tr.get("max_epochs", -1) in (None, -1))):
         errors.append("trainer.max_steps must be positive (or set trainer.max_epochs); e.g. trainer.max_steps=2000.")
-    from diffode.config import method_defaults
-
-    unknown = sorted(set(cfg.method) - {"name"} - set(method_defaults(spec.name)))
-    if unknown:
-        errors.append(f"method={spec.name} has no option(s) {', '.join('method.' + k for k in unknown)} (its options "
-                      f"are the keys of conf/method/{spec.name}.yaml); remove them.")
     devices = tr.get("devices", 1)
     dm = ctx.datamodule
     if dm is not None:
@@ -70,29 +115,3 @@ def generic_errors(cfg: DictConfig, ctx, spec) -> list[str]:
     if cfg.get("seed") is None or int(cfg.seed) < 0:
         errors.append(f"seed={cfg.get('seed')} must be an integer >= 0.")
     return errors + check_launcher(cfg)
-
-
-def check_launcher(cfg: DictConfig, launcher: DictConfig | None = None) -> list[str]:
-    """SLURM launcher vs trainer: one task per device, as many nodes as trainer.num_nodes."""
-    if launcher is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            launcher = HydraConfig.get().launcher
-        except Exception:
-            return []
-    target = str(launcher.get("_target_", ""))
-    if not target.endswith("SlurmLauncher"):
-        return []
-    errs = []
-    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    if launcher.get("tasks_per_node") != devices:
-        errs.append(f"hydra.launcher.tasks_per_node={launcher.get('tasks_per_node')} must equal trainer.devices="
-                    f"{devices} (Lightning expects one SLURM task per device); set both to the same number.")
-    if launcher.get("nodes") != nodes:
-        errs.append(f"hydra.launcher.nodes={launcher.get('nodes')} must equal trainer.num_nodes={nodes}.")
-    gpus = launcher.get("gpus_per_node")
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and (gpus is None or gpus < devices):
-        errs.append(f"hydra.launcher.gpus_per_node={gpus} but trainer.devices={devices} GPUs; set "
-                    f"hydra.launcher.gpus_per_node={devices} (the launcher asks for no GPU unless told).")
-    return errs

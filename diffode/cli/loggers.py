@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-
-from diffode.evaluation.wandb_log import has_credentials as wandb_has_credentials
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +20,15 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
     if lcfg and lcfg.get("_target_"):
         target = lcfg["_target_"]
         if target.endswith("WandbLogger"):
-            mode = lcfg.pop("offline", "auto")
-            offline = (not wandb_has_credentials() or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
-                       if mode == "auto" else bool(mode))
-            log.info("W&B logging %s", "offline (no credentials; `wandb sync` later)" if offline else "online")
+            from diffode.evaluation.wandb_log import wandb_mode
             from diffode.spec import locate
 
+            mode = wandb_mode(lcfg.pop("mode", None))
+            log.info("W&B logging %s", mode)
             cls = locate(lcfg.pop("_target_"))  # not instantiate(): the run config holds `_target_`s
-            loggers.append(cls(**lcfg, save_dir=str(out), offline=offline,
-                               config=OmegaConf.to_container(cfg, resolve=True)))
+            # mode goes to wandb.init; Lightning's own `offline` flag would set WANDB_MODE for the whole process
+            loggers.append(cls(**lcfg, save_dir=str(out), mode=mode,
+                               config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))  # choices as str
         elif not target.endswith("CSVLogger"):
             loggers.append(instantiate(lcfg, save_dir=str(out)))
     loggers.append(CSVLogger(save_dir=str(out), name="csv"))  # csv/version_<n>: a resume adds a version

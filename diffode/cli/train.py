@@ -16,7 +16,8 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import ConfigError, generic_errors, resolve_ckpt_path, resolve_output_dir
+from .checks import (ConfigError, generic_errors, record_run, resolve_ckpt_path, resolve_output_dir, run_dir_errors,
+                     type_errors)
 from .errors import hydra_entry
 
 log = logging.getLogger(__name__)
@@ -27,18 +28,23 @@ def _plain(node) -> dict:
 
 
 def prepare(cfg: DictConfig):
-    """(method spec, options, Context) with every check done; ConfigError (one paragraph) otherwise."""
+    """(method spec, the config its builder takes, Context) with every check done; ConfigError (one paragraph)
+    otherwise. The builder takes the method's typed options (registry.typed_options), or what its `resolve`
+    makes of them."""
     from hydra.utils import instantiate
 
-    from diffode.methods.registry import Context, get_method
+    from diffode.extras import config_errors as extras_missing
+    from diffode.methods.registry import Context, get_method, typed_options
     from diffode.models import load_model
 
     try:
         spec = get_method(str(cfg.method.name))
+        options = typed_options(spec, cfg.method)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    options = _plain(cfg.method)
-    options.pop("name", None)
+    missing = extras_missing(cfg) + type_errors(cfg, "train")  # before the teacher and the data are loaded
+    if missing:
+        raise ConfigError(f"invalid config for method={spec.name}: " + " ".join(missing))
     out = resolve_output_dir(cfg)
     ctx = Context(out_dir=out, seed=int(cfg.seed), net=_plain(cfg.get("net")), schedule=_plain(cfg.get("schedule")),
                   trainer=_plain(cfg.trainer), source=_plain(cfg.get("source")))
@@ -57,12 +63,18 @@ def prepare(cfg: DictConfig):
         errors.append(f"dataset={getattr(ctx.datamodule, 'name', '?')} has samples of shape {tuple(ctx.datamodule.shape)} "
                       f"but the teacher (source) makes {tuple(ctx.teacher.shape)}; pick the dataset the teacher was "
                       f"trained on ({ctx.teacher.dataset}).")
-    errors += generic_errors(cfg, ctx, spec)
+    errors += run_dir_errors(cfg, out) + generic_errors(cfg, ctx, spec)
     if not errors and spec.check is not None:
         errors += spec.check(options, ctx)
+    config = options
+    if not errors and spec.resolve is not None:
+        try:
+            config = spec.resolve(options, ctx)
+        except ValueError as e:
+            errors.append(str(e))
     if errors:
         raise ConfigError(f"invalid config for method={spec.name}: " + " ".join(errors))
-    return spec, options, ctx
+    return spec, config, ctx
 
 
 def train(cfg: DictConfig) -> dict:
@@ -86,11 +98,12 @@ def _train(cfg: DictConfig) -> dict:
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    spec, options, ctx = prepare(cfg)  # before any compute
+    spec, config, ctx = prepare(cfg)  # before any compute
     out = ctx.out_dir
+    record_run(cfg, out)  # after the checks: a refused config leaves no claim on the dir
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out) if spec.checkpoint else None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    module = spec.build(options, ctx)
+    module = spec.build(config, ctx)
     n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("method %s: %s trainable parameters, run dir %s", spec.name, f"{n_params:,}", out)
 
@@ -101,7 +114,7 @@ def _train(cfg: DictConfig) -> dict:
                                             save_on_train_epoch_end=True, enable_version_counter=False))
     tcfg = dict(ctx.trainer)  # a copy: the method may fix some settings
     if spec.trainer is not None:
-        tcfg.update(spec.trainer(options))
+        tcfg.update(spec.trainer(config))
     trainer = instantiate(tcfg, callbacks=callbacks, logger=build_loggers(cfg, out), default_root_dir=str(out),
                           use_distributed_sampler=False, num_sanity_val_steps=0,
                           enable_checkpointing=spec.checkpoint, _convert_="all")

@@ -1,4 +1,4 @@
-"""Consistency models (Song et al., ICML 2023): the parameterisation, the training grid, the distances.
+"""Consistency models (Song et al., ICML 2023): the parameterisation, the training grid, the teacher step.
 
 A consistency function maps every point (x, sigma) of a PF-ODE trajectory to the trajectory's origin.
 It is parameterised (CM Sec. 3, App. C) so that the boundary condition f(x, sigma_min) = x holds exactly
@@ -25,7 +25,6 @@ arithmetic broadcasts, so it is exactly the zoo's step.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +34,6 @@ from .grids import edm as _edm_grid
 from .schedules import DTYPE
 from .solvers.registry import get_solver
 
-DISTANCES = ("l2", "l1", "pseudo_huber")
-HUBER_C_PER_SQRT_DIM = 0.00054  # iCT: c = 0.00054 sqrt(d), d the data dimension
 
 
 def _per_sample(sigma, x: Tensor) -> Tensor:
@@ -59,17 +56,18 @@ def boundary_scalings(sigma: Tensor, sigma_min: float, sigma_data: float = 0.5) 
     return c_skip, c_out
 
 
-def edm_network_output(denoiser: nn.Module, x: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
-    """F(x, sigma) of D = c_skip^EDM x + c_out^EDM F, in float64.
+def edm_network_output(denoiser: nn.Module, x: Tensor, sigma: Tensor, sigma_data: float, cond=None) -> Tensor:
+    """F(x, sigma) of D = c_skip^EDM x + c_out^EDM F, in float64 (cond: a conditional denoiser's condition).
 
     For an EDM ModelDenoiser this calls its raw network (no round trip through D, so no loss of
     digits to the division by c_out ~ sigma near sigma_min)."""
+    kw = {} if cond is None else {"cond": cond}
     if isinstance(denoiser, ModelDenoiser) and denoiser.prediction == "edm":
         _, _, c_in, c_noise = edm_scalings(sigma, denoiser.sigma_data)
         dt = denoiser.net_dtype
-        return denoiser.net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt)).to(DTYPE)
+        return denoiser.net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt), **kw).to(DTYPE)
     c_skip, c_out, _, _ = edm_scalings(sigma, sigma_data)
-    D = denoiser(x, sigma).to(DTYPE)
+    D = denoiser(x, sigma, **kw).to(DTYPE)
     return (D - _bcast(c_skip, D) * x.to(DTYPE)) / _bcast(c_out, D)
 
 
@@ -83,10 +81,14 @@ class ConsistencyFunction(nn.Module):
         super().__init__()
         self.denoiser, self.sigma_min, self.sigma_data = denoiser, float(sigma_min), float(sigma_data)
 
-    def forward(self, x: Tensor, sigma) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.denoiser, "num_classes", None)
+
+    def forward(self, x: Tensor, sigma, cond=None) -> Tensor:
         s = _per_sample(sigma, x)
         c_skip, c_out = boundary_scalings(s, self.sigma_min, self.sigma_data)
-        F = edm_network_output(self.denoiser, x, s, self.sigma_data)
+        F = edm_network_output(self.denoiser, x, s, self.sigma_data, cond)
         return (_bcast(c_skip, x).to(DTYPE) * x.to(DTYPE) + _bcast(c_out, x).to(DTYPE) * F).to(x.dtype)
 
 
@@ -122,43 +124,6 @@ def teacher_step(denoiser, x: Tensor, sigma_cur: Tensor, sigma_next: Tensor, sol
         return denoiser(x_, s.reshape(x_.shape[0]) if s.ndim else s)
 
     return spec.fn(D, x, grid, **options)
-
-
-# -- distances (per sample, [B]) ---------------------------------------------------------------
-
-def l2(a: Tensor, b: Tensor) -> Tensor:
-    """Per-pixel mean squared difference (the CM code's mean_flat, which its learning rates assume)."""
-    return (a - b).flatten(1).pow(2).mean(1)
-
-
-def l1(a: Tensor, b: Tensor) -> Tensor:
-    return (a - b).flatten(1).abs().mean(1)
-
-
-def huber_c(dim: int) -> float:
-    return HUBER_C_PER_SQRT_DIM * math.sqrt(dim)
-
-
-def pseudo_huber(a: Tensor, b: Tensor, c: float | None = None) -> Tensor:
-    """sqrt(|a - b|^2 + c^2) - c on the per-sample Euclidean norm (iCT), c = 0.00054 sqrt(d) by default.
-
-    Written as |a - b|^2 / (sqrt(|a - b|^2 + c^2) + c), the same number without the cancellation that
-    the plain form suffers once the student is close to its target (|a - b| << c)."""
-    diff = (a - b).flatten(1)
-    c = huber_c(diff.shape[1]) if c is None else float(c)
-    sq = diff.pow(2).sum(1)
-    return sq / (torch.sqrt(sq + c * c) + c)
-
-
-def make_distance(name: str, huber_c_: float | None = None):
-    """d(a, b) -> [B] for l2, l1, pseudo_huber (LPIPS is built by the method: it needs weights)."""
-    if name == "l2":
-        return l2
-    if name == "l1":
-        return l1
-    if name == "pseudo_huber":
-        return lambda a, b: pseudo_huber(a, b, huber_c_)
-    raise ValueError(f"unknown distance {name!r}; choose one of {', '.join(DISTANCES)} (or lpips in the method)")
 
 
 # -- target network ---------------------------------------------------------------------------

@@ -69,6 +69,9 @@ class ModelDenoiser(nn.Module):
     `forward_with_features` also returns the bottleneck feature map of the same call (nets with a
     spatial bottleneck, i.e. the UNet's `bottleneck_resolution`; None for others, e.g. the MLP): AMED's
     predictor reads it, and it costs no extra evaluation.
+    `cond` (class labels [B], or whatever the net takes as its condition) is handed to the net unchanged;
+    None calls the net without one, as for an unconditional net. Solvers never pass it: they take the
+    plain D(x, sigma) that core/conditioning.py binds to a condition.
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "eps", sigma_data: float = 0.5):
@@ -83,34 +86,42 @@ class ModelDenoiser(nn.Module):
         return p.dtype if p is not None else torch.float32
 
     @property
+    def num_classes(self) -> int | None:
+        """The number of class labels of a class-conditional net (None: unconditional)."""
+        return getattr(self.net, "num_classes", None)
+
+    @property
     def feature_shape(self) -> tuple[int, int] | None:
         """(r, r) of the net's bottleneck feature map (channels averaged away), or None without one."""
         r = getattr(self.net, "bottleneck_resolution", None)
         return None if r is None else (int(r), int(r))
 
-    def forward(self, x: Tensor, sigma) -> Tensor:
-        return self._denoise(x, sigma, False)[0]
+    def forward(self, x: Tensor, sigma, cond=None) -> Tensor:
+        return self._denoise(x, sigma, False, cond)[0]
 
-    def forward_with_features(self, x: Tensor, sigma) -> tuple[Tensor, Tensor | None]:
+    def forward_with_features(self, x: Tensor, sigma, cond=None) -> tuple[Tensor, Tensor | None]:
         """(D(x, sigma), the net's bottleneck features [B, C, r, r] of this call, or None)."""
-        return self._denoise(x, sigma, self.feature_shape is not None)
+        return self._denoise(x, sigma, self.feature_shape is not None, cond)
 
-    def _net(self, x_in, c_noise, features: bool):
-        return self.net(x_in, c_noise, return_bottleneck=True) if features else (self.net(x_in, c_noise), None)
+    def _net(self, x_in, c_noise, features: bool, cond):
+        kw = {} if cond is None else {"cond": cond}
+        if features:
+            return self.net(x_in, c_noise, return_bottleneck=True, **kw)
+        return self.net(x_in, c_noise, **kw), None
 
-    def _denoise(self, x: Tensor, sigma, features: bool):
+    def _denoise(self, x: Tensor, sigma, features: bool, cond=None):
         s = _per_sample(sigma, x)
         dt = self.net_dtype
         if self.prediction == "edm":
             c_skip, c_out, c_in, c_noise = edm_scalings(s, self.sigma_data)
-            F, h = self._net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt), features)
+            F, h = self._net((_bcast(c_in, x) * x).to(dt), c_noise.to(dt), features, cond)
             D = _bcast(c_skip, x) * x + _bcast(c_out, x) * F.to(DTYPE)
             return D.to(x.dtype), h
         t = self.schedule.t_from_ve_sigma(s)
         alpha = self.schedule.alpha_from_ve_sigma(s)
         a, sg = _bcast(alpha, x), _bcast(alpha * s, x)
         x_t = a * x
-        out, h = self._net(x_t.to(dt), self.schedule.noise_cond(t).to(device=x.device, dtype=dt), features)
+        out, h = self._net(x_t.to(dt), self.schedule.noise_cond(t).to(device=x.device, dtype=dt), features, cond)
         out = out.to(DTYPE)
         if self.prediction == "eps":
             D = x0_from_eps(x_t, out, a, sg)

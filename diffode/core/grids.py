@@ -3,7 +3,11 @@
 The range is the schedule's [sigma_min, sigma_max] (VE sigmas at t_min, t_max), narrowed by explicit
 sigma_min / sigma_max; without a schedule it is EDM's [0.002, 80] and t = sigma (EDM's own schedule).
 
-    time_uniform    uniform in the schedule's t                        (DPM-Solver 'time_uniform')
+    time_uniform    uniform in the schedule's t                        (DPM-Solver 'time_uniform');
+                    without a schedule (EDM, t = sigma) that is uniform in SIGMA, which is not
+                    diff-sampler's / AMED's 'time_uniform': that one is time_uniform_vp
+    time_uniform_vp uniform in the time of the linear VP-SDE fitted to [sigma_min, sigma_max]
+                    (diff-sampler's 'time_uniform', whatever the schedule; rho, t_min options)
     time_quadratic  uniform in sqrt(t)                                 (DPM-Solver 'time_quadratic')
     logsnr          uniform in lambda = -log sigma                      (DPM-Solver 'logSNR')
     edm             sigma^(1/rho) uniform, rho = 7 (rho = 1: uniform in sigma)   (Karras et al.)
@@ -56,9 +60,25 @@ def _t_maps(schedule):
 
 
 def time_uniform(steps, lo, hi, schedule=None):
+    """Uniform in the schedule's t; without a schedule t = sigma (EDM), so uniform in sigma."""
     t_of, sigma_of = _t_maps(schedule)
     t = torch.linspace(float(t_of(hi)), float(t_of(lo)), steps + 1, dtype=DTYPE)
     return _with_endpoints(sigma_of(t), lo, hi)
+
+
+def time_uniform_vp(steps, lo, hi, schedule=None, rho: float = 1.0, t_min: float = 1e-3):
+    """diff-sampler's `time_uniform` (zju-pi/diff-sampler, solver_utils.get_schedule): the linear VP-SDE
+    whose VE sigma, sigma(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1, is hi at t = 1 and lo at t = t_min,
+    sampled at t = (1 + u (t_min^(1/rho) - 1))^rho, u uniform in [0, 1] (rho = 1: uniform in t, as the
+    AMED recipes use it; diff-sampler's schedule_rho). The schedule only sets the range."""
+    if not rho > 0 or not 0 < t_min < 1:
+        raise ValueError(f"time_uniform_vp needs rho > 0 and 0 < t_min < 1, got rho={rho!r}, t_min={t_min!r}.")
+    L_lo, L_hi = math.log1p(lo * lo), math.log1p(hi * hi)  # log(1 + sigma^2) = beta_d t^2 / 2 + beta_min t
+    beta_d = 2.0 * (L_lo / t_min - L_hi) / (t_min - 1.0)
+    beta_min = L_hi - 0.5 * beta_d
+    u = torch.linspace(0, 1, steps + 1, dtype=DTYPE)
+    t = (1 + u * (t_min ** (1 / rho) - 1)) ** rho
+    return _with_endpoints(torch.sqrt(torch.expm1(0.5 * beta_d * t * t + beta_min * t)), lo, hi)
 
 
 def time_quadratic(steps, lo, hi, schedule=None):
@@ -145,7 +165,11 @@ def load_grid_file(path, steps=None, schedule=_ANY, solver=None, nfe=None) -> tu
     if not p.is_file():
         raise ValueError(f"grid file {str(p)!r} does not exist; pass grid_options={{'path': ...}} pointing "
                          "to an artifact directory (e.g. <run dir>/artifacts/ld3 of `diffode train method=ld3`).")
-    rec = json.loads(p.read_text())
+    try:
+        rec = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"grid file {str(p)!r} is not valid JSON ({e}); re-export it (`diffode train method=ld3`)."
+                         ) from None
     missing = [k for k in ("sigmas", "solver", "nfe", "schedule") if k not in rec]
     if missing:
         raise ValueError(f"grid file {str(p)!r} lacks the keys {missing}; it needs sigmas, solver, nfe, schedule.")
@@ -171,8 +195,8 @@ def from_file(steps, lo, hi, schedule=None, path=None, solver=None, nfe=None):
     return load_grid_file(path, steps, schedule, solver, nfe)[0]
 
 
-GRIDS = dict(time_uniform=time_uniform, time_quadratic=time_quadratic, logsnr=logsnr, edm=edm,
-             explicit=explicit, from_file=from_file)
+GRIDS = dict(time_uniform=time_uniform, time_uniform_vp=time_uniform_vp, time_quadratic=time_quadratic, logsnr=logsnr,
+             edm=edm, explicit=explicit, from_file=from_file)
 
 
 def grid_options(name: str) -> dict:

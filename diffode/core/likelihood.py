@@ -40,6 +40,7 @@ import math
 import torch
 from torch import Tensor
 
+from .conditioning import forwards_of
 from .sample import encode
 
 TRACES = ("auto", "exact", "hutchinson")
@@ -74,7 +75,8 @@ class DivergenceAugmented:
     """The denoiser of the augmented state y = [x.flatten(1), ell] (float64, shape [B, d + 1]).
 
     Returns [D(x, sigma).flatten(1), ell - (d - tr dD/dx)], so that (y - D_y) / sigma is the PF-ODE's
-    field in x and its divergence in ell. Counts its calls, network forwards and VJPs."""
+    field in x and its divergence in ell. Counts its calls, network forwards and VJPs; `forwards(sigma)` is
+    the wrapped denoiser's cost per call (conditioning.forwards_of), so sample() counts the passes."""
 
     def __init__(self, denoiser, shape: tuple, trace: str = "exact", probes: Tensor | None = None):
         if trace not in ("exact", "hutchinson"):
@@ -83,7 +85,10 @@ class DivergenceAugmented:
             raise ValueError("trace='hutchinson' needs probes [P, B, ...] (see rademacher)")
         self.denoiser, self.shape, self.trace, self.probes = denoiser, tuple(shape), trace, probes
         self.d = math.prod(self.shape)
-        self.calls = self.forwards = self.vjps = 0
+        self.calls = self.passes = self.vjps = 0
+
+    def forwards(self, sigma) -> int:
+        return forwards_of(self.denoiser, sigma)
 
     def __call__(self, y: Tensor, sigma) -> Tensor:
         B = y.shape[0]
@@ -98,7 +103,7 @@ class DivergenceAugmented:
                 tr = trace_hutchinson(D, xg, self.probes)
                 self.vjps += len(self.probes)
         self.calls += 1
-        self.forwards += 1
+        self.passes += self.forwards(sigma)
         D_ell = ell - (self.d - tr.to(y.dtype))
         return torch.cat([D.detach().reshape(B, -1).to(y.dtype), D_ell[:, None]], 1)
 
@@ -170,5 +175,5 @@ def log_likelihood(denoiser, x: Tensor, *, sigma_min: float, sigma_max: float, s
     logp = prior_logp + delta
     if not return_info:
         return logp
-    return logp, dict(nfe=aug.calls, forwards=aug.forwards, vjps=aug.vjps, trace=mode,
+    return logp, dict(nfe=aug.calls, forwards=aug.passes, vjps=aug.vjps, trace=mode,
                       probes=0 if probe is None else len(probe), x_T=x_T, delta_logp=delta, prior_logp=prior_logp)

@@ -20,11 +20,20 @@ What it adds around a registered solver (diffode/core/solvers/registry.py):
   runs ahead). The sum is non-finite when an entry is; it could also overflow, but only for entries
   near 3e38 / numel in float32 (1e308 / numel in float64), far beyond any sampling state.
 - return_trajectory: the list of x after each step (through the callback; plus the final denoised
-  sample when denoise_to_zero). return_info: a dict with nfe (calls actually made), steps, sigmas,
-  net_sigmas. The return value is x, or a tuple (x, [trajectory], [info]) in that order.
+  sample when denoise_to_zero). return_info: a dict with nfe (calls actually made), forwards (network
+  passes: a denoiser whose call costs more than one, e.g. a guided one, says so through its
+  `forwards(sigma)`, core/conditioning.py; AFS costs none), steps, sigmas, net_sigmas, start, stop.
+  The return value is x, or a tuple (x, [trajectory], [info]) in that order.
+- Partial solves: the plan (grid, steps, options) is always the full solve's. `stop=k` returns the state
+  after step k (1 <= k <= steps), exactly what the full solve holds there, for every solver (its later
+  steps are not taken; denoise_to_zero only follows the last step). `start=j` takes x_T as the state at
+  sigmas[j] and runs steps j.. on the grid's tail; step indices (callback, stage hook) stay those of the
+  full grid. A single-step solver's tail is the full solve's; a multistep solver (SolverSpec.multistep)
+  starts its history afresh there. AFS only at start 0.
 
 Per-step hook for AMED (and any learned intermediate point), diffode/core/stage.py: the solvers amed,
-heun, dpm_solver_2, euler/ddim, ipndm and dpmpp_2m take an option `midpoints`, a callable
+heun, dpm_solver_2, euler/ddim, ipndm and dpmpp_2m take an option `midpoints` (dpm_solver_3 too, whose hook
+returns a pair of stages), a callable
 (i, sigma_cur, sigma_next, x) -> Stage(sigma, c, a) or a bare sigma tensor, the stage point of step i
 (keep it differentiable: no .item()). The default is sigma_next for heun (the trapezoid rule; any other
 point gives the second-order two-stage RK family with weights 1 - 1/(2c), 1/(2c), c the stage's
@@ -46,19 +55,21 @@ sigma_min up to sigma_max (x0 -> x_T). Grid names build the usual decreasing gri
 tensor must be given increasing. Every deterministic solver's update is written for a step of either
 sign, so none of them has an encoding branch; stochastic solvers, afs and denoise_to_zero are refused.
 
-A solver may declare a `check(sigmas, options)` (registry.SolverSpec) that _plan runs on the final grid,
-so a bad option (a Langevin step the grid makes unstable) is refused before any denoiser call.
+A solver may declare a `check(sigmas, options)` (registry.SolverSpec) that check_sampling_config runs on
+the final grid, so a bad option (a Langevin step the grid makes unstable) is refused before any call.
 """
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .conditioning import forwards_of
 from .grids import GRIDS, load_grid_file, make_grid, validate_sigmas
 from .schedules import DTYPE
-from .solvers.registry import get_solver
+from .solvers.registry import SolverSpec, get_solver
 
 _FRAMEWORK_ARGS = {"denoiser", "x", "sigmas", "net_sigmas", "callback"}
 
@@ -131,6 +142,29 @@ def steps_for_nfe(solver: str, nfe: int, afs: bool = False, denoise_to_zero: boo
 
 # -- planning: everything that can fail before compute ------------------------------------------
 
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What a solve follows, decided once before any denoiser call: the solver, its complete options, the
+    grid and the counted calls. `check_sampling_config` makes it (and is where every check lives); `run_plan`
+    follows it on any number of batches, so a sweep or a batched `Model.sample` plans a cell once."""
+    spec: SolverSpec
+    options: dict  # the solver's defaults merged with the caller's (a hook module included)
+    given: dict  # the caller's solver options, as given (for messages)
+    sigmas: Tensor  # float64, steps + 1 points (a tensor grid keeps its graph: LD3 learns through it)
+    net_sigmas: Tensor | None
+    afs: bool
+    denoise_to_zero: bool
+    nfe: int | None  # the calls the whole solve makes; None for an adaptive solver (its error control decides)
+
+    @property
+    def steps(self) -> int:
+        return self.sigmas.numel() - 1
+
+    @property
+    def solver(self) -> str:
+        return self.spec.name
+
+
 DIRECTIONS = ("decode", "encode")
 
 
@@ -148,8 +182,11 @@ def _check_direction(spec, direction, afs, denoise_to_zero):
                              "sigma 0); an encoding starts at sigma_min and ends at sigma_max: drop them.")
 
 
-def _plan(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero, sigma_min, sigma_max, net_sigmas,
-          solver_options, direction="decode"):
+def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_options=None, schedule=None,
+                          afs: bool = False, denoise_to_zero: bool = False, *, sigma_min=None, sigma_max=None,
+                          net_sigmas=None, direction: str = "decode", **solver_options) -> Plan:
+    """Validate a sampling (or, direction="encode", encoding) setup before any compute (ValueError with the
+    fix otherwise) and return the Plan sample() follows: its steps, sigmas, net_sigmas and nfe."""
     spec = get_solver(solver)
     opts = _solver_options(spec, solver_options)
     _check_direction(spec, direction, afs, denoise_to_zero)
@@ -195,33 +232,23 @@ def _plan(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero, sigma
         if net_sigmas.shape != sigmas.shape:
             raise ValueError(f"net_sigmas has shape {tuple(net_sigmas.shape)} but the grid has {sigmas.numel()} "
                              "points; give one conditioning sigma per grid point.")
-    steps = sigmas.numel() - 1
     if spec.check is not None:
         spec.check(sigmas, opts)
-    expected = None if spec.adaptive else _calls(spec, steps, opts, afs, denoise_to_zero)
-    return spec, opts, steps, sigmas, net_sigmas, expected
-
-
-def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_options=None, schedule=None,
-                          afs: bool = False, denoise_to_zero: bool = False, *, sigma_min=None, sigma_max=None,
-                          net_sigmas=None, direction: str = "decode", **solver_options) -> dict:
-    """Validate a sampling (or, direction="encode", encoding) setup before any compute; ValueError with
-    the fix otherwise.
-
-    Returns dict(steps, sigmas, net_sigmas, nfe) of the plan sample() would follow."""
-    spec, opts, steps, sigmas, net, expected = _plan(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero,
-                                                     sigma_min, sigma_max, net_sigmas, solver_options, direction)
-    return dict(steps=steps, sigmas=sigmas, net_sigmas=net, nfe=expected)
+    expected = None if spec.adaptive else _calls(spec, sigmas.numel() - 1, opts, afs, denoise_to_zero)
+    return Plan(spec, opts, dict(solver_options), sigmas, net_sigmas, bool(afs), bool(denoise_to_zero), expected)
 
 
 # -- denoiser wrappers ---------------------------------------------------------------------------
 
 class _Counted:
-    def __init__(self, denoiser):
-        self.denoiser, self.calls = denoiser, 0
+    """Counts the calls (NFE) and the network passes (forwards) of the denoiser it wraps."""
+
+    def __init__(self, denoiser, cost):
+        self.denoiser, self.cost, self.calls, self.forwards = denoiser, cost, 0, 0
 
     def __call__(self, x, sigma):
         self.calls += 1
+        self.forwards += forwards_of(self.cost, sigma)
         return self.denoiser(x, sigma)
 
 
@@ -240,14 +267,39 @@ class _FeatureTap:
         return D
 
 
-def _feeding(hook, tap: _FeatureTap):
-    """The solver-facing hook: the user's hook with the tapped features of the step's first call.
-    Solvers call their hook right after that call, so the tap holds its features (None after AFS)."""
+def _feeding(hook, tap: _FeatureTap | None, offset: int):
+    """The solver-facing hook: the user's hook at the full grid's step index, with the tapped features of
+    the step's first call when it asks for them. Solvers call their hook right after that call, so the tap
+    holds its features (None after AFS)."""
 
     def fed(i, sigma_cur, sigma_next, x):
-        return hook(i, sigma_cur, sigma_next, x, features=tap.features)
+        if tap is None:
+            return hook(i + offset, sigma_cur, sigma_next, x)
+        return hook(i + offset, sigma_cur, sigma_next, x, features=tap.features)
 
     return fed
+
+
+class _Stop(Exception):
+    """Raised by sample()'s own callback after the last step asked for (stop=k); carries that state."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+
+def _span(start: int, stop, steps: int, afs: bool) -> tuple[int, int]:
+    stop = steps if stop is None else stop
+    for name, v in (("start", start), ("stop", stop)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"{name}={v!r} must be a step index (an integer).")
+    if not 0 <= start < stop <= steps:
+        raise ValueError(f"start={start}, stop={stop} is not a sub-range of the {steps} steps; need "
+                         f"0 <= start < stop <= {steps}.")
+    if afs and start > 0:
+        raise ValueError(f"afs answers the grid's first call in closed form; with start={start} the solve begins "
+                         "mid-grid: drop afs or start at 0.")
+    return start, stop
 
 
 class _AnalyticFirstStep:
@@ -292,22 +344,38 @@ def _check_steps(flags: list, steps_at: list, sigmas: Tensor):
 
 def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10, grid="logsnr", schedule=None, *,
            grid_options=None, sigma_min=None, sigma_max=None, afs: bool = False, denoise_to_zero: bool = False,
-           net_sigmas=None, callback=None, return_trajectory: bool = False, return_info: bool = False,
-           generator: torch.Generator | None = None, direction: str = "decode", **solver_options):
+           net_sigmas=None, start: int = 0, stop: int | None = None, callback=None,
+           return_trajectory: bool = False, return_info: bool = False, generator: torch.Generator | None = None,
+           direction: str = "decode", **solver_options):
     """Integrate the PF-ODE from x_T at sigmas[0] (x_T = sigma_max * z) with exactly `nfe` denoiser calls.
 
-    grid: a name in GRIDS (options in grid_options) or a tensor/list of sigmas. See the module docstring.
-    direction="encode" runs the same solver the other way, from sigma_min to sigma_max (see `encode`)."""
-    spec, opts, steps, sigmas, net_sigmas, expected = _plan(solver, nfe, grid, grid_options, schedule, afs,
-                                                            denoise_to_zero, sigma_min, sigma_max, net_sigmas,
-                                                            solver_options, direction)
-    sigmas = sigmas.to(x_T.device)
-    net_sigmas = None if net_sigmas is None else net_sigmas.to(x_T.device)
+    grid: a name in GRIDS (options in grid_options) or a tensor/list of sigmas. start / stop: a partial
+    solve (steps start..stop-1 of the plan). direction="encode" runs the same solver the other way, from
+    sigma_min to sigma_max (see `encode`). See the module docstring. The same as
+    run_plan(denoiser, x_T, check_sampling_config(solver, nfe, grid, ...), ...)."""
+    plan = check_sampling_config(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero, sigma_min=sigma_min,
+                                 sigma_max=sigma_max, net_sigmas=net_sigmas, direction=direction, **solver_options)
+    return run_plan(denoiser, x_T, plan, start=start, stop=stop, callback=callback,
+                    return_trajectory=return_trajectory, return_info=return_info, generator=generator)
+
+
+def run_plan(denoiser, x_T: Tensor, plan: Plan, *, start: int = 0, stop: int | None = None, callback=None,
+             return_trajectory: bool = False, return_info: bool = False, generator: torch.Generator | None = None):
+    """sample() along a Plan made beforehand (check_sampling_config): the plan is read, never changed, so one
+    plan serves every batch."""
+    spec, steps, afs, denoise_to_zero = plan.spec, plan.steps, plan.afs, plan.denoise_to_zero
+    opts = dict(plan.options)  # this solve's copy: the hook and the generator are set per call
+    start, stop = (0, steps) if spec.adaptive else _span(start, stop, steps, afs)
+    whole = start == 0 and stop == steps
+    sigmas = plan.sigmas.to(x_T.device)
+    net_sigmas = None if plan.net_sigmas is None else plan.net_sigmas.to(x_T.device)
+    cost = denoiser
     hook = opts.get("midpoints")
-    if hook is not None and getattr(hook, "needs_features", False):
-        denoiser = _FeatureTap(denoiser)
-        opts["midpoints"] = _feeding(hook, denoiser)
-    counted = _Counted(denoiser)
+    if hook is not None and not isinstance(hook, (Tensor, float, int)):
+        tap = _FeatureTap(denoiser) if getattr(hook, "needs_features", False) else None
+        denoiser = tap or denoiser
+        opts["midpoints"] = _feeding(hook, tap, start) if (tap is not None or start) else hook
+    counted = _Counted(denoiser, cost)
     D = _AnalyticFirstStep(counted, sigmas[0]) if afs else counted
     if spec.stochastic:
         opts["generator"] = generator
@@ -315,6 +383,8 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
     flags, steps_at, last = [], [], [None]  # per-step finiteness flags, read once after the solve
 
     def on_step(info):
+        if start:
+            info = {**info, "i": info["i"] + start}
         flags.append(_finite_flag(info["x"]))
         steps_at.append(info["i"])
         last[0] = info["x"]
@@ -322,24 +392,35 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
             trajectory.append(info["x"])
         if callback is not None:
             callback(info)
+        if info["i"] == stop - 1 and stop < steps:
+            raise _Stop(info["x"])
 
-    x = spec.fn(D, x_T, sigmas, net_sigmas=net_sigmas, callback=on_step, **opts)
+    tail = sigmas[start:], None if net_sigmas is None else net_sigmas[start:]
+    try:
+        x = spec.fn(D, x_T, tail[0], net_sigmas=tail[1], callback=on_step, **opts)
+        if stop < steps:  # the solver never reported step stop-1: one of its steps spans several grid intervals
+            raise ValueError(f"solver {plan.solver!r} with options {plan.given} takes steps spanning several grid "
+                             f"intervals (it reported after {steps_at}), so it cannot stop after step {stop}; stop "
+                             "at one of those, or solve the whole grid.")
+    except _Stop as reached:
+        x = reached.x
     _check_steps(flags, steps_at, sigmas)
     if last[0] is not x:  # a returned state no step reported: test it too
-        _check_finite(x, steps - 1, sigmas[-1])
-    if denoise_to_zero:
+        _check_finite(x, stop - 1, sigmas[stop])
+    if denoise_to_zero and stop == steps:
         x = D(x, sigmas[-1] if net_sigmas is None else net_sigmas[-1])
         _check_finite(x, steps, sigmas[-1], where="the final denoise-to-zero call after step")
         if return_trajectory:
             trajectory.append(x)
-    if expected is not None and counted.calls != expected:
-        raise RuntimeError(f"solver {solver!r} made {counted.calls} denoiser calls but its n_calls accounting "
-                           f"promises {expected} for {steps} steps; fix the solver's registration.")
+    if plan.nfe is not None and whole and counted.calls != plan.nfe:
+        raise RuntimeError(f"solver {plan.solver!r} made {counted.calls} denoiser calls but its n_calls accounting "
+                           f"promises {plan.nfe} for {steps} steps; fix the solver's registration.")
     out = (x,)
     if return_trajectory:
         out += (trajectory,)
     if return_info:
-        out += (dict(nfe=counted.calls, steps=steps, sigmas=sigmas, net_sigmas=net_sigmas),)
+        out += (dict(nfe=counted.calls, forwards=counted.forwards, steps=steps, sigmas=sigmas, net_sigmas=net_sigmas,
+                     start=start, stop=stop),)
     return out[0] if len(out) == 1 else out
 
 

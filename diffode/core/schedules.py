@@ -1,8 +1,12 @@
 """Noise schedules: x_t = alpha(t) x0 + sigma(t) eps, t in [t_min, t_max].
 
 Everything is float64. Solvers never see t: they work in VE coordinates with
-sigma_ve = sigma / alpha = exp(-lambda) (DESIGN.md). A schedule is the map between
-the network's training time t and that VE sigma.
+sigma_ve = sigma / alpha = exp(-lambda) (docs/design.md). A schedule is alpha(t), sigma(t)
+and the inverse of lambda = log(alpha / sigma); every other map (the VE sigma, t from a VE
+sigma, alpha at a VE sigma) follows from those three in the base class, for every family.
+A family may replace a derived map by its closed form (VP: alpha = 1 / sqrt(1 + s^2); VE:
+alpha = 1), which tests/test_schedules.py checks against the derivation. Nothing branches on
+the kind of schedule. docs/design.md, "Adding a schedule", says what a new one must define.
 """
 from __future__ import annotations
 
@@ -19,23 +23,21 @@ def _t(x) -> Tensor:
 
 
 class Schedule:
-    """Base class. Subclasses define log_alpha, log_sigma and t_from_lambda."""
+    """Base class. Subclasses define log_alpha, log_sigma and t_from_lambda (the inverse of lambda)."""
 
     name: str = "schedule"
     t_min: float
     t_max: float
-    is_vp: bool = True
 
     # -- the three primitives -------------------------------------------------------
     def log_alpha(self, t) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define log_alpha(t)")
 
     def log_sigma(self, t) -> Tensor:
-        # VP: sigma^2 = 1 - alpha^2, written with expm1 so it stays exact as t -> 0.
-        return 0.5 * torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
+        raise NotImplementedError(f"{type(self).__name__} must define log_sigma(t)")
 
     def t_from_lambda(self, lam) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define t_from_lambda(lambda)")
 
     # -- derived quantities ------------------------------------------------------
     def alpha(self, t) -> Tensor:
@@ -50,17 +52,14 @@ class Schedule:
 
     def ve_sigma(self, t) -> Tensor:
         """sigma / alpha = exp(-lambda): the sigma every solver works with."""
-        return self.sigma(t) if not self.is_vp else torch.exp(-self.lambda_(t))
+        return torch.exp(-self.lambda_(t))
 
     def t_from_ve_sigma(self, s) -> Tensor:
         return self.t_from_lambda(-torch.log(_t(s)))
 
     def alpha_from_ve_sigma(self, s) -> Tensor:
-        """alpha at the time whose VE sigma is s (1 for VE-type schedules)."""
-        s = _t(s)
-        if not self.is_vp:
-            return torch.ones_like(s)
-        return torch.rsqrt(1.0 + s * s)
+        """alpha at the time whose VE sigma is s (families with a closed form override this)."""
+        return self.alpha(self.t_from_ve_sigma(s))
 
     def noise_cond(self, t) -> Tensor:
         """The time value a network trained under this schedule is conditioned on."""
@@ -78,7 +77,31 @@ class Schedule:
         return f"{type(self).__name__}(t in [{self.t_min:g}, {self.t_max:g}], sigma_ve in [{self.sigma_min:.4g}, {self.sigma_max:.4g}])"
 
 
-class VPLinear(Schedule):
+class VPSchedule(Schedule):
+    """Variance preserving: alpha^2 + sigma^2 = 1, so sigma follows from alpha and alpha = 1 / sqrt(1 + s^2)."""
+
+    def log_sigma(self, t) -> Tensor:
+        # sigma^2 = 1 - alpha^2, written with expm1 so it stays exact as t -> 0.
+        return 0.5 * torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def alpha_from_ve_sigma(self, s) -> Tensor:
+        return torch.rsqrt(1.0 + _t(s) ** 2)
+
+
+class VESchedule(Schedule):
+    """Variance exploding: alpha = 1, so the VE sigma is sigma itself."""
+
+    def log_alpha(self, t) -> Tensor:
+        return torch.zeros_like(_t(t))
+
+    def ve_sigma(self, t) -> Tensor:
+        return self.sigma(t)
+
+    def alpha_from_ve_sigma(self, s) -> Tensor:
+        return torch.ones_like(_t(s))
+
+
+class VPLinear(VPSchedule):
     """Song et al. VP-SDE: beta(t) = beta_0 + t (beta_1 - beta_0)."""
 
     name = "vp_linear"
@@ -102,7 +125,7 @@ class VPLinear(Schedule):
         return 999.0 * _t(t)
 
 
-class VPCosine(Schedule):
+class VPCosine(VPSchedule):
     """Nichol & Dhariwal: alpha_bar(t) = cos^2(theta) / cos^2(theta_0), theta = (t + s)/(1 + s) pi/2.
 
     The usual clipping: t_max = 0.9946 keeps lambda(t_max) near -5.1 (DPM-Solver's choice),
@@ -141,18 +164,14 @@ class VPCosine(Schedule):
         return 999.0 * _t(t)
 
 
-class VE(Schedule):
+class VE(VESchedule):
     """NCSN / VE-SDE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
 
     name = "ve"
-    is_vp = False
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5, t_max: float = 1.0):
         self.s_min, self.s_max, self.t_min, self.t_max = sigma_min, sigma_max, t_min, t_max
         self._log_ratio = math.log(sigma_max / sigma_min)
-
-    def log_alpha(self, t) -> Tensor:
-        return torch.zeros_like(_t(t))
 
     def log_sigma(self, t) -> Tensor:
         return math.log(self.s_min) + _t(t) * self._log_ratio
@@ -164,17 +183,13 @@ class VE(Schedule):
         return torch.log(0.5 * self.sigma(t))  # NCSN++ conditions on log(sigma / 2)
 
 
-class EDM(Schedule):
+class EDM(VESchedule):
     """Karras et al.: alpha = 1, sigma(t) = t, sigma in [0.002, 80], sigma_data = 0.5."""
 
     name = "edm"
-    is_vp = False
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         self.t_min, self.t_max, self.sigma_data = sigma_min, sigma_max, sigma_data
-
-    def log_alpha(self, t) -> Tensor:
-        return torch.zeros_like(_t(t))
 
     def log_sigma(self, t) -> Tensor:
         return torch.log(_t(t))
@@ -189,7 +204,7 @@ class EDM(Schedule):
         return 0.25 * torch.log(_t(t))  # EDM's c_noise
 
 
-class DiscreteVP(Schedule):
+class DiscreteVP(VPSchedule):
     """A DDPM schedule given by its betas (what DDPM checkpoints use).
 
     As DPM-Solver does, index i in 0..N-1 sits at t_i = (i + 1) / N and log alpha is

@@ -11,15 +11,25 @@ fields of a Stage the same way:
 
   sigma  the stage point s, strictly between sigma_next and sigma_cur: a 0-d tensor (one point for the
          batch) or shape [B] (one per sample, e.g. from a predictor that reads each sample's features).
-  c      direction scale (None: 1). The update that uses the stage's evaluation, from x_from to x_to,
-         becomes x_from + c (x_to - x_from): c stretches the step taken along the stage's direction.
+  c      direction scale (None: 1). It scales the model terms of the update that uses the stage's
+         evaluation: written x_to = L + M, with L the part of the update that holds no model output,
+         the update becomes L + c M (`directed`). This is the official AMED-Plugin's convention
+         (zju-pi/diff-sampler, amed-solver-main), solver by solver:
+           euler/ddim, ipndm, amed, dpm_solver_2 (and heun, which has no official plugin): the update is
+           x_from + (step) * (slopes d = (x - D)/sigma), all model terms, so L = x_from and c stretches the
+           whole step: x_from + c (x_to - x_from);
+           dpmpp_2m (data prediction): the sub-step s -> sigma_next is (sigma_next/s) x_s + sum_j w_j D_j,
+           so L = (sigma_next/s) x_s is left alone and c scales only the D terms (the official
+           `dpm_pp_update(..., scale=c)`).
   a      conditioning scale (None: 1). The network at the stage is called at a * s (a times the
          decoupled conditioning sigma under LD3's net_sigmas); the update coefficients still use s.
 
 Which update "uses the stage's evaluation": the whole step for single-step solvers (amed, heun,
 dpm_solver_2: x_from = x at sigma_cur), the sub-step s -> sigma_next for solvers into whose grid the
-stage is inserted as an extra node (euler, ipndm, dpmpp_2m: x_from = x at s). None (not 1.0) is the
-default so that a hook without scales reproduces the base solver bit for bit.
+stage is inserted as an extra node (euler, ipndm, dpmpp_2m: x_from = x at s). dpm_solver_3 has two
+inner points: its hook returns a pair of stages (s1, s2); s2's evaluation is used by the whole step,
+s1's by the update to the second inner state. None (not 1.0) is the default so that a hook without
+scales reproduces the base solver bit for bit.
 
 Features: a hook with the attribute `needs_features = True` is called by sample() as
 hook(i, sigma_cur, sigma_next, x, features=f), f the bottleneck features of the step's first
@@ -53,13 +63,14 @@ def condition(stage: Stage, sigma_net: Tensor) -> Tensor:
     return sigma_net if stage.a is None else stage.a * sigma_net
 
 
-def directed(stage: Stage, x_from: Tensor, x_to: Tensor) -> Tensor:
-    """x_from + c (x_to - x_from): the stage's update with its direction scaled by c."""
+def directed(stage: Stage, base: Tensor, x_to: Tensor) -> Tensor:
+    """base + c (x_to - base): the stage's update x_to with its model terms x_to - base scaled by c
+    (base: the part of the update that holds no model output, see the module docstring)."""
     if stage.c is None:
         return x_to
-    c = stage.c.to(dtype=x_from.dtype)  # 0-d, or [B]: one per sample (as solvers/_common.coef)
-    c = c.reshape(-1, *([1] * (x_from.ndim - 1))) if c.ndim == 1 else c
-    return x_from + c * (x_to - x_from)
+    c = stage.c.to(dtype=base.dtype)  # 0-d, or [B]: one per sample (as solvers/_common.coef)
+    c = c.reshape(-1, *([1] * (base.ndim - 1))) if c.ndim == 1 else c
+    return base + c * (x_to - base)
 
 
 def geometric_point(r: float | Tensor = 0.5) -> Callable:

@@ -30,10 +30,12 @@ class TrainerEpochSampler(DistributedSampler):
 
 
 class DataModuleBase(L.LightningDataModule):
-    """Subclasses set self.train_set / self.val_set in setup(); `shape` is one sample's shape."""
+    """Subclasses set self.train_set / self.val_set in setup(); `shape` is one sample's shape. A dataset whose
+    items are (x, label) says how many classes it has (`num_classes`; None: no labels)."""
 
     name: str = "data"
     shape: tuple = ()
+    num_classes: int | None = None
 
     def __init__(self, batch_size: int = 128, val_batch_size: int | None = None, seed: int = 0,
                  num_workers: int = 0):
@@ -67,7 +69,7 @@ class DataModuleBase(L.LightningDataModule):
 
     def info(self) -> dict:
         """Plain-data description stored in checkpoints."""
-        return {"name": self.name, "shape": list(self.shape)}
+        return {"name": self.name, "shape": list(self.shape), "num_classes": self.num_classes}
 
 
 def tensor_dataset(x: torch.Tensor, y: torch.Tensor | None = None) -> TensorDataset:

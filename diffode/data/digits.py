@@ -40,6 +40,7 @@ class DigitsDataModule(DataModuleBase):
 
     name = "digits"
     shape = (1, 8, 8)
+    num_classes = 10
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

@@ -17,6 +17,7 @@ def _to_pm1(img):
 class _TorchvisionDataModule(DataModuleBase):
     dataset_cls = ""
     shape: tuple = ()
+    num_classes = 10  # MNIST and CIFAR-10 items are (image, label)
 
     def __init__(self, root: str = DEFAULT_ROOT, download: bool = True, hflip: bool = False, **kw):
         super().__init__(**kw)

@@ -55,6 +55,9 @@ def check_data_metric(kind: str, model: Model, cfg, cells) -> None:
     from diffode.core.likelihood import check_likelihood_config
     from diffode.core.solvers import get_solver
 
+    if model.num_classes is not None:
+        raise ValueError(f"metric={kind} measures an unconditional model's PF-ODE, but model {model.label} is "
+                         f"class-conditional ({model.num_classes} classes); evaluate an unconditional checkpoint.")
     learned = sorted({c.label for c in cells if c.sampler is not None})
     if learned:
         raise ValueError(f"metric={kind} measures training-free solver cells; the learned sampler(s) {learned} have no "
@@ -113,7 +116,7 @@ class NLLMetrics:
                           seed=int(self.ncfg.seed), batch_size=self.batch_size, progress=progress,
                           schedule=model.schedule, **solver_options)
 
-    def measure(self, cell, model: Model, x_T: Tensor, cfg) -> tuple[dict, None]:
+    def measure(self, cell, model: Model, x_T: Tensor, cfg, cond=None) -> tuple[dict, None]:
         r = self._likelihood(model, cell.solver_name, cell.nfe, cell.grid_name, cell.grid_options, cell.solver_options)
         if not bool(torch.isfinite(r.logp).all()):
             raise FloatingPointError(f"{int((~torch.isfinite(r.logp)).sum())} of {r.logp.numel()} log-likelihoods are "
@@ -159,7 +162,7 @@ class ReconstructionMetrics:
         self.what = describe(model, cfg.data_points)
         self.batch_size = int(cfg.batch_size)
 
-    def measure(self, cell, model: Model, x_T: Tensor, cfg) -> tuple[dict, Tensor]:
+    def measure(self, cell, model: Model, x_T: Tensor, cfg, cond=None) -> tuple[dict, Tensor]:
         import time
 
         opts = dict(solver=cell.solver_name, nfe=cell.nfe, grid=cell.grid_name, grid_options=cell.grid_options,

@@ -59,10 +59,10 @@ class SampleMetrics:
 
     names: tuple = ()
 
-    def measure(self, cell, model: Model, x_T: Tensor, cfg) -> tuple[dict, Tensor]:
+    def measure(self, cell, model: Model, x_T: Tensor, cfg, cond=None) -> tuple[dict, Tensor]:
         from diffode.evaluation.sweep import measure_samples
 
-        return measure_samples(self, cell, model, x_T, cfg)
+        return measure_samples(self, cell, model, x_T, cfg, cond)
 
 
 class FIDMetrics(SampleMetrics):

@@ -22,6 +22,11 @@ def cell_key(row: dict) -> tuple[str, str, int]:
     return (str(row["solver"]), str(row["grid"]), int(row["nfe"]))
 
 
+def samples_png(out_dir: str | Path, row: dict) -> Path:
+    """Where a sweep saves a cell's sample grid (row: a results row, or solver / grid / nfe)."""
+    return Path(out_dir) / "samples" / f"{row['solver']}__{row['grid']}__nfe{int(row['nfe']):02d}.png"
+
+
 def _parse(v: str):
     if v == "":
         return None

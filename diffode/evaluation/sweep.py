@@ -13,7 +13,6 @@ replace the sweep's lists). The whole sweep is validated before any compute.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from diffode.config import grid_config, solver_config
+from diffode.evaluation.results import samples_png
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Cell:
     solver_options: dict = field(default_factory=dict, hash=False, compare=False)
     grid_options: dict = field(default_factory=dict, hash=False, compare=False)
     sampler: object = field(default=None, hash=False, compare=False)  # a LearnedSampler, for artifact cells
+    plan: object = field(default=None, hash=False, compare=False)  # its diffode.core.sample.Plan (validate_cells)
 
     @property
     def key(self):
@@ -72,7 +73,12 @@ def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
     choices = choices or {}
     s = cfg.sweep
     one_solver, one_grid = _one(cfg, "solver", choices.get("solver")), _one(cfg, "grid", choices.get("grid"))
-    nfes = [int(n) for n in _as_list(cfg.get("nfe") if cfg.get("nfe") is not None else s.nfes)]
+    given = _as_list(cfg.get("nfe") if cfg.get("nfe") is not None else s.nfes)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in given):
+        key = "nfe" if cfg.get("nfe") is not None else "sweep.nfes"
+        raise ValueError(f"{key}={given if len(given) > 1 else given[0]!r} must be whole numbers of denoiser calls, "
+                         "e.g. nfe=6 or sweep.nfes=[4,6,8].")
+    nfes = [int(n) for n in given]
     if not nfes:
         raise ValueError("sweep.nfes is empty; set e.g. sweep.nfes=[3,4,5,6,7,8,9,10] (or nfe=6 for one cell)")
     solvers = [one_solver[0]] if one_solver else _as_list(s.solvers)
@@ -114,10 +120,10 @@ def build_cells(cfg, choices: dict | None = None) -> list[Cell]:
 def resolve_path(p) -> Path:
     """A path as given (absolute, or relative to the launch directory); `asset:<rel>` names a file
     shipped in diffode/assets (the main job's learned samplers for the shipped digits UNet)."""
-    if str(p).startswith("asset:"):
-        from diffode.config import asset
+    from diffode.config import shipped_path
 
-        return asset(str(p)[len("asset:"):])
+    if shipped_path(p) is not None:
+        return shipped_path(p)
     path = Path(str(p)).expanduser()
     if path.is_absolute():
         return path
@@ -130,10 +136,11 @@ def resolve_path(p) -> Path:
 
 
 def expand_artifacts(entry) -> list[Path]:
-    """An artifact directory, or a folder of them (every subdirectory with a manifest.json, sorted)."""
+    """An artifact directory, or a folder holding artifacts at any depth (sorted): a folder of them, a training
+    run dir (<run dir>/artifacts/<name>) or a multirun's sweep dir (<sweep dir>/<job>/artifacts/<name>)."""
     path = resolve_path(entry)
     if path.is_dir() and not (path / "manifest.json").is_file():
-        found = sorted(p.parent for p in path.glob("*/manifest.json"))
+        found = sorted(p.parent for p in path.rglob("manifest.json"))
         if found:
             return found
     return [path]
@@ -149,94 +156,119 @@ def learned_cell(path) -> Cell:
                 dict(sampler.manifest.get("solver_options") or {}), {"path": str(sampler.path)}, sampler)
 
 
-def validate_cells(cells: list[Cell], model, cfg) -> dict:
-    """Check every cell before compute. Returns {cell key: reason} of unreachable NFEs when
-    sweep.skip_unreachable is set; raises ValueError listing every problem otherwise."""
-    from diffode.core.sample import check_sampling_config, reachable_nfes
+def validate_cells(cells: list[Cell], model, cfg) -> tuple[list[Cell], dict]:
+    """Check every cell before compute and plan it once for the model (Cell.plan, what every batch follows).
+    Returns (the cells with their plans, {cell key: reason} of unreachable NFEs when sweep.skip_unreachable is
+    set); raises ValueError listing every problem otherwise."""
+    from dataclasses import replace
 
-    flags = dict(afs=bool(cfg.afs), denoise_to_zero=bool(cfg.denoise_to_zero))
+    from diffode.core.sample import reachable_nfes
+
+    if cfg.afs not in (True, False, "auto"):
+        raise ValueError(f"afs={cfg.afs!r}: choose afs=false, true or auto (the analytic first step only where a "
+                         "cell's NFE needs it).")
     top = max([2 * c.nfe for c in cells] + [12])
-    unreachable, errors = {}, {}  # errors: (label, message) -> NFEs, so a problem is said once, not per NFE
+    planned, unreachable = [], {}
+    errors = {}  # (label, message) -> NFEs, so a problem is said once, not per NFE
     for c in cells:
         if c.sampler is not None:
             try:
-                c.sampler.check(model)
+                planned.append(replace(c, plan=c.sampler.check(model)))
             except ValueError as e:
                 errors.setdefault((c.label, str(e)), []).append(c.nfe)
             continue
         try:
+            flags = cell_flags(c, cfg)
             ok = reachable_nfes(c.solver_name, max_nfe=max(c.nfe, 1), **flags, **c.solver_options)
             if c.nfe not in ok:
                 near = reachable_nfes(c.solver_name, max_nfe=top, **flags, **c.solver_options)
                 if cfg.sweep.skip_unreachable:
                     unreachable[c.key] = f"{c.solver_name} cannot make exactly {c.nfe} calls (reachable: {near})"
+                    planned.append(c)
                     continue
                 why = (f"{c.solver_name} cannot make exactly that many calls (reachable: {near}); drop them from "
                        "sweep.nfes or set sweep.skip_unreachable=true")
                 errors.setdefault((c.label, why), []).append(c.nfe)
                 continue
-            check_sampling_config(c.solver_name, c.nfe, c.grid_name, grid_options=c.grid_options,
-                                  schedule=model.schedule, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
-                                  **flags, **c.solver_options)
+            planned.append(replace(c, plan=model.plan(solver=c.solver_name, nfe=c.nfe, grid=c.grid_name,
+                                                      grid_options=c.grid_options, **flags, **c.solver_options)))
         except ValueError as e:
             errors.setdefault((c.label, str(e)), []).append(c.nfe)
     if errors:
         lines = [f"{label} nfe={','.join(map(str, nfes))}: {msg}" for (label, msg), nfes in errors.items()]
         raise ValueError("invalid sweep (nothing was computed):\n  " + "\n  ".join(lines))
-    return unreachable
+    return planned, unreachable
 
 
-def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg) -> torch.Tensor:
-    if cell.sampler is None:  # stochastic solvers: per-batch generators seeded by cfg.seed (Model.sample)
-        return model.sample(x_T, int(cfg.batch_size), solver=cell.solver_name, nfe=cell.nfe, grid=cell.grid_name,
-                            grid_options=cell.grid_options, afs=bool(cfg.afs),
-                            denoise_to_zero=bool(cfg.denoise_to_zero), seed=int(cfg.seed), **cell.solver_options)
-    out = []
+def cell_flags(cell: Cell, cfg) -> dict:
+    """afs and denoise_to_zero of a training-free cell. afs=auto: the analytic first step exactly where the cell's
+    NFE is out of reach without it (a solver of two calls per step at an odd NFE), as AMED's method.afs=auto, so
+    one sweep holds DPM-Solver-2 at NFE 3, 4, 5, ... beside the one-call solvers without AFS."""
+    from diffode.core.sample import reachable_nfes
+
+    dz = bool(cfg.denoise_to_zero)
+    afs = cfg.afs
+    if afs == "auto":
+        afs = cell.nfe not in reachable_nfes(cell.solver_name, cell.nfe, False, dz, **cell.solver_options)
+    return dict(afs=bool(afs), denoise_to_zero=dz)
+
+
+def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[torch.Tensor, dict]:
+    """The cell's samples from x_T (one condition per row in `cond`, or None) along its plan (validate_cells),
+    and its per-sample counts dict(nfe=denoiser calls, forwards=network passes). Stochastic samplers draw
+    their noise from one generator per batch, seeded by (cfg.seed, batch index)."""
+    if cell.sampler is None:
+        return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, plan=cell.plan, seed=int(cfg.seed))
+    from diffode.core.conditioning import take
+
+    out, counts = [], {}
     cell.sampler.to(x_T.device)
-    for k, xb in enumerate(x_T.split(int(cfg.batch_size))):
+    bs = int(cfg.batch_size)
+    for k, lo in enumerate(range(0, x_T.shape[0], bs)):
+        part = slice(lo, lo + bs)
         with torch.no_grad():  # stochastic samplers: one generator per batch, seeded by position
             g = torch.Generator(device=x_T.device).manual_seed(int(cfg.seed) * 1_000_003 + k)
-            out.append(cell.sampler.sample(model.denoiser, xb, generator=g))
-    return torch.cat(out)
+            x, info = cell.sampler.sample(model, x_T[part], cond=take(cond, part), generator=g, return_info=True,
+                                          plan=cell.plan)
+        out.append(x)
+        counts = {key: max(counts.get(key, 0), info[key]) for key in ("nfe", "forwards")}
+    return torch.cat(out), counts
 
 
-def measure_samples(metrics, cell: Cell, model, x_T: torch.Tensor, cfg) -> tuple[dict, torch.Tensor]:
+def measure_samples(metrics, cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[dict, torch.Tensor]:
     """What a sample metric measures of a cell: sample it from x_T, refuse non-finite samples, score them.
-    Returns (values with the sampling's wall_time, samples)."""
+    Returns (values with the sampling's wall_time and forwards, samples)."""
     t0 = time.perf_counter()
-    samples = sample_cell(cell, model, x_T, cfg)
+    samples, counts = sample_cell(cell, model, x_T, cfg, cond)
     wall = time.perf_counter() - t0
     bad = int((~torch.isfinite(samples)).sum())
     if bad:
         raise FloatingPointError(f"{bad} NaN/Inf values in the samples")
-    return {**metrics(samples, x_T), "wall_time": wall}, samples
+    return {**metrics(samples, x_T), "wall_time": wall, "forwards": counts["forwards"]}, samples
 
 
-def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str = "") -> None:
-    """Images: a grid of the first n samples; vectors: a scatter of the first two coordinates."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str = "") -> Path:
+    """Images: a grid of the first n samples, nearest-neighbour upscaled to >= 512 px with `title` on
+    it; vectors: a scatter of the first two coordinates."""
+    from diffode.pictures import figure, save_grid
+
     if samples.ndim == 4:
-        from torchvision.utils import save_image
-
-        save_image((samples[:n].float().clamp(-1, 1) + 1) / 2, path, nrow=int(math.ceil(math.sqrt(min(n, len(samples))))))
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = samples.reshape(len(samples), -1).float()
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5)
-    ax.set_title(title, fontsize=9)
+        return save_grid(samples[:n], path, title)
+    x = samples.reshape(len(samples), -1).float().cpu()
+    fig = figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.5)
+    ax.set_title(title)
     ax.set_aspect("equal")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
 
 
 def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable=None, on_cell_done=None,
-              seeds_label: str = "") -> list[dict]:
-    """Evaluate every cell not already final in `table`; the table is rewritten after each cell."""
+              seeds_label: str = "", cond=None, condition: str = "none") -> list[dict]:
+    """Evaluate every cell not already final in `table`; the table is rewritten after each cell. `cond`: one
+    condition per sample (the same in every cell), described in each row by `condition`."""
     from tqdm import tqdm
 
     unreachable = unreachable or {}
@@ -246,26 +278,29 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
         log.info("resuming: %d of %d cells already in %s", len(cells) - len(todo), len(cells), table.path)
     n = x_T.shape[0]
     for k, c in enumerate(tqdm(todo, desc="sweep", unit="cell", disable=not cfg.progress)):
-        row = dict(solver=c.solver, grid=c.grid, nfe=c.nfe, n_samples=n, seeds=seeds_label)
+        row = dict(solver=c.solver, grid=c.grid, nfe=c.nfe, n_samples=n, seeds=seeds_label, condition=condition)
+        if cfg.afs == "auto" and c.sampler is None:  # which cells took the analytic first step
+            row["afs"] = cell_flags(c, cfg)["afs"]
         if c.key in unreachable:
             table.add({**row, "status": "unreachable", "n_samples": 0, "message": unreachable[c.key]})
         else:
             t0 = time.perf_counter()
             try:  # the metric measures the cell: by default it samples it from x_T and scores the samples
-                values, samples = metrics.measure(c, model, x_T, cfg)
+                values, samples = metrics.measure(c, model, x_T, cfg, cond)
                 err = ""
             except FloatingPointError as e:  # NaN/Inf mid-trajectory or in the output
                 values, samples, err = {}, None, str(e)
             wall = values.pop("wall_time", time.perf_counter() - t0)  # the sampling (or solving) time alone
             row.update(wall_time=wall, samples_per_s=int(values.get("n_samples", n)) / wall)
+            if "forwards" in values:
+                row["forwards"] = values.pop("forwards")
             if err:
                 # A diverged cell is reported as failed; its numbers are never averaged into a metric.
                 table.add({**row, "status": "failed", "message": err[:300]})
                 log.warning("cell %s nfe=%d failed: %s", c.label, c.nfe, err)
             else:
                 if samples is not None and int(cfg.save_images) > 0:
-                    save_samples_png(samples, out_dir / "samples" / f"{c.solver}__{c.grid}__nfe{c.nfe:02d}.png",
-                                     int(cfg.save_images), f"{c.label} NFE={c.nfe}")
+                    save_samples_png(samples, samples_png(out_dir, row), int(cfg.save_images), f"{c.label}, NFE {c.nfe}")
                 table.add({**row, **values, "status": "ok", "message": ""})
         if on_cell_done is not None:
             on_cell_done(k, c)

@@ -1,29 +1,36 @@
 """One W&B run per sweep: a wandb.Table of all cells, metric-vs-NFE line charts with `nfe` as
-the x axis, and the sample grids. Offline unless credentials are found; runs of one Hydra
-multirun share a group (the group name is resolved once for the whole multirun)."""
+the x axis, and the sample grids. Online or offline as wandb's own settings say (`wandb_mode`); runs of
+one Hydra multirun share a group (the group name is resolved once for the whole multirun)."""
 from __future__ import annotations
 
+import logging
 import math
-import netrc
 import os
 from pathlib import Path
 
-
-def has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
+log = logging.getLogger(__name__)
 
 
-def wandb_mode(requested: str | None) -> str:
+def wandb_mode(requested: str | None = None) -> str:
+    """The mode of a W&B run (online / offline / disabled), decided by wandb's own settings.
+
+    `requested` (a config's mode) when given; else wandb's mode (WANDB_MODE, or `wandb offline` in its
+    settings files) when that is not online; else online if wandb finds credentials for its server
+    (WANDB_BASE_URL): WANDB_API_KEY, its settings files, or the .netrc entry `wandb login` writes for
+    that host; else offline, so that a run without an account still logs (`wandb sync` it later)."""
     if requested:
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    return "online" if has_credentials() else "offline"
+        return str(requested)
+    import wandb
+
+    settings = wandb.setup().settings
+    mode = {"dryrun": "offline", "run": "online"}.get(settings.mode, settings.mode)
+    if mode != "online":
+        return mode
+    if wandb.login(prompt=False, verify=False):  # no prompt, no server round trip; False without credentials
+        return "online"
+    log.info("W&B offline: wandb found no API key for %s (set WANDB_API_KEY or run `wandb login`; "
+             "WANDB_MODE=online|offline decides); sync the run later with `wandb sync <its dir>`", settings.base_url)
+    return "offline"
 
 
 def log_sweep(rows: list[dict], metrics: list[str], wcfg, out_dir: Path, config: dict, summary: dict) -> dict:
@@ -48,7 +55,7 @@ def log_sweep(rows: list[dict], metrics: list[str], wcfg, out_dir: Path, config:
             point = {"nfe": n}
             for r in rows:
                 if int(r["nfe"]) == n and r.get("status") == "ok":
-                    for m in metrics:
+                    for m in [*metrics, "forwards"]:
                         if _finite(r.get(m)):
                             point[f"{m}/{r['solver']}/{r['grid']}"] = r[m]
             run.log(point)

@@ -106,4 +106,5 @@ def save_student_artifact(out_dir, student: nn.Module, hp: dict, *, kind: str, s
 
     return save_artifact(out_dir, kind=kind, solver=solver, nfe=nfe, sigmas=sigmas, model=model.identity,
                          schedule=model.schedule, training=training, metrics=metrics, label=label,
+                         condition=model.condition,
                          student=student, student_spec=student_spec(hp, student), **kw)

@@ -1,12 +1,14 @@
-"""Sample grids and 2-D scatter plots drawn during training (rank 0 only)."""
+"""Sample grids and 2-D scatter plots drawn during training (rank 0 only); diffode.pictures draws them."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..pictures import figure, readable, save_png  # noqa: F401 (save_png: the denoiser's module saves grids)
+from ..pictures import image_grid as _grid
 
 log = logging.getLogger(__name__)
 
@@ -25,29 +27,20 @@ def draw_samples(denoiser, shape, n: int, schedule, seed: int = 0, nfe: int = 35
     return x0.float().cpu()
 
 
-def image_grid(x: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> uint8 [H', W', C] grid (C = 1 or 3)."""
-    from torchvision.utils import make_grid
-
-    nrow = int(math.ceil(math.sqrt(x.shape[0])))
-    g = make_grid((x.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=1, pad_value=1.0)
-    arr = (g.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    return arr[..., :1] if x.shape[1] == 1 else arr
+def image_grid(x: torch.Tensor, title: str = "") -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> an RGB uint8 grid at least 512 px wide (nearest-neighbour), titled."""
+    return readable(_grid(x), title)
 
 
 def scatter_over_density(x: torch.Tensor, gmm, path: Path, title: str = "") -> np.ndarray:
     """2-D samples over the exact log-density of the mixture; saves a PNG and returns it as an array."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = x.numpy()
     lim = float(max(np.abs(gmm.mu.numpy()).max() + 4 * float(gmm.lam.sqrt().max()), 1.0))
     u = torch.linspace(-lim, lim, 200, dtype=torch.float64)
     X, Y = torch.meshgrid(u, u, indexing="xy")
     logp = gmm.log_prob(torch.stack([X.reshape(-1), Y.reshape(-1)], -1)).reshape(200, 200)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig = figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
     ax.contourf(X.numpy(), Y.numpy(), logp.exp().numpy(), levels=30, cmap="Blues")
     ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:red", alpha=0.6, label=f"{len(pts)} samples")
     ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal"), ax.legend(loc="upper right")
@@ -56,16 +49,7 @@ def scatter_over_density(x: torch.Tensor, gmm, path: Path, title: str = "") -> n
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     fig.canvas.draw()
-    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return arr
-
-
-def save_png(arr: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def log_image(loggers, key: str, arr: np.ndarray, step: int) -> None:

@@ -115,7 +115,7 @@ def save_classifier(model: DigitsCNN, info: dict, path: Path) -> None:
 
 
 def _cached_path(kind: str = "fid") -> Path:
-    from .fid import cache_dir
+    from diffode.config import cache_dir
 
     return cache_dir() / KINDS[kind][0]
 

@@ -60,8 +60,12 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, antialias: bool = False):
         super().__init__()
-        path = require_weights("inception")
+        # torchmetrics' extractor is torch-fidelity's network (a dependency through torchmetrics[image]): imported
+        # first, so that a broken install says so before the weights are looked up.
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # noqa: F401
         from torchmetrics.image.fid import NoTrainInceptionV3
+
+        path = require_weights("inception")
 
         # antialias=False keeps torch-fidelity's TF1-compatible resize (comparable numbers).
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],

@@ -55,8 +55,10 @@ def load_diffusers_unet(path, prediction: str | None = None, torch_dtype=None) -
                                 "written by UNet2DModel/DDPMPipeline.save_pretrained")
     try:
         from diffusers import DDPMScheduler, UNet2DModel
-    except ImportError as e:  # pragma: no cover - diffusers is a project dependency
-        raise ImportError("loading diffusers checkpoints needs the `diffusers` package: pip install diffusers") from e
+    except ImportError as e:  # an optional extra
+        from diffode.extras import missing_message
+
+        raise ImportError(missing_message("diffusers")) from e
 
     unet_cfg = _find(path, "unet", "config.json")
     sched_cfg = _find(path, "scheduler", "scheduler_config.json")

@@ -35,6 +35,29 @@ class FourierEmbedding(nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+class LabelEmbedding(nn.Module):
+    """A learned vector per class label, plus one for the null label (index num_classes) that stands for
+    "no condition": classifier-free guidance trains it by label dropout and evaluates the unconditional
+    model with it. `labels=None` is the null label for the whole batch."""
+
+    def __init__(self, num_classes: int, num_channels: int):
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes={num_classes} must be >= 1 (null: an unconditional network)")
+        self.num_classes = int(num_classes)
+        self.table = nn.Embedding(self.num_classes + 1, num_channels)
+
+    def forward(self, labels: Tensor | None, batch: int) -> Tensor:
+        if labels is None:
+            labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=self.table.weight.device)
+        return self.table(labels.reshape(-1).expand(batch).long())
+
+
+def label_embedding(num_classes: int | None, num_channels: int) -> LabelEmbedding | None:
+    """None for an unconditional network (its parameters, and so its checkpoints, stay as they were)."""
+    return None if num_classes is None else LabelEmbedding(num_classes, num_channels)
+
+
 def make_embedding(kind: str, num_channels: int, scale: float | None = None) -> nn.Module:
     if kind == "positional":
         return PositionalEmbedding(num_channels, scale=1.0 if scale is None else scale)

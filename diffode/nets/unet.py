@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedding import count_parameters, make_embedding
+from .embedding import count_parameters, label_embedding, make_embedding
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,14 @@ class UNet(nn.Module):
         embedding: 'positional' (DDPM++) or 'fourier' (NCSN++) embedding of c_noise.
         embedding_scale: multiplies c_noise before the positional embedding / the std of
             the Fourier frequencies.
+        num_classes: class-conditional with that many labels (a learned embedding added to the noise
+            embedding, plus the null label num_classes for label dropout); null: unconditional.
     """
 
     def __init__(self, resolution: int = 32, in_channels: int = 3, out_channels: int | None = None,
                  model_channels: int = 64, channel_mult=(1, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions=(16,), dropout: float = 0.0, embedding: str = "positional",
-                 embedding_scale: float | None = None, channels_per_head: int = 64):
+                 embedding_scale: float | None = None, channels_per_head: int = 64, num_classes: int | None = None):
         super().__init__()
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
         levels = len(channel_mult)
@@ -96,6 +98,8 @@ class UNet(nn.Module):
         emb_ch = 4 * model_channels
         self.emb = make_embedding(embedding, model_channels, embedding_scale)
         self.emb_mlp = nn.Sequential(nn.Linear(model_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.num_classes = num_classes
+        self.label_emb = label_embedding(num_classes, emb_ch)
         self.conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
 
         def block(cin, cout, res):
@@ -129,8 +133,13 @@ class UNet(nn.Module):
                  f"{count_parameters(self):,}", resolution, model_channels, channel_mult, num_res_blocks,
                  attn_resolutions)
 
-    def forward(self, x: Tensor, c_noise: Tensor, return_bottleneck: bool = False):
+    def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None, return_bottleneck: bool = False):
+        """cond: class labels [B] (num_classes = the null label; None: null for all) of a conditional net."""
         emb = self.emb_mlp(self.emb(c_noise.reshape(-1).expand(x.shape[0])).to(x.dtype))
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(cond, x.shape[0]).to(x.dtype)
+        elif cond is not None:
+            raise ValueError("this UNet is unconditional (num_classes null) but was given a condition")
         h = self.conv_in(x)
         hs = [h]
         for m in self.enc:
@@ -144,9 +153,9 @@ class UNet(nn.Module):
         out = self.conv_out(F.silu(self.norm_out(h)))
         return (out, feats) if return_bottleneck else out
 
-    def bottleneck(self, x: Tensor, c_noise: Tensor) -> Tensor:
+    def bottleneck(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
         """The middle block's features [B, bottleneck_channels, r, r] (r = resolution / 2^(levels-1))."""
-        return self.forward(x, c_noise, return_bottleneck=True)[1]
+        return self.forward(x, c_noise, cond, return_bottleneck=True)[1]
 
 
 class Downsample(nn.Module):

@@ -34,19 +34,21 @@ def reference(gmm, x_T, sigma_max, sigma_min):
         return odeint(lambda u_, x: x - gmm(x, torch.exp(u_)), x_T, u, rtol=1e-9, atol=1e-9, method="dopri5")[-1]
 
 
-def train(model, student, nfe):
+def train(model, student, nfe, student_options=None, **overrides):
+    """AMED with conf/method/amed.yaml's options (AFS at odd NFEs) and `overrides`; student_options are
+    added to the student solver's."""
     import lightning as L
 
-    from diffode.config import method_defaults
-    from diffode.methods.amed import build, check, trainer_overrides
-    from diffode.methods.registry import Context
+    from diffode.methods.amed import build, check, resolve, trainer_overrides
+    from diffode.methods.registry import Context, method_options
 
-    o = dict(method_defaults("amed"), student=student, nfe=nfe, afs=bool(nfe % 2))
+    o = method_options("amed", student=student, nfe=nfe, afs=bool(nfe % 2), **overrides)
     ctx = Context(out_dir=Path("."), teacher=model, trainer={"devices": 1})
     errors = check(o, ctx)
     if errors:
         raise ValueError(errors)
-    m = build(o, ctx)
+    m = build(resolve(o, ctx), ctx)
+    m.cfg.student_options = {**m.cfg.student_options, **(student_options or {})}
     t0 = time.time()
     L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, **trainer_overrides(o)).fit(m)

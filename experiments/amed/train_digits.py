@@ -2,12 +2,15 @@
 
 Each job runs the one runner in its own process (1 thread: the machine is shared) with the options of
 conf/method/amed.yaml plus the student, the NFE and its AFS parity (odd NFE: afs=true). The exported
-artifact is copied to experiments/amed/artifacts/<student>_nfe<k>/ (what the lead's main job and
-digits_fid.py evaluate); wall time, trajectories, Adam updates, held-out loss before/after and the
+artifact is copied to experiments/amed/artifacts/<student>_nfe<k>/ (what `diffode eval experiment=eval_amed`
+evaluates, through its shipped copy); wall time, trajectories, Adam updates, held-out loss before/after and the
 machine's load average (uptime) and the job's CPU time (one thread, so on an idle core it is its
 wall time; the wall time here is inflated by the other jobs sharing the two cores) go to experiments/amed/results/train_digits.json.
 
     python experiments/amed/train_digits.py --students amed ipndm dpm_solver_2 --nfes 3 4 5 6 7 8 9
+
+A script rather than `diffode train -m method=amed ...` (which trains the same jobs) for the timing tables: it
+records each job's CPU seconds and the load around it.
 """
 from __future__ import annotations
 

@@ -1,22 +1,23 @@
-"""Consistency distillation on the shipped digits UNet: FID vs updates, the sampling sigmas, final FIDs.
+"""Consistency distillation on the shipped digits UNet: FID vs updates, the sampling sigmas, final FIDs, ablation.
 
 FID uses the project's digits classifier features against the digits training split (the protocol of
 `diffode eval`: diffode.evaluation.metrics.FIDMetrics, samples clipped and rounded to 8 bits). x_T comes
 from diffode.models.initial_noise with seeds 0..n-1, the seeds every `diffode eval` row uses; the fresh
-noise between consistency steps comes from one generator per batch of 2000, seeded by the batch index.
+noise between consistency steps comes from one generator per batch of 2000, seeded by the batch index
+(`diffode eval ... batch_size=2000` seeds its batches the same way, so an exported artifact scores the same there).
 
     python experiments/consistency_distillation/fid.py curve  --run <run dir> --n 2000
     python experiments/consistency_distillation/fid.py search --run <run dir> --n 2000 --select
     python experiments/consistency_distillation/fid.py final  --run <run dir> --n 10000 --export
-    python experiments/consistency_distillation/fid.py teacher --n 10000
-    python experiments/consistency_distillation/fid.py compare --runs <artifact dir> ... --n 10000
     python experiments/consistency_distillation/fid.py ablation --runs <dir> ... --run <main> --baseline <snapshot>
 
-`search` picks the intermediate sigmas greedily, as the CM paper does (Sec. 3; it ternary-searches
-FID): tau_1 for 2 steps, then tau_2 < tau_1 for 3, tau_3 < tau_2 for 4, each among the interior
-points of the N = 40 Karras grid, scored on seeds 100000.. (not the seeds of the final FID).
+Why a script: what it scores are not samplers `diffode eval` knows. `curve` scores the run's EMA snapshots
+(snapshots/ema_step*.pt, written during training); `search` picks the intermediate sigmas greedily, as the
+CM paper does (Sec. 3; it ternary-searches FID): tau_1 for 2 steps, then tau_2 < tau_1 for 3, tau_3 < tau_2
+for 4, each among the interior points of the N = 40 Karras grid, scored on seeds 100000.. (not the seeds of
+the final FID); `final --export` writes the artifacts cd_1, cd_2, cd_4 of the chosen student and sigmas;
+`ablation` puts runs of one (student, NFE) label side by side, which one sweep cannot hold.
 """
-from __future__ import annotations
 
 import argparse
 import json
@@ -37,21 +38,20 @@ class DigitsFID:
         from omegaconf import OmegaConf
 
         from diffode.evaluation.metrics import FIDMetrics
-        from diffode.models import Model
 
         fcfg = OmegaConf.create({"reference": "digits", "features": "digits", "batch_size": BATCH,
                                  "bootstrap": bootstrap})
-        self.metrics = FIDMetrics(Model(None, (1, 8, 8), None, 0, 0, {}, "digits"), fcfg)
+        self.metrics = FIDMetrics(teacher_model(), fcfg)
 
     def __call__(self, samples) -> dict:
-        out = self.metrics(samples.float(), None)
+        out = self.metrics(samples, None)
         return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) or getattr(v, "numel", lambda: 0)() == 1}
 
 
 def teacher_model():
-    from diffode.models import load_model
+    import diffode
 
-    return load_model({"kind": "checkpoint", "path": None})
+    return diffode.load_model({"kind": "checkpoint", "path": None})
 
 
 def noise(n: int, seed0: int, sigma_max: float):
@@ -83,7 +83,7 @@ def load_student(path: Path):
 
 @torch.no_grad()
 def cd_samples(f, x_T, sigmas, clip=1.0):
-    from diffode.core.sample import sample
+    from diffode import sample
 
     out = []
     for b, xb in enumerate(x_T.split(BATCH)):
@@ -246,23 +246,6 @@ def export(run: Path, f, sig):
         print("artifact", path)
 
 
-def cmd_teacher(args):
-    from diffode.core.sample import sample
-
-    fid = DigitsFID(bootstrap=200)
-    m = teacher_model()
-    x_T = noise(args.n, 0, m.sigma_max)
-    out = _load("teacher.json", {})
-    for solver, nfe, grid in (("heun", 36, "edm"), ("heun", 80, "edm")):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            s = torch.cat([sample(m.denoiser, xb, solver=solver, nfe=nfe, grid=grid, schedule=m.schedule)
-                           for xb in x_T.split(BATCH)])
-        out[f"{solver}_{grid}_{nfe}"] = {"n": args.n, **fid(s), "seconds": round(time.perf_counter() - t0, 1)}
-        print(solver, nfe, json.dumps(out[f"{solver}_{grid}_{nfe}"]), flush=True)
-        _save("teacher.json", out)
-
-
 def cmd_ablation(args):
     fid = DigitsFID()
     x_T = noise(args.n, 0, 80.0)
@@ -286,33 +269,14 @@ def cmd_ablation(args):
                "val_distill_l2": res.get("val/distill_l2"), "weights": str(snap or run)}
         for k in (1, 2, 4):
             row[f"fid_{k}"] = fid(cd_samples(f, x_T, sig[k]))["fid"]
-        out["baseline" if snap is not None else run.name] = row
+        out["baseline" if snap is not None else str(run)] = row
         print(json.dumps(row), flush=True)
         _save("ablation.json", out)
 
 
-def cmd_compare(args):
-    """Any artifacts (e.g. the progressive-distillation students) on the final FID's seeds, same protocol."""
-    from diffode.artifacts import load_sampler
-
-    fid = DigitsFID(bootstrap=200)
-    m = teacher_model()
-    x_T = noise(args.n, 0, m.sigma_max)
-    out = _load("compare.json", {})
-    for p in args.runs:
-        s = load_sampler(p)
-        s.check(m)
-        with torch.no_grad():
-            x = torch.cat([s.sample(m.denoiser, xb, generator=torch.Generator().manual_seed(b))
-                           for b, xb in enumerate(x_T.split(BATCH))])
-        out[s.label] = {"nfe": s.nfe, "n": args.n, "path": str(p), **fid(x)}
-        print(s.label, json.dumps(out[s.label]), flush=True)
-        _save("compare.json", out)
-
-
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["curve", "search", "final", "teacher", "ablation", "compare"])
+    ap.add_argument("cmd", choices=["curve", "search", "final", "ablation"])
     ap.add_argument("--run", help="a `diffode train experiment=cd_digits` run directory")
     ap.add_argument("--runs", nargs="*", default=[])
     ap.add_argument("--baseline", help="ablation: the main run's EMA snapshot at the ablation budget (with --run)")
@@ -324,8 +288,7 @@ def main():
     ap.add_argument("--png", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"curve": cmd_curve, "search": cmd_search, "final": cmd_final, "teacher": cmd_teacher,
-     "ablation": cmd_ablation, "compare": cmd_compare}[args.cmd](args)
+    {"curve": cmd_curve, "search": cmd_search, "final": cmd_final, "ablation": cmd_ablation}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -74,16 +74,16 @@ def memory_child(args):
     overrides = [f"method.solver={args.solver}", f"method.nfe={args.nfe}", "method.distance=l2",
                  f"method.checkpointing={args.checkpointing}", "output_dir=/tmp/ld3_benchmark_memory"]
     if random_unet:  # memory depends on the architecture only: conf/net/unet_digits.yaml, untrained
-        from diffode.config import group_config, method_defaults
+        from diffode.config import group_config
         from diffode.core.denoisers import ModelDenoiser
         from diffode.core.schedules import VPLinear
-        from diffode.methods.ld3 import LD3Config, LD3Module
+        from diffode.methods.ld3 import LD3Module
+        from diffode.methods.registry import method_options
         from diffode.spec import build
 
         torch.manual_seed(0)
         den, sch = ModelDenoiser(build(group_config("net", "unet_digits")), VPLinear(), "eps"), VPLinear()
-        mcfg = LD3Config(**{**method_defaults("ld3"), "solver": args.solver, "nfe": args.nfe, "distance": "l2",
-                            "checkpointing": args.checkpointing})
+        mcfg = method_options("ld3", solver=args.solver, nfe=args.nfe, distance="l2", checkpointing=args.checkpointing)
         m = LD3Module(den, (1, 8, 8), sch, sch.sigma_min, sch.sigma_max, {"kind": "random unet_digits"}, mcfg)
     else:
         spec, options, ctx = prepare(compose_ld3(args.ckpt, overrides))
@@ -134,20 +134,20 @@ def timing(args):
 
     sys.path.insert(0, str(HERE))
     torch.set_num_threads(args.threads)
-    from common import train_grid
+    from common import train_grid, val_losses
 
     with tempfile.TemporaryDirectory() as cache:  # cold cache: the teacher pairs are made in the timed run
         c0 = time.process_time()
-        art, wall, cfg = train_grid(args.ckpt, Path(args.out) / f"time_{args.solver}_nfe{args.nfe}",
-                                    [f"method.solver={args.solver}", f"method.nfe={args.nfe}", "method.distance=l2",
-                                     f"method.cache_dir={cache}", f"method.checkpointing={args.checkpointing}"],
-                                    args.threads)
+        art, wall = train_grid(args.ckpt, Path(args.out) / f"time_{args.solver}_nfe{args.nfe}",
+                               [f"method.solver={args.solver}", f"method.nfe={args.nfe}", "method.distance=l2",
+                                f"method.cache_dir={cache}", f"method.checkpointing={args.checkpointing}"],
+                               args.threads)
         cpu = time.process_time() - c0
+    val_first, val_best = val_losses(art)
     row = {"solver": args.solver, "nfe": args.nfe, "threads": args.threads, "wall_s": round(wall, 1),
-           "train_only_s": round(art["train_seconds"], 1), "process_cpu_s": round(cpu, 1),
-           "updates": sum(1 for h in art["history"] if h.get("train") is not None),
-           "val_start": art["val_first"], "val_best": art["val_best"],
-           "load_average_1min": os.getloadavg()[0]}
+           "train_only_s": round(art.manifest["metrics"]["train_seconds"], 1), "process_cpu_s": round(cpu, 1),
+           "updates": sum(1 for h in art.manifest["history"] if h.get("train") is not None),
+           "val_start": val_first, "val_best": val_best, "load_average_1min": os.getloadavg()[0]}
     print(json.dumps(row))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

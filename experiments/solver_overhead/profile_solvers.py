@@ -57,7 +57,7 @@ def main():
                 grid = USUAL_GRID[name]
                 z = ZeroCost()
                 plan = check_sampling_config(name, k, grid, schedule=schedule, **opts)
-                sig = plan["sigmas"]
+                sig = plan.sigmas
                 fn_opts = {**spec.defaults, **opts}
                 run_total = lambda: sample(z, x_T, name, nfe=k, grid=grid, schedule=schedule, **opts)  # noqa: E731
                 run_plan = lambda: check_sampling_config(name, k, grid, schedule=schedule, **opts)  # noqa: E731

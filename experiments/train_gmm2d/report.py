@@ -34,8 +34,12 @@ def main():
     with torch.no_grad():
         x = sample(D, x_T, solver="heun", nfe=a.nfe, grid="edm", schedule=info["schedule"])
     real = gmm.sample(a.n, generator=gen)
+    near = lambda y: float(((y[:, None, :] - gmm.mu[None]).norm(dim=-1).min(1).values <= 0.3).double().mean())  # noqa: E731
     res = {"checkpoint": a.ckpt, "training_steps": info["global_step"], "solver": "heun", "nfe": a.nfe,
-           "mean_log_p_samples": float(gmm.log_prob(x).mean()), "mean_log_p_true_samples": float(gmm.log_prob(real).mean())}
+           "mean_log_p_samples": float(gmm.log_prob(x).mean()), "mean_log_p_true_samples": float(gmm.log_prob(real).mean()),
+           "median_log_p_samples": float(gmm.log_prob(x).median()),
+           "median_log_p_true_samples": float(gmm.log_prob(real).median()),
+           "share_within_0.3_samples": near(x), "share_within_0.3_true_samples": near(real)}  # 3 std of a mode
     scatter_over_density(x.float(), gmm, HERE / "scatter.png",
                          f"MLP denoiser, {info['global_step']} steps, Heun {a.nfe} NFE")
     (HERE / "results.json").write_text(json.dumps(res, indent=2))

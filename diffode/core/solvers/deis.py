@@ -104,7 +104,7 @@ def multistep_ab(denoiser, x: Tensor, sigmas: Tensor, order: int, tau: str, net_
     return x
 
 
-@register("deis", n_calls=lambda steps, **o: steps, order=3,
+@register("deis", n_calls=lambda steps, **o: steps, order=3, multistep=True,
           description="DEIS tAB: exponential-integrator Adams-Bashforth on eps with Lagrange extrapolation")
 def deis(denoiser, x, sigmas, *, net_sigmas=None, callback=None, order: int = 3, tau: str = "log_sigma",
          lower_order_final="auto"):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from ..stage import condition, directed, get_stage
-from ._common import lam, net_sigma, net_sigma_between, report, weighted_sum
+from ._common import coef, lam, net_sigma, net_sigma_between, report, weighted_sum
 from ._order import step_orders
 from .registry import register
 
@@ -40,7 +40,8 @@ def dpmpp_multistep(denoiser, x, sigmas, *, order=2, lower_order_final="auto", c
 
     AMED-Plugin (`midpoints` hook, diffode/core/stage.py): the stage point s of each step is inserted as
     an extra multistep node, its output D(x_s, a s) enters the history at lambda(s), c scales the
-    sub-step s -> sigma_next, and the per-step orders are those of the grid with the lambda midpoints
+    D terms of the sub-step s -> sigma_next, (sigma_next/s) x_s + c sum_j w_j D_j, as the official plugin's
+    `dpm_pp_update(scale=c)` does, and the per-step orders are those of the grid with the lambda midpoints
     inserted (a discrete choice, as the rule is). With c = a = 1 and s the lambda midpoint this is
     DPM-Solver++ on that doubled grid."""
     if order not in (1, 2, 3):
@@ -51,7 +52,7 @@ def dpmpp_multistep(denoiser, x, sigmas, *, order=2, lower_order_final="auto", c
     orders = step_orders(sigmas if midpoints is None else _lambda_midpoints_inserted(sigmas), order, lower_order_final)
     ms, lams = [], []  # history of denoiser outputs and their lambdas, newest last
 
-    def advance(x, m0, s, t, k):
+    def advance(x, m0, s, t, k, stage=None):
         nonlocal ms, lams
         ms, lams = (ms + [m0])[-3:], (lams + [lam(s)])[-3:]
         h = lam(t) - lams[-1]
@@ -72,7 +73,8 @@ def dpmpp_multistep(denoiser, x, sigmas, *, order=2, lower_order_final="auto", c
             v = (phi_2 * r0 - c2) / (r0 + r1)
             a = (phi_2 + v) / r0
             w = [a - phi_1, -a - v / r1, v / r1]
-        return weighted_sum([t / s] + w, [x] + ms[::-1][:k])
+        x_next = weighted_sum([t / s] + w, [x] + ms[::-1][:k])
+        return x_next if stage is None or stage.c is None else directed(stage, unscaled(x, s, t), x_next)
 
     for i in range(steps):
         s, t = sigmas[i], sigmas[i + 1]
@@ -83,9 +85,16 @@ def dpmpp_multistep(denoiser, x, sigmas, *, order=2, lower_order_final="auto", c
             st = get_stage(midpoints, None, i, s, t, x)
             x_s = advance(x, m0, s, st.sigma, orders[2 * i])
             m0 = denoiser(x_s, condition(st, net_sigma_between(sigmas, net_sigmas, i, st.sigma)))
-            x = directed(st, x_s, advance(x_s, m0, st.sigma, t, orders[2 * i + 1]))
+            x = advance(x_s, m0, st.sigma, t, orders[2 * i + 1], st)
         x = report(callback, i, x, sigmas, m0)
     return x
+
+
+def unscaled(x, s, t):
+    """The part of a sub-step s -> t that a stage's c leaves alone: (t/s) x, the term without a model
+    output (the official plugin's `dpm_pp_update(scale=c)`). experiments/amed/dpmpp_direction.py swaps
+    in x here, the whole sub-step scaled, to compare the two conventions."""
+    return coef(t / s, x) * x
 
 
 def _lambda_midpoints_inserted(sigmas):
@@ -104,7 +113,8 @@ def dpmpp_3m(denoiser, x, sigmas, *, lower_order_final="auto", coefficients="tay
 
 
 register("dpmpp_2m", n_calls=lambda steps, midpoints=None, **o: steps if midpoints is None else 2 * steps, order=2,
+         multistep=True,
          description="DPM-Solver++(2M), data prediction; 1 call per step (2 with a midpoints hook)")(dpmpp_2m)
-register("dpmpp_3m", n_calls=lambda steps, **o: steps, order=3,
+register("dpmpp_3m", n_calls=lambda steps, **o: steps, order=3, multistep=True,
          description="DPM-Solver++(3M), data prediction; 1 call per step (coefficients='official': the "
                      "published, second-order coefficients)")(dpmpp_3m)

@@ -42,6 +42,7 @@ def _ab_step(x, d_history, max_order, sigma_cur, sigma_next):
 
 
 @register("ipndm", n_calls=lambda steps, midpoints=None, **o: steps if midpoints is None else 2 * steps, order=2,
+          multistep=True,
           description="iPNDM: constant-step Adams-Bashforth (orders 1..4, warm-up) on d = (x - D)/sigma; "
                       "2 calls per step with a midpoints hook (AMED-Plugin)")
 def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, max_order: int = 4,
@@ -72,7 +73,7 @@ def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None
     return x
 
 
-@register("ipndm_v", n_calls=lambda steps, **o: steps, order=4,
+@register("ipndm_v", n_calls=lambda steps, **o: steps, order=4, multistep=True,
           description="iPNDM_v: variable-step Adams-Bashforth (orders 1..4, warm-up) on d = (x - D)/sigma")
 def ipndm_v(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None, max_order: int = 4) -> Tensor:
     return multistep_ab(denoiser, x, sigmas, _check_order(max_order), "sigma", net_sigmas, callback)

@@ -10,7 +10,8 @@ at each grid point (LD3's decoupled variant); the update coefficients always use
 `callback(dict(i=..., x=..., sigma=..., denoised=...))` is called once per step.
 
 `n_calls(steps, **options)` is the exact number of denoiser calls the solver makes on a grid
-with `steps` steps; `sample()` inverts it to turn an NFE budget into a step count.
+with `steps` steps; `sample()` inverts it to turn an NFE budget into a step count. `multistep`
+says whether a step reads earlier steps' evaluations (methods that restart a solve mid-grid ask it).
 
 Deterministic solvers also run on an increasing grid (encoding, x0 -> x_T; `diffode.encode`): their
 updates are written in lambda = -log sigma or in sigma and hold for a step of either sign, so no solver
@@ -35,6 +36,9 @@ class SolverSpec:
     differentiable: bool = True  # in x_T and in the sigmas
     stochastic: bool = False
     adaptive: bool = False  # NFE is whatever the error control used
+    # multistep: a step reuses evaluations of earlier steps (a history), so a solve started mid-grid
+    # (sample(start=j)) is not the full solve's tail; a single-step solver's step uses only x at sigma_n.
+    multistep: bool = False
     defaults: dict = field(default_factory=dict)  # option defaults: the function's own (see register)
     description: str = ""
     # (sigmas, options) -> None, raising ValueError that names the fix: checks of the options against the

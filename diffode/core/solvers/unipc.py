@@ -102,7 +102,7 @@ def unipc_bh2(denoiser, x, sigmas, *, order=2, lower_order_final="auto", use_cor
 
 
 
-register("unipc_bh1", n_calls=lambda steps, **o: steps, order=3,
+register("unipc_bh1", n_calls=lambda steps, **o: steps, order=3, multistep=True,
          description="UniPC-bh1 (B(h) = h), predictor order `order`, corrector adds one; 1 call per step")(unipc_bh1)
-register("unipc_bh2", n_calls=lambda steps, **o: steps, order=3,
+register("unipc_bh2", n_calls=lambda steps, **o: steps, order=3, multistep=True,
          description="UniPC-bh2 (B(h) = expm1(-h)), predictor order `order`, corrector adds one; 1 call per step")(unipc_bh2)

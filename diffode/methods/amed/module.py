@@ -27,67 +27,25 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from diffode.core.sample import prior_sample, sample
+from diffode.core.solvers import get_solver
 from diffode.core.stage import Stage
 
+from .options import FID_SELECTS, AMEDConfig
 from .predictor import AMEDPredictor
 
-SINGLE_STEP = ("amed", "euler", "ddim", "dpm_solver_2")
-MULTISTEP = ("ipndm", "dpmpp_2m")
-STUDENTS = SINGLE_STEP + MULTISTEP
-FID_SELECTS = ("fid", "fid_rmse")  # the select modes that score every validation state by its held-out FID
 VAL_SEED = 2_000_000_000  # held-out latents: far from the training seeds and from the seeds 0.. of diffode eval
 VAL_FID_SEED = 2_100_000_000  # select=fid: the held-out FID's latents, seeded one per sample from here
 
 
-@dataclass
-class AMEDConfig:
-    """The keys of conf/method/amed.yaml (the only place their defaults live), resolved by the builder."""
-    student: str  # registry solver of the student (from its conf/solver name)
-    student_options: dict
-    teacher: str
-    teacher_options: dict
-    nfe: int
-    steps: int
-    afs: bool
-    M: int
-    grid: str
-    grid_options: dict
-    scale_dir: float
-    scale_time: float
-    batch: int  # global batch (all ranks)
-    n_trajectories: int
-    lr: float
-    seed: int
-    n_val: int
-    val_every: int
-    predictor: dict  # features (bottleneck | times_only), hidden, time_channels, feature_channels
-    prior: dict | None = None  # the r prior (predictor.py), resolved from r_prior and the grid
-    select: str = "best"  # best: the state of the lowest held-out endpoint RMSE | fid: of the lowest held-out FID |
-    # fid_rmse: of the lowest held-out FID among those whose endpoint RMSE is not above the start's | last
-    val_fid_n: int = 2000  # select=fid: held-out latents of the FID
-    first_at_start: bool = False  # afs_grid: base: step 0's stage at sigma_max (predictor.py)
-    objective: str = "interval"  # interval: the paper's, one Adam step per interval | endpoint: one per batch
-    distance: str = "l2"  # l2: the paper's squared distance | digits_perceptual | lpips (diffode.metrics.distance)
-    l2_weight: float = 0.0  # with a network distance: plus l2_weight x the mean squared error per dimension
-
-
-def squared_distance(a: Tensor, b: Tensor) -> Tensor:
-    """The paper's training distance: |a - b|^2 per sample, averaged over the batch."""
-    return (a - b).flatten(1).pow(2).sum(1).mean()
-
-
 def batch_distance(name: str, l2_weight: float = 0.0):
-    """distance -> (a, b) -> the batch mean of the per-sample distance (a network distance plus l2_weight x the
-    mean squared error per dimension), and the network it carries (or None)."""
-    if name == "l2":
-        return squared_distance, None
+    """distance -> (a, b) -> the batch mean of the per-sample distance (diffode.metrics.distance; the paper's is
+    l2_sum, |a - b|^2), plus l2_weight x the mean squared error per dimension; and the network it carries (or None)."""
     from diffode.metrics.distance import make_distance
 
     d = make_distance(name)
@@ -107,12 +65,13 @@ def teacher_indices(sigmas: Tensor, teacher_sigmas: Tensor) -> list[int] | None:
     return out
 
 
-class _Reached(Exception):
-    """Stops a multistep student after the interval being trained (carries its state)."""
+def students() -> list[str]:
+    """The registry solvers AMED trains a stage predictor for: those that take the stage hook `midpoints`
+    (diffode/core/stage.py) and spend two calls per step with it: the AMED-Solver `amed` and the plugins."""
+    from diffode.core.solvers import SOLVERS, get_solver
 
-    def __init__(self, x):
-        super().__init__()
-        self.x = x
+    get_solver("amed")  # registers every solver
+    return sorted(n for n, s in SOLVERS.items() if "midpoints" in s.defaults and s.n_calls(1, midpoints=True) == 2)
 
 
 def _detached(st: Stage) -> Stage:
@@ -132,14 +91,6 @@ class _Replay:
         st = self.predictor(i, sigma_cur, sigma_next, x, features)
         self.recorded.append(_detached(st))
         return st
-
-
-def _stop_after(n: int):
-    def callback(info):
-        if info["i"] == n:
-            raise _Reached(info["x"])
-
-    return callback
 
 
 class AMEDModule(L.LightningModule):
@@ -207,15 +158,11 @@ class AMEDModule(L.LightningModule):
     def student_interval(self, n: int, x_start: Tensor, x_T: Tensor, recorded: list) -> Tensor:
         """The student's state at sigmas[n + 1] after interval n (graph through the predictor at n)."""
         c = self.cfg
-        if c.student in SINGLE_STEP:
-            return sample(self.denoiser, x_start, c.student, nfe=None, grid=self.sigmas[n:n + 2],
+        if not get_solver(c.student).multistep:
+            return sample(self.denoiser, x_start, c.student, nfe=None, grid=self.sigmas, start=n, stop=n + 1,
                           afs=c.afs and n == 0, midpoints=self.predictor, **c.student_options)
-        try:
-            sample(self.denoiser, x_T, c.student, nfe=None, grid=self.sigmas, afs=c.afs,
-                   midpoints=_Replay(self.predictor, n, recorded), callback=_stop_after(n), **c.student_options)
-        except _Reached as stop:
-            return stop.x
-        raise RuntimeError(f"the {c.student} student never reached interval {n}")
+        return sample(self.denoiser, x_T, c.student, nfe=None, grid=self.sigmas, stop=n + 1, afs=c.afs,
+                      midpoints=_Replay(self.predictor, n, recorded), **c.student_options)
 
     @property
     def n_losses(self) -> int:

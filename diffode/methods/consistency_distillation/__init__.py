@@ -10,22 +10,28 @@ from an exact ODE, not from a copy). Exports one artifact per step count k in `s
 from __future__ import annotations
 
 import copy
+import logging
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from ..registry import Context, lazy_exports, register_method
+from .options import CDConfig
 
-from ...metrics.distance import distance_errors
-from ..registry import Context, register_method
-from .module import DISTANCES, OPTIMIZERS, CDConfig, ConsistencyDistillationModule, sampling_sigmas  # noqa: F401
+__getattr__ = lazy_exports(__name__, {"ConsistencyDistillationModule": ".module", "sampling_sigmas": ".module",
+                                      "OPTIMIZERS": ".module"})
 
-SINGLE_STEP_SOLVERS = ("heun", "euler", "ddim", "dpm_solver_2", "dpm_solver_3")
 CF_TARGET = "diffode.core.consistency.ConsistencyFunction"
 
+log = logging.getLogger(__name__)
 
-def _cfg(options: dict) -> CDConfig:
-    return CDConfig(**options)
+
+def single_step_ode_solvers() -> list[str]:
+    """Deterministic fixed-step solvers whose step reads only x at sigma_n (SolverSpec.multistep false)."""
+    from diffode.core.solvers import SOLVERS, get_solver
+
+    get_solver("heun")  # registers every solver
+    return sorted(n for n, s in SOLVERS.items() if not (s.multistep or s.stochastic or s.adaptive))
 
 
 def _has_network(model) -> bool:
@@ -41,17 +47,14 @@ def _fresh_net_spec(cfg: CDConfig, ctx: Context) -> dict:
     return net
 
 
-def check(options: dict, ctx: Context) -> list[str]:
+def check(cfg: CDConfig, ctx: Context) -> list[str]:
     from diffode.config import solver_config
+    from diffode.metrics.distance import distance_errors
 
-    try:
-        cfg = _cfg(options)
-    except TypeError as e:
-        names = ", ".join(f.name for f in fields(CDConfig))
-        return [f"method=consistency_distillation options do not match conf/method/consistency_distillation.yaml "
-                f"({e}); its options are {names}."]
+    from .module import sampling_sigmas
+
     errors = []
-    if not (isinstance(cfg.N, int) and cfg.N >= 2):
+    if not cfg.N >= 2:
         errors.append(f"method.N={cfg.N!r} must be an integer >= 2 (points of the Karras training grid; the paper "
                       "uses 18 on CIFAR-10, 40 on ImageNet-64).")
     if not cfg.rho > 0:
@@ -63,17 +66,15 @@ def check(options: dict, ctx: Context) -> list[str]:
         errors.append(f"method.ema_decay={cfg.ema_decay} must be in [0, 1) (the evaluation EMA).")
     try:
         reg, _ = solver_config(str(cfg.teacher_solver))
-        if reg not in SINGLE_STEP_SOLVERS:
+        if reg not in single_step_ode_solvers():
             errors.append(f"method.teacher_solver={cfg.teacher_solver} is not a single-step ODE solver; one teacher "
-                          f"step must use only x at sigma_n: choose one of {', '.join(SINGLE_STEP_SOLVERS)}.")
+                          f"step must use only x at sigma_n: choose one of {', '.join(single_step_ode_solvers())}.")
     except ValueError as e:
         errors.append(f"method.teacher_solver: {e}")
-    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape, DISTANCES,
-                              cfg.lpips_net, cfg.lpips_random_backbone, instead="pseudo_huber (iCT) or l2")
+    errors += distance_errors(cfg.distance, None if ctx.teacher is None else ctx.teacher.shape, cfg.lpips_net,
+                              cfg.lpips_random_backbone, instead="pseudo_huber (iCT) or l2")
     if cfg.huber_c is not None and not cfg.huber_c > 0:
         errors.append(f"method.huber_c={cfg.huber_c} must be positive, or null for 0.00054 sqrt(dim).")
-    if cfg.optimizer not in OPTIMIZERS:
-        errors.append(f"method.optimizer={cfg.optimizer!r} is unknown; choose radam (the paper's) or adam.")
     if not cfg.lr > 0:
         errors.append(f"method.lr={cfg.lr} must be positive, e.g. method.lr=1e-4.")
     if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
@@ -92,7 +93,7 @@ def check(options: dict, ctx: Context) -> list[str]:
     except ValueError as e:
         errors.append(f"method.reference_nfe={cfg.reference_nfe} (the teacher's Heun reference solve): {e}")
     ks = list(cfg.sample_steps or [])
-    if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
+    if not ks or not all(k >= 1 for k in ks):
         errors.append(f"method.sample_steps={cfg.sample_steps} must be a non-empty list of step counts >= 1, "
                       "e.g. [1, 2, 4].")
     elif ctx.teacher is not None:
@@ -119,6 +120,8 @@ def check(options: dict, ctx: Context) -> list[str]:
 
 def build_student(cfg: CDConfig, ctx: Context):
     """(the ConsistencyFunction spec, its initial weights or None): the teacher's EMA network when it has one."""
+    import torch
+
     from diffode.core.consistency import ConsistencyFunction
     from diffode.spec import build
 
@@ -143,16 +146,20 @@ def build_student(cfg: CDConfig, ctx: Context):
     return {"_target_": CF_TARGET, "denoiser": spec, "sigma_min": float(m.sigma_min), "sigma_data": sigma_data}, state
 
 
-def load_last(module: ConsistencyDistillationModule, ctx: Context) -> None:
+def load_last(module, ctx: Context) -> None:
     """After ddp_spawn the main process's module is untrained: take the weights from last.ckpt."""
+    import torch
+
     last = Path(ctx.out_dir) / "checkpoints" / "last.ckpt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
 
 
-def export(module: ConsistencyDistillationModule, ctx: Context) -> dict:
+def export(module, ctx: Context) -> dict:
     from diffode.artifacts import save_artifact
+
+    from .module import sampling_sigmas
 
     load_last(module, ctx)
     module.cpu()
@@ -173,18 +180,19 @@ def export(module: ConsistencyDistillationModule, ctx: Context) -> dict:
                                        "global_step": int(module.global_step)},
                              metrics={"distill_l2": err, "reference": f"heun/edm nfe {cfg.reference_nfe}",
                                       "n_val": cfg.n_val},
-                             student=ema, student_spec=spec)
-        print(f"CD {k} step(s): artifact {path}" + (f"; 1-step l2 to the teacher's solve {err:.5g}" if err else ""))
+                             student=ema, student_spec=spec, condition=m.condition)
+        log.info(f"CD {k} step(s): artifact {path}" + (f"; 1-step l2 to the teacher's solve {err:.5g}" if err else ""))
         out[f"cd_{k}"] = str(path)
     return out
 
 
-@register_method("consistency_distillation", needs_data=True, needs_teacher=True, check=check, export=export,
+@register_method("consistency_distillation", options=CDConfig, needs_data=True, needs_teacher=True, check=check, export=export,
                  description="consistency distillation (Song et al., ICML 2023): 1- and few-step students")
-def build(options: dict, ctx: Context) -> ConsistencyDistillationModule:
+def build(cfg: CDConfig, ctx: Context):
     from diffode.config import solver_config
 
-    cfg = _cfg(options)
+    from .module import ConsistencyDistillationModule
+
     spec, state = build_student(cfg, ctx)
     reg, solver_opts = solver_config(str(cfg.teacher_solver))
     m = ctx.teacher

@@ -20,7 +20,7 @@ from the same x_T.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -28,53 +28,18 @@ import torch
 from torch import Tensor, nn
 
 from diffode.core import consistency as cm
+from diffode.core.conditioning import bind
+from diffode.core.distances import l2
 from diffode.core.sample import sample
 from diffode.core.schedules import DTYPE
 
+from diffode.metrics.distance import make_distance
+
+from ..batch import condition_for, split_batch
 from ..callbacks import EMAUpdate
+from .options import CDConfig, Optimizer
 
-DISTANCES = cm.DISTANCES + ("lpips",)
-OPTIMIZERS = ("radam", "adam")
-
-
-@dataclass
-class CDConfig:
-    """Every option of conf/method/consistency_distillation.yaml (its defaults live there only)."""
-    N: int
-    rho: float
-    mu: float
-    ema_decay: float
-    teacher_solver: str
-    distance: str
-    huber_c: float | None
-    lpips_net: str
-    lpips_random_backbone: bool
-    optimizer: str
-    lr: float
-    betas: list
-    warmup_steps: int
-    student_net: dict | None
-    sample_steps: list
-    sample_sigmas: dict
-    clip: float | None
-    reference_nfe: int
-    n_val: int
-    snapshot_every: int
-
-
-def make_distance(cfg: CDConfig):
-    """d(a, b) -> [B]; LPIPS through diffode.metrics.lpips, which refuses to run without its weights."""
-    if cfg.distance != "lpips":
-        return cm.make_distance(cfg.distance, cfg.huber_c)
-    from diffode.metrics.lpips import LPIPS
-
-    net = LPIPS(cfg.lpips_net, random_backbone=cfg.lpips_random_backbone)
-
-    def d(a, b):
-        return net(a, b).to(a.dtype)
-
-    d.net = net
-    return d
+OPTIMIZERS = tuple(Optimizer.__members__)
 
 
 def sampling_sigmas(cfg: CDConfig, k: int, sigma_min: float, sigma_max: float) -> Tensor:
@@ -111,7 +76,9 @@ class ConsistencyDistillationModule(L.LightningModule):
         self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
         self.ema_rule = EMAUpdate(cfg.ema_decay)
         self.register_buffer("sigmas", cm.karras_grid(cfg.N, sigma_min, sigma_max, cfg.rho), persistent=False)
-        self.distance = make_distance(cfg)
+        self.distance = make_distance(cfg.distance, huber_c=cfg.huber_c, lpips_net=cfg.lpips_net,
+                                      random_backbone=cfg.lpips_random_backbone)
+        self.distance_net = self.distance.net  # a network distance's net: a submodule, so it follows the device
         self.out_dir = Path(out_dir) if out_dir else None
         self._val_cache = None
 
@@ -126,14 +93,19 @@ class ConsistencyDistillationModule(L.LightningModule):
         return torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 4099 + rank) * 7 + salt)
 
     # -- the loss ----------------------------------------------------------------------------------
-    def consistency_loss(self, x0: Tensor, g: torch.Generator, online: nn.Module, target: nn.Module | None) -> Tensor:
-        """mean d(f_online(x_n, sigma_n), stopgrad f_target(x_hat, sigma_{n+1})); target None = online."""
+    def consistency_loss(self, x0: Tensor, g: torch.Generator, online: nn.Module, target: nn.Module | None,
+                         labels: Tensor | None = None) -> Tensor:
+        """mean d(f_online(x_n, sigma_n), stopgrad f_target(x_hat, sigma_{n+1})); target None = online. A
+        class-conditional teacher and its students see each sample's label (core/conditioning.py)."""
+        cond = condition_for(self.teacher, labels)
+        teacher, online = bind(self.teacher, cond), bind(online, cond)
+        target = None if target is None else bind(target, cond)
         hi, lo = cm.sample_pairs(self.sigmas.cpu(), x0.shape[0], g)
         hi, lo = hi.to(x0.device), lo.to(x0.device)
         z = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
         x_n = x0 + hi.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1))) * z
         with torch.no_grad():
-            x_hat = cm.teacher_step(self.teacher, x_n, hi, lo, solver=self.teacher_solver, **self.teacher_options)
+            x_hat = cm.teacher_step(teacher, x_n, hi, lo, solver=self.teacher_solver, **self.teacher_options)
         dropout_seed = int(torch.randint(0, 2**62, (1,), generator=g))
         torch.manual_seed(dropout_seed)
         f_online = online(x_n, hi)
@@ -143,9 +115,9 @@ class ConsistencyDistillationModule(L.LightningModule):
         return self.distance(f_online, f_target.detach()).mean()
 
     def training_step(self, batch, batch_idx):
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0, labels = split_batch(batch)
         loss = self.consistency_loss(x0, self._generator(self.global_step, self.global_rank), self.student,
-                                     self.target)
+                                     self.target, labels)
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite consistency loss ({float(loss)}) at step {self.global_step}; lower "
                                      f"method.lr (now {self.cfg.lr:g}) or set trainer.gradient_clip_val, then resume "
@@ -190,13 +162,13 @@ class ConsistencyDistillationModule(L.LightningModule):
         sig = sampling_sigmas(self.cfg, steps, self.sigma_min, self.sigma_max).to(x_T.device)
         x = sample(f, x_T.to(torch.float32), solver="consistency", nfe=steps, grid=sig,
                    generator=torch.Generator().manual_seed(7), clip=self.cfg.clip)
-        return float(cm.l2(x.to(DTYPE), ref).mean())
+        return float(l2(x.to(DTYPE), ref).mean())
 
     def validation_step(self, batch, batch_idx):
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0, labels = split_batch(batch)
         g = self._generator(batch_idx, self.global_rank, salt=1)  # the same noise at every validation
         with torch.no_grad():
-            loss = self.consistency_loss(x0, g, self.ema, self.ema)
+            loss = self.consistency_loss(x0, g, self.ema, self.ema, labels)
         self.log("val/loss", loss, sync_dist=True, on_epoch=True, batch_size=x0.shape[0])
         if batch_idx == 0:
             self.log("val/distill_l2", self.distillation_error(self.ema), sync_dist=True, on_epoch=True)

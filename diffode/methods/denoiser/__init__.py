@@ -5,13 +5,14 @@ small EMA-weights checkpoint every `source=checkpoint` loads, and a final EMA sa
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
-from ...models import export_denoiser, load_denoiser  # noqa: F401  (the loader lives with the model sources)
-from ..registry import Context, register_method
-from .module import DenoiserModule, NonFiniteLossError  # noqa: F401
+from ..registry import Context, lazy_exports, register_method
+from .options import DenoiserOptions
 
-PREDICTIONS = ("eps", "x0", "v", "edm")
+__getattr__ = lazy_exports(__name__, {"DenoiserModule": ".module", "NonFiniteLossError": ".module",
+                                      "load_denoiser": "diffode.models", "export_denoiser": "diffode.models"})
 
 
 def _net_spec(ctx: Context) -> dict:
@@ -30,21 +31,27 @@ def _net_shape(net: dict):
     return target, None
 
 
-def check(options: dict, ctx: Context) -> list[str]:
+def check(options: DenoiserOptions, ctx: Context) -> list[str]:
     errors = []
-    if options.get("prediction") not in PREDICTIONS:
-        errors.append(f"method.prediction={options.get('prediction')!r} is unknown; choose one of {', '.join(PREDICTIONS)}.")
-    if options.get("t_sampling") not in ("auto", "uniform", "lognormal"):
-        errors.append(f"method.t_sampling={options.get('t_sampling')!r} is unknown; choose auto, uniform or lognormal.")
-    if options.get("prediction") == "edm" and options.get("t_sampling") == "uniform":
+    if options.prediction == "edm" and options.t_sampling == "uniform":
         errors.append("method.prediction=edm trains with EDM's log-normal sigma; remove method.t_sampling=uniform "
                       "(it only applies to eps/x0/v predictions).")
-    for key in ("lr",):
-        if not float(options.get(key, 0)) > 0:
-            errors.append(f"method.{key}={options.get(key)} must be positive, e.g. method.{key}=2e-4.")
-    ema = options.get("ema") or {}
-    if ema and not 0 <= float(ema.get("decay", 0)) < 1:
-        errors.append(f"method.ema.decay={ema.get('decay')} must be in [0, 1) (0 turns EMA off).")
+    if not options.lr > 0:
+        errors.append(f"method.lr={options.lr} must be positive, e.g. method.lr=2e-4.")
+    labels = getattr(ctx.datamodule, "num_classes", None)
+    classes = _net_spec(ctx).get("num_classes")
+    if classes is not None and labels is None:
+        errors.append(f"net.num_classes={classes} makes a class-conditional net, but dataset="
+                      f"{getattr(ctx.datamodule, 'name', '?')} has no labels; use a labelled dataset (digits, mnist, "
+                      "cifar10) or net.num_classes=null.")
+    elif classes is not None and int(classes) != int(labels):
+        errors.append(f"net.num_classes={classes} but dataset={getattr(ctx.datamodule, 'name', '?')} has {labels} "
+                      f"classes; set net.num_classes={labels}.")
+    if not 0 <= options.p_uncond < 1:
+        errors.append(f"method.p_uncond={options.p_uncond} must be in [0, 1) (the label-dropout probability of "
+                      "classifier-free guidance; Ho & Salimans use 0.1-0.2).")
+    if options.ema is not None and not 0 <= options.ema.decay < 1:
+        errors.append(f"method.ema.decay={options.ema.decay} must be in [0, 1) (0 turns EMA off).")
     data_shape = tuple(ctx.datamodule.shape)
     kind, net_shape = _net_shape(_net_spec(ctx))
     if net_shape is not None and tuple(net_shape) != data_shape:
@@ -57,33 +64,33 @@ def check(options: dict, ctx: Context) -> list[str]:
         else:
             errors.append(f"net input shape {net_shape} does not match dataset={name} samples of shape {data_shape}; "
                           "set net.in_channels / net.resolution (or net.dim) to match.")
-    errors += _high_order_errors(options, ctx, data_shape)
-    if int(options.get("n_samples", 0)) > 0:
+    errors += _high_order_errors(options, ctx)
+    if options.n_samples > 0:
         from ...core.sample import check_sampling_config
 
         try:
-            check_sampling_config("heun", int(options["sample_nfe"]), "edm")
+            check_sampling_config("heun", options.sample_nfe, "edm")
         except ValueError as e:
-            errors.append(f"method.sample_nfe={options['sample_nfe']} (the sample grid's Heun solve): {e}")
+            errors.append(f"method.sample_nfe={options.sample_nfe} (the sample grid's Heun solve): {e}")
     return errors
 
 
-def _init_path(options: dict):
+def _init_path(options: DenoiserOptions):
     from ...models import checkpoint_path
 
-    ic = options.get("init_checkpoint")
+    ic = options.init_checkpoint
     return None if ic in (None, "") else checkpoint_path({"path": None if ic == "shipped" else ic})
 
 
-def _high_order_errors(options: dict, ctx: Context, data_shape) -> list[str]:
+def _high_order_errors(options: DenoiserOptions, ctx: Context) -> list[str]:
     """score_order, hdsm_*, dequantize and init_checkpoint (fine-tuning, as Lu et al. do)."""
     errors = []
-    order = options.get("score_order", 1)
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        errors.append(f"method.score_order={order!r} must be 1 (DSM), 2 or 3 (Lu et al. 2022's high-order DSM).")
-    if not float(options.get("hdsm_weight", 1.0)) >= 0:
-        errors.append(f"method.hdsm_weight={options.get('hdsm_weight')} must be >= 0 (the paper: 1).")
-    if options.get("dequantize"):
+    if options.score_order not in (1, 2, 3):
+        errors.append(f"method.score_order={options.score_order!r} must be 1 (DSM), 2 or 3 (Lu et al. 2022's "
+                      "high-order DSM).")
+    if not options.hdsm_weight >= 0:
+        errors.append(f"method.hdsm_weight={options.hdsm_weight} must be >= 0 (the paper: 1).")
+    if options.dequantize:
         from ...data.dequantize import bin_width
 
         name = getattr(ctx.datamodule, "name", "?")
@@ -93,30 +100,35 @@ def _high_order_errors(options: dict, ctx: Context, data_shape) -> list[str]:
     path = _init_path(options)
     if path is not None:
         if not path.is_file():
-            errors.append(f"method.init_checkpoint={options['init_checkpoint']!r}: no file at {str(path)!r}; give the "
+            errors.append(f"method.init_checkpoint={options.init_checkpoint!r}: no file at {str(path)!r}; give the "
                           "path of a denoiser_ema.ckpt (or 'shipped' for the digits UNet).")
         else:
             import torch
 
             hp = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-            mine = {"net": _net_spec(ctx), "schedule": dict(ctx.schedule or {}), "prediction": options.get("prediction")}
+            mine = {"net": _net_spec(ctx), "schedule": dict(ctx.schedule or {}), "prediction": str(options.prediction)}
             theirs = {"net": hp["net"], "schedule": hp["schedule"], "prediction": hp["prediction"]}
             differ = [k for k in mine if _plain(mine[k]) != _plain(theirs[k])]
             if differ:
-                errors.append(f"method.init_checkpoint={options['init_checkpoint']!r} was trained with other "
+                errors.append(f"method.init_checkpoint={options.init_checkpoint!r} was trained with other "
                               f"{', '.join(differ)} ({', '.join(f'{k}={theirs[k]}' for k in differ)}); fine-tune with "
                               "the same settings (experiment=digits for the shipped UNet) or start from scratch.")
     return errors
 
 
 def _plain(v):
+    """Plain data to compare; a dict's null entries dropped (a key an older checkpoint lacks, such as
+    net.num_classes, stands for its null default)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    return {k: x for k, x in v.items() if x is not None} if isinstance(v, dict) else v
 
 
-def export(module: DenoiserModule, ctx: Context) -> dict:
+def export(module, ctx: Context) -> dict:
     """denoiser_ema.ckpt from last.ckpt, and a final sample grid with those EMA weights."""
+    from ...models import export_denoiser, load_denoiser
+
     last = Path(ctx.out_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return {}
@@ -128,11 +140,14 @@ def export(module: DenoiserModule, ctx: Context) -> dict:
     return {"ema_checkpoint": str(path)}
 
 
-@register_method("denoiser", needs_data=True, check=check, export=export,
+@register_method("denoiser", options=DenoiserOptions, needs_data=True, check=check, export=export,
                  description="train a denoiser (eps / x0 / v / EDM)")
-def build(options: dict, ctx: Context) -> DenoiserModule:
+def build(options: DenoiserOptions, ctx: Context):
+    from .module import DenoiserModule
+
+    hparams = {k: v for k, v in asdict(options).items() if k != "name"}  # plain data: the checkpoint's hparams
     module = DenoiserModule(net=_net_spec(ctx), schedule=dict(ctx.schedule), data=ctx.datamodule.info(),
-                            seed=ctx.seed, out_dir=str(ctx.out_dir), **options)
+                            seed=ctx.seed, out_dir=str(ctx.out_dir), **hparams)
     if hasattr(ctx.datamodule, "analytic_denoiser"):
         module.analytic = ctx.datamodule.analytic_denoiser()  # scatter plots over the true density
     path = _init_path(options)

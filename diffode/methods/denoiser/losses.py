@@ -42,36 +42,38 @@ def t_lognormal(schedule: Schedule, n: int, generator: torch.Generator | None = 
     return schedule.t_from_ve_sigma(s).clamp(schedule.t_min, schedule.t_max)
 
 
-def _forward(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor):
+def _forward(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor, cond=None):
     alpha, sigma = _b(schedule.alpha(t), x0), _b(schedule.sigma(t), x0)
     x_t = alpha * x0 + sigma * eps
-    out = net(x_t, schedule.noise_cond(t).to(device=x0.device, dtype=x0.dtype))
+    kw = {} if cond is None else {"cond": cond}  # a class-conditional net's labels (None: an unconditional net)
+    out = net(x_t, schedule.noise_cond(t).to(device=x0.device, dtype=x0.dtype), **kw)
     return out, alpha, sigma
 
 
-def eps_loss(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    out, _, _ = _forward(net, schedule, x0, t, eps)
+def eps_loss(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor, cond=None) -> Tensor:
+    out, _, _ = _forward(net, schedule, x0, t, eps, cond)
     return (out - eps).square().mean()
 
 
-def x0_loss(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    out, _, _ = _forward(net, schedule, x0, t, eps)
+def x0_loss(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor, cond=None) -> Tensor:
+    out, _, _ = _forward(net, schedule, x0, t, eps, cond)
     return (out - x0).square().mean()
 
 
-def v_loss(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    out, alpha, sigma = _forward(net, schedule, x0, t, eps)
+def v_loss(net, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor, cond=None) -> Tensor:
+    out, alpha, sigma = _forward(net, schedule, x0, t, eps, cond)
     return (out - v_from_x0_eps(x0, eps, alpha, sigma)).square().mean()
 
 
-def edm_loss(denoiser: ModelDenoiser, x0: Tensor, sigma: Tensor, eps: Tensor, sigma_data: float = 0.5) -> Tensor:
+def edm_loss(denoiser: ModelDenoiser, x0: Tensor, sigma: Tensor, eps: Tensor, sigma_data: float = 0.5,
+             cond=None) -> Tensor:
     """E[lambda(sigma) |D(x0 + sigma eps, sigma) - x0|^2], lambda = (sigma^2 + sd^2) / (sigma sd)^2.
 
     sigma is the VE sigma [B]; D is the EDM-preconditioned ModelDenoiser (independent of the schedule).
     """
     s = sigma.to(device=x0.device)
     weight = _b((s * s + sigma_data**2) / (s * sigma_data) ** 2, x0)
-    D = denoiser(x0 + _b(s, x0) * eps, s)
+    D = denoiser(x0 + _b(s, x0) * eps, s, cond=cond)
     return (weight * (D - x0).square()).mean()
 
 

@@ -31,6 +31,7 @@ from ...core.denoisers import ModelDenoiser
 from ...core.schedules import Schedule
 from ...spec import build
 from .. import visual
+from ..batch import condition_for, drop_labels, split_batch
 from . import losses
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 class DenoiserModule(L.LightningModule):
     def __init__(self, net: dict, schedule: dict, data: dict, *, prediction: str, lr: float, weight_decay: float,
                  betas, warmup_steps: int, t_sampling: str, p_mean: float, p_std: float, sigma_data: float,
-                 n_samples: int, sample_nfe: int, sample_seed: int, ema: dict | None = None, seed: int = 0,
-                 out_dir: str | None = None, score_order: int = 1, hdsm_trace_only: bool = False,
+                 n_samples: int, sample_nfe: int, sample_seed: int, p_uncond: float, ema: dict | None = None,
+                 seed: int = 0, out_dir: str | None = None, score_order: int = 1, hdsm_trace_only: bool = False,
                  hdsm_weight: float = 1.0, dequantize: bool = False, init_checkpoint: str | None = None):
         # Option defaults: conf/method/denoiser.yaml only (diffode.config.method_defaults("denoiser")).
         super().__init__()
@@ -74,7 +75,10 @@ class DenoiserModule(L.LightningModule):
         return self.denoiser.net
 
     # -- the loss -------------------------------------------------------------------------
-    def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, first_only: bool = False) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, cond=None,
+             first_only: bool = False) -> torch.Tensor:
+        """The denoising loss of a batch; cond: the labels of a class-conditional net (None: unconditional);
+        first_only: the first-order DSM term alone (validation), whatever score_order is."""
         hp, n = self.hparams, x0.shape[0]
         if hp.dequantize and not first_only:
             from ...data.dequantize import bin_width, dequantize
@@ -83,33 +87,43 @@ class DenoiserModule(L.LightningModule):
         if hp.prediction == "edm":
             sigma = losses.sample_sigma_lognormal(n, generator, hp.p_mean, hp.p_std)
             eps = _randn_like(x0, generator)
-            first = losses.edm_loss(self.denoiser, x0, sigma, eps, hp.sigma_data)
+            first = losses.edm_loss(self.denoiser, x0, sigma, eps, hp.sigma_data, cond=cond)
         else:
             if self.t_sampling == "lognormal":
                 t = losses.t_lognormal(self.schedule, n, generator, p_mean=hp.p_mean, p_std=hp.p_std)
             else:
                 t = losses.sample_t_uniform(self.schedule, n, generator)
             eps = _randn_like(x0, generator)
-            first = losses.LOSSES[hp.prediction](self.net, self.schedule, x0, t, eps)
+            first = losses.LOSSES[hp.prediction](self.net, self.schedule, x0, t, eps, cond)
             sigma = self.schedule.ve_sigma(t)  # the same point in VE coordinates: x_t / alpha = x0 + sigma eps
         if hp.score_order == 1 or first_only:
             return first
+        from ...core.conditioning import bind
         from ...core.hdsm import hdsm_losses
         from ...core.likelihood import rademacher
 
         v = rademacher(x0.shape, generator, x0.dtype).to(x0.device)
-        terms = hdsm_losses(self.denoiser, x0, sigma.to(x0.device), eps, v, int(hp.score_order), hp.hdsm_trace_only)
+        terms = hdsm_losses(bind(self.denoiser, cond), x0, sigma.to(x0.device), eps, v, int(hp.score_order), hp.hdsm_trace_only)
         self.terms = {"dsm1": first.detach(), **{k: t.detach() for k, t in terms.items()}}
         return first + hp.hdsm_weight * sum(terms.values())
 
     def _step_generator(self, step: int, rank: int, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(((self.hparams.seed * 1_000_003 + step) * 4099 + rank) * 7 + salt)
 
+    def training_condition(self, labels, step: int, rank: int):
+        """The labels a class-conditional net trains on, each dropped to the null label with probability
+        p_uncond (its own generator, so an unconditional run's randomness is untouched); None otherwise."""
+        cond = condition_for(self.denoiser, labels)
+        if cond is None:
+            return None
+        return drop_labels(cond, self.hparams.p_uncond, self.denoiser.num_classes, self._step_generator(step, rank, 2))
+
     def training_step(self, batch, batch_idx):
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0, labels = split_batch(batch)
+        cond = self.training_condition(labels, self.global_step, self.global_rank)
         g = self._step_generator(self.global_step, self.global_rank)
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))  # dropout
-        loss = self.loss(x0, g)
+        loss = self.loss(x0, g, cond)
         self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         for k, t in getattr(self, "terms", {}).items():  # high-order DSM: each term on its own
@@ -128,9 +142,11 @@ class DenoiserModule(L.LightningModule):
                 f"ckpt_path=<run dir>/checkpoints/last.ckpt.")
 
     def validation_step(self, batch, batch_idx):
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0, labels = split_batch(batch)
         g = self._step_generator(batch_idx, self.global_rank, salt=1)  # same noise at every validation
-        self.log("val/loss", self.loss(x0, g, first_only=True), sync_dist=True, on_epoch=True, batch_size=x0.shape[0])
+        cond = condition_for(self.denoiser, labels)  # the conditional loss (no label dropout)
+        self.log("val/loss", self.loss(x0, g, cond, first_only=True), sync_dist=True, on_epoch=True,
+                 batch_size=x0.shape[0])
         # Here, between WeightAveraging's swaps at validation epoch start and end, the module
         # holds the EMA weights (its epoch-end hook runs before the module's): EMA samples.
         if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.n_samples > 0:
@@ -138,6 +154,8 @@ class DenoiserModule(L.LightningModule):
 
     def log_samples(self, step: int) -> None:
         hp = self.hparams
+        if hp.n_samples <= 0:  # method.n_samples=0: no sample grids
+            return
         self.denoiser.eval()
         x = visual.draw_samples(self.denoiser, tuple(hp.data["shape"]), hp.n_samples, self.schedule,
                                 seed=hp.sample_seed, nfe=hp.sample_nfe)
@@ -148,7 +166,7 @@ class DenoiserModule(L.LightningModule):
         if x.ndim == 2 and x.shape[1] == 2 and self.analytic is not None:
             arr = visual.scatter_over_density(x, self.analytic, out / f"scatter_{step:07d}.png", f"step {step}")
         elif x.ndim == 4:
-            arr = visual.image_grid(x)
+            arr = visual.image_grid(x, f"step {step}: heun/edm, NFE {hp.sample_nfe}")
             visual.save_png(arr, out / f"grid_{step:07d}.png")
         else:
             return

@@ -8,39 +8,40 @@ Not checkpointed: the search is re-made faster than a checkpoint would be restor
 """
 from __future__ import annotations
 
+import logging
 import time
 
-from ..registry import Context, register_method
-from .module import GITSConfig, GITSModule, student_steps, warmup_noise  # noqa: F401
+from ..registry import Context, lazy_exports, register_method
+from .options import GITSConfig
+
+__getattr__ = lazy_exports(__name__, {"GITSModule": ".module", "student_steps": ".module", "warmup_noise": ".module"})
+
+log = logging.getLogger(__name__)
 
 
-def check(options: dict, ctx: Context) -> list[str]:
+def check(cfg: GITSConfig, ctx: Context) -> list[str]:
     from diffode.config import solver_config
-    from diffode.core.gits import METRICS
     from diffode.core.grids import GRIDS
+    from diffode.core.solvers import get_solver
 
-    try:
-        cfg = GITSConfig(**options)
-    except TypeError as e:
-        return [f"method=gits options do not match conf/method/gits.yaml ({e}); remove unknown method.* keys."]
+    from .module import student_steps
+
     errors = []
-    t = dict(cfg.teacher or {})
-    steps = t.get("steps")
-    if not isinstance(steps, int) or steps < 2:
+    t = cfg.teacher
+    steps = t.steps
+    if steps < 2:
         errors.append(f"method.teacher.steps={steps!r} must be an integer >= 2 (the fine grid GITS picks from; "
                       "the paper uses 60).")
         steps = None
     try:
-        reg, _ = solver_config(str(t.get("solver")))
-        from diffode.core.solvers import get_solver
-
+        reg, _ = solver_config(t.solver)
         spec = get_solver(reg)
         if spec.adaptive or spec.stochastic:
-            errors.append(f"method.teacher.solver={t.get('solver')} must be a fixed-step ODE solver (ipndm, dpmpp_3m...).")
+            errors.append(f"method.teacher.solver={t.solver} must be a fixed-step ODE solver (ipndm, dpmpp_3m...).")
     except ValueError as e:
         errors.append(f"method.teacher.solver: {e}")
-    if t.get("grid") not in GRIDS or t.get("grid") in ("explicit", "from_file"):
-        errors.append(f"method.teacher.grid={t.get('grid')!r} must be one of time_uniform, time_quadratic, logsnr, edm.")
+    if t.grid not in GRIDS or t.grid in ("explicit", "from_file"):
+        errors.append(f"method.teacher.grid={t.grid!r} must be one of time_uniform, time_quadratic, logsnr, edm.")
     try:
         pairs = cfg.pairs()
     except (TypeError, ValueError):
@@ -55,8 +56,6 @@ def check(options: dict, ctx: Context) -> list[str]:
                               f"{steps}; raise method.teacher.steps.")
         except ValueError as e:
             errors.append(f"method.solver={solver} nfe={nfe}: {e}")
-    if cfg.metric not in METRICS:
-        errors.append(f"method.metric={cfg.metric!r} is unknown; choose one of {', '.join(METRICS)}.")
     if not float(cfg.coeff) > 0:
         errors.append(f"method.coeff={cfg.coeff} must be > 0 (the paper's 1.15 for pixel models).")
     for key in ("n_warmup", "batch_size"):
@@ -65,25 +64,27 @@ def check(options: dict, ctx: Context) -> list[str]:
     return errors
 
 
-def export(module: GITSModule, ctx: Context) -> dict:
+def export(module, ctx: Context) -> dict:
     seconds = time.perf_counter() - module.fit_started if hasattr(module, "fit_started") else None
-    paths = module.save(ctx.out_dir / "artifacts" / "gits", train_seconds=seconds)
+    paths = module.save(ctx.out_dir / "artifacts" / "gits", train_seconds=seconds, condition=ctx.teacher.condition)
     for (solver, nfe), r in module.results.items():
-        print(f"GITS {solver} NFE {nfe}: indices {r['indices']} sigmas "
-              f"{[round(float(s), 4) for s in r['sigmas']]} (cost {r['cost']:.4g})")
+        log.info(f"GITS {solver} NFE {nfe}: indices {r['indices']} sigmas "
+                 f"{[round(float(s), 4) for s in r['sigmas']]} (cost {r['cost']:.4g})")
     return paths
 
 
-def trainer_overrides(options: dict) -> dict:
+def trainer_overrides(cfg: GITSConfig) -> dict:
     """One pass over the warm-up batches; no validation loop, no optimizer."""
     return {"max_epochs": 1, "max_steps": -1, "max_time": None, "limit_val_batches": 0, "val_check_interval": None,
             "check_val_every_n_epoch": None, "limit_train_batches": None}
 
 
-@register_method("gits", needs_teacher=True, check=check, export=export, checkpoint=False, trainer=trainer_overrides,
+@register_method("gits", options=GITSConfig, needs_teacher=True, check=check, export=export, checkpoint=False, trainer=trainer_overrides,
                  description="GITS time steps by dynamic programming over teacher trajectories (Chen et al., ICML 2024)")
-def build(options: dict, ctx: Context) -> GITSModule:
+def build(cfg: GITSConfig, ctx: Context):
+    from .module import GITSModule
+
     m = ctx.teacher
-    module = GITSModule(m.denoiser, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, GITSConfig(**options))
+    module = GITSModule(m.denoiser, m.shape, m.schedule, m.sigma_min, m.sigma_max, m.identity, cfg)
     module.fit_started = time.perf_counter()
     return module

@@ -8,7 +8,7 @@ the summed costs are reduced before the DP.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -17,23 +17,7 @@ from torch import Tensor, nn
 from diffode.core.gits import cost_matrix, gits_dp, path_cost, teacher_trajectory
 from diffode.core.grids import make_grid
 
-
-@dataclass
-class GITSConfig:  # defaults: conf/method/gits.yaml only
-    solver: object  # a conf/solver/ name or a list of them (the students: only their step counts matter)
-    nfe: object  # an int or a list; one artifact per (solver, nfe)
-    solver_options: dict
-    teacher: dict  # solver, steps, grid, grid_options, options
-    metric: str
-    coeff: float
-    n_warmup: int
-    batch_size: int
-    seed: int
-
-    def pairs(self) -> list[tuple[str, int]]:
-        solvers = [self.solver] if isinstance(self.solver, str) else list(self.solver)
-        nfes = [self.nfe] if isinstance(self.nfe, int) else list(self.nfe)
-        return [(str(s), int(n)) for s in solvers for n in nfes]
+from .options import GITSConfig
 
 
 def warmup_noise(seeds, shape, sigma_max: float) -> Tensor:
@@ -61,8 +45,7 @@ class GITSModule(L.LightningModule):
             p.requires_grad_(False)
         self.denoiser = denoiser.eval()
         t = cfg.teacher
-        self.fine = make_grid(t["grid"], int(t["steps"]), schedule, sigma_min=sigma_min, sigma_max=sigma_max,
-                              **dict(t.get("grid_options") or {}))
+        self.fine = make_grid(t.grid, t.steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max, **t.grid_options)
         self.cost_sum = torch.zeros(len(self.fine), len(self.fine), dtype=torch.float64)
         self.count = 0
         self.results: dict = {}  # (solver, nfe) -> {indices, sigmas, cost}
@@ -84,9 +67,8 @@ class GITSModule(L.LightningModule):
         t = self.cfg.teacher
         from diffode.config import solver_config
 
-        reg, opts = solver_config(str(t["solver"]))
-        xs, ds = teacher_trajectory(self.denoiser, x_T, self.fine.to(self.device), reg,
-                                    **{**opts, **dict(t.get("options") or {})})
+        reg, opts = solver_config(t.solver)
+        xs, ds = teacher_trajectory(self.denoiser, x_T, self.fine.to(self.device), reg, **{**opts, **t.options})
         n = x_T.shape[0]
         C = cost_matrix(xs, ds, self.fine.to(self.device), self.cfg.metric).cpu()
         finite = torch.isfinite(C)
@@ -109,7 +91,7 @@ class GITSModule(L.LightningModule):
             self.results[(solver, nfe)] = {"indices": idx, "sigmas": self.fine[idx],
                                            "cost": path_cost(self.cost, idx, self.cfg.coeff)}
 
-    def save(self, out_dir, train_seconds: float | None = None) -> dict:
+    def save(self, out_dir, train_seconds: float | None = None, condition: dict | None = None) -> dict:
         """One artifact (kind gits) per (solver, NFE): out_dir/<solver>_nfe<k>."""
         from pathlib import Path
 
@@ -125,5 +107,5 @@ class GITSModule(L.LightningModule):
                 training={**asdict(self.cfg), "n_samples": self.count, "teacher_sigmas": self.fine.tolist()},
                 metrics={"dp_cost": r["cost"], "metric": self.cfg.metric, "coeff": self.cfg.coeff,
                          "train_seconds": train_seconds},
-                extra={"gits": {"indices": r["indices"], "teacher_steps": len(self.fine) - 1}}))
+                extra={"gits": {"indices": r["indices"], "teacher_steps": len(self.fine) - 1}}, condition=condition))
         return out

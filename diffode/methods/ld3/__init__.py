@@ -6,30 +6,26 @@ Not checkpointed: its state is 2N+2 numbers and the cached teacher pairs, re-mad
 """
 from __future__ import annotations
 
-from diffode.metrics.distance import distance_errors
+import logging
 
-from ..registry import Context, register_method
-from .module import Checkpointed, LD3Config, LD3Module, steps_for_nfe  # noqa: F401
+from ..registry import Context, lazy_exports, register_method
+from .options import LD3Config
+
+__getattr__ = lazy_exports(__name__, {"LD3Module": ".module", "Checkpointed": ".module", "steps_for_nfe": ".module"})
+
+log = logging.getLogger(__name__)
 
 
-def _cfg(options: dict) -> LD3Config:
-    return LD3Config(**options)
-
-
-def check(options: dict, ctx: Context) -> list[str]:
+def check(cfg: LD3Config, ctx: Context) -> list[str]:
     from diffode.config import solver_config
     from diffode.core.grids import GRIDS
     from diffode.core.sample import steps_for_nfe as steps
     from diffode.core.solvers import get_solver
+    from diffode.metrics.distance import distance_errors
 
     errors = []
-    try:
-        cfg = _cfg(options)
-    except TypeError as e:
-        return [f"method=ld3 options do not match conf/method/ld3.yaml ({e}); remove unknown method.* keys."]
     for what, name, nfe, extra in (("method.solver", cfg.solver, cfg.nfe, cfg.solver_options),
-                                   ("method.teacher.solver", cfg.teacher.get("solver"), cfg.teacher.get("nfe"),
-                                    cfg.teacher.get("options") or {})):
+                                   ("method.teacher.solver", cfg.teacher.solver, cfg.teacher.nfe, cfg.teacher.options)):
         try:
             reg, opts = solver_config(str(name))
             steps(reg, int(nfe), **{**opts, **dict(extra)})
@@ -58,8 +54,6 @@ def check(options: dict, ctx: Context) -> list[str]:
             errors.append(f"method.{key}={getattr(cfg, key)} must be positive.")
     if cfg.rounds_logits < 0 or cfg.rounds_joint < 0 or cfg.rounds_logits + cfg.rounds_joint < 1:
         errors.append("method.rounds_logits + method.rounds_joint must be >= 1 (both >= 0).")
-    if cfg.space not in ("lambda", "t"):
-        errors.append(f"method.space={cfg.space!r} is unknown; choose lambda or t.")
     bad = [g for g in [cfg.init_grid] + list(cfg.init_candidates)
            if g not in ("best", "uniform") and g not in GRIDS]
     if bad:
@@ -68,25 +62,26 @@ def check(options: dict, ctx: Context) -> list[str]:
     return errors
 
 
-def export(module: LD3Module, ctx: Context) -> dict:
-    path = module.save(ctx.out_dir / "artifacts" / "ld3")
-    print(f"LD3 {module.cfg.solver} NFE {module.cfg.nfe}: val {module.cfg.distance} {module.val_first:.5g} -> "
-          f"{module.best['val']:.5g}; artifact {path}")
+def export(module, ctx: Context) -> dict:
+    path = module.save(ctx.out_dir / "artifacts" / "ld3", condition=ctx.teacher.condition)
+    log.info(f"LD3 {module.cfg.solver} NFE {module.cfg.nfe}: val {module.cfg.distance} {module.val_first:.5g} -> "
+             f"{module.best['val']:.5g}; artifact {path}")
     return {"artifact": str(path)}
 
 
-def trainer_overrides(options: dict) -> dict:
+def trainer_overrides(cfg: LD3Config) -> dict:
     """One epoch is one pass over the training pairs; LD3 validates itself (no Lightning val loop)."""
-    return {"max_epochs": int(options["rounds_logits"]) + int(options["rounds_joint"]), "max_steps": -1,
+    return {"max_epochs": cfg.rounds_logits + cfg.rounds_joint, "max_steps": -1,
             "max_time": None, "limit_val_batches": 0, "val_check_interval": None, "check_val_every_n_epoch": None}
 
 
-@register_method("ld3", needs_teacher=True, check=check, export=export, checkpoint=False,
+@register_method("ld3", options=LD3Config, needs_teacher=True, check=check, export=export, checkpoint=False,
                  trainer=trainer_overrides, description="LD3 learned time steps (Tong et al., ICLR 2025)")
-def build(options: dict, ctx: Context) -> LD3Module:
+def build(cfg: LD3Config, ctx: Context):
     from diffode.core.grids import make_grid
 
-    cfg = _cfg(options)
+    from .module import LD3Module, steps_for_nfe
+
     m = ctx.teacher
     init = None
     if cfg.init_grid not in ("uniform", "best"):

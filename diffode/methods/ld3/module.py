@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -26,52 +26,8 @@ from diffode.core.learned_grid import LearnedGrid, ball_radius, logits_for_grid,
 from diffode.metrics.distance import make_distance
 from diffode.models import schedule_spec
 
+from .options import LD3Config
 from .teacher import cached_pairs, make_pairs
-
-
-@dataclass
-class LD3Config:
-    """The options of conf/method/ld3.yaml (their only defaults: diffode.config.method_defaults("ld3"))."""
-    solver: str  # a solver config name (conf/solver/<name>.yaml)
-    nfe: int
-    solver_options: dict
-    teacher: dict
-    n_pairs: int
-    val_fraction: float
-    seed: int
-    distance: str
-    lpips_net: str
-    lpips_random_backbone: bool
-    gamma: float
-    decoupled: bool
-    win_rate: float
-    space: str
-    init_grid: str
-    init_candidates: list
-    init_grid_options: dict
-    rounds_logits: int
-    rounds_joint: int
-    batch_size: int
-    lr_logits: float
-    momentum: float
-    lr_shift: float
-    lr_latent: float
-    clip: float
-    patience: int
-    lr_decay: float
-    lr_floor_logits: float
-    lr_floor_shift: float
-    val_every: int
-    val_batch_size: int
-    checkpointing: bool
-    cache_dir: str | None  # null: diffode.config.cache_dir("ld3_pairs")
-
-    def solver_spec(self) -> tuple[str, dict]:
-        """(registry solver, complete options): the config name's options under solver_options."""
-        from diffode.config import solver_config
-
-        name, opts = solver_config(self.solver)
-        return name, {**opts, **dict(self.solver_options)}
 
 
 def steps_for_nfe(cfg: LD3Config) -> int:
@@ -98,10 +54,9 @@ class Checkpointed(nn.Module):
 
 class LD3Module(L.LightningModule):
     def __init__(self, denoiser: nn.Module, shape, schedule, sigma_min: float, sigma_max: float,
-                 model_id: dict, cfg: LD3Config | dict | None = None, init_sigmas: Tensor | None = None):
+                 model_id: dict, cfg: LD3Config, init_sigmas: Tensor | None = None):
         super().__init__()
         self.automatic_optimization = False
-        cfg = cfg if isinstance(cfg, LD3Config) else LD3Config(**(cfg or {}))
         self.cfg, self.shape, self.schedule, self.model_id = cfg, tuple(shape), schedule, model_id
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.steps = steps_for_nfe(cfg)
@@ -112,7 +67,8 @@ class LD3Module(L.LightningModule):
         self.student_denoiser = Checkpointed(denoiser) if cfg.checkpointing else denoiser
         self.grid = LearnedGrid(self.steps, sigma_min, sigma_max, cfg.space, schedule, init=init_sigmas,
                                 decoupled=cfg.decoupled, win_rate=cfg.win_rate)
-        self.dist = make_distance(cfg.distance, cfg.lpips_net, cfg.lpips_random_backbone)
+        self.dist = make_distance(cfg.distance, lpips_net=cfg.lpips_net, random_backbone=cfg.lpips_random_backbone)
+        self.distance_net = self.dist.net  # a network distance's net: a submodule, so it follows the device
         self.lpips = getattr(self.dist, "net", None)  # a submodule, so it follows the module's device
         self.radius = ball_radius(cfg.gamma, math.prod(self.shape), self.steps)
         self.history: list[dict] = []
@@ -124,7 +80,7 @@ class LD3Module(L.LightningModule):
     # -- data --------------------------------------------------------------------------
     def teacher_spec(self) -> dict:
         c = self.cfg
-        return {"model": self.model_id, "teacher": dict(c.teacher), "seed": c.seed, "count": c.n_pairs,
+        return {"model": self.model_id, "teacher": asdict(c.teacher), "seed": c.seed, "count": c.n_pairs,
                 "shape": list(self.shape), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
                 "schedule": schedule_spec(self.schedule)}
 
@@ -135,7 +91,8 @@ class LD3Module(L.LightningModule):
             return
         rank, world = self.global_rank, self.trainer.world_size
         barrier = self.trainer.strategy.barrier if world > 1 else None
-        make = lambda: make_pairs(self.denoiser, self.shape, self.cfg.n_pairs, self.cfg.seed, self.cfg.teacher,  # noqa: E731
+        teacher = asdict(self.cfg.teacher)
+        make = lambda: make_pairs(self.denoiser, self.shape, self.cfg.n_pairs, self.cfg.seed, teacher,  # noqa: E731
                                   self.schedule, self.sigma_min, self.sigma_max, rank, world, self.all_gather,
                                   device=self.device)
         z, x0, self.pairs_path = cached_pairs(self.cfg.cache_dir or cache_dir("ld3_pairs"), self.teacher_spec(), make, rank, barrier)
@@ -281,8 +238,8 @@ class LD3Module(L.LightningModule):
         """The validation loss before the first update (of the initial grid)."""
         return next((h["val"] for h in self.history if h.get("val") is not None), None)
 
-    def save(self, out_dir):
-        """The learned grid as an artifact (diffode.artifacts), kind ld3."""
+    def save(self, out_dir, condition: dict | None = None):
+        """The learned grid as an artifact (diffode.artifacts), kind ld3; `condition`: the teacher's (Model.condition)."""
         from diffode.artifacts import save_artifact
 
         sigmas, net_sigmas = self.grid()
@@ -295,4 +252,4 @@ class LD3Module(L.LightningModule):
                       "init": getattr(self, "init_choice", {"chosen": c.init_grid})},
             metrics={"val_distance": c.distance, "val_first": self.val_first, "val_best": self.best["val"],
                      "best_step": self.best.get("step"), "train_seconds": train_seconds},
-            history=self.history)
+            history=self.history, condition=condition)

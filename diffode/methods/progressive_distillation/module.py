@@ -20,20 +20,17 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
 from ...core import distillation as pd
+from ...core.conditioning import bind
 from ...core.denoisers import ModelDenoiser
 from ...core.grids import make_grid
 from ...core.schedules import DTYPE
 from ...spec import build
+from ..batch import condition_for, split_batch
 from ..student import choose_output, make_student, save_student_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def _first(batch):
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 class ProgressiveDistillationModule(L.LightningModule):
@@ -89,7 +86,7 @@ class ProgressiveDistillationModule(L.LightningModule):
             log.info("stage %d/%d done: %d-step student saved to %s", k + 1, len(self.steps), self.steps[k], path)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.prediction = self.student.prediction
-        if self._trainer is not None and self.trainer.optimizers:
+        if self.trainer.optimizers:
             self.trainer.optimizers[0].state.clear()  # Adam's moments start fresh, as a new optimizer would
         self.stage.fill_(k + 1)
 
@@ -125,25 +122,32 @@ class ProgressiveDistillationModule(L.LightningModule):
             log.info("the teacher predicts %s; the student outputs %s (method.student_output=%s)",
                      self.hparams.teacher["prediction"], self.output, self.hparams.student_output)
 
-    def draw_batch(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n training samples drawn uniformly (with replacement) by the step's generator."""
+    def draw_batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n training samples (and their labels, when the dataset has them) drawn uniformly (with replacement)
+        by the step's generator."""
         idx = torch.randint(0, len(self.dataset), (n,), generator=generator)
-        return torch.stack([_first(self.dataset[int(i)]) for i in idx])
+        items = [split_batch(self.dataset[int(i)]) for i in idx]
+        labels = None if items[0][1] is None else torch.stack([torch.as_tensor(y) for _, y in items])
+        return torch.stack([x for x, _ in items]), labels
 
-    def loss(self, x0: torch.Tensor, generator: torch.Generator, k: int) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, generator: torch.Generator, k: int, labels=None) -> torch.Tensor:
+        """The stage-k loss; a class-conditional teacher and its student see each sample's label."""
         x0 = x0.to(DTYPE)
+        cond = condition_for(self.teacher, labels)
         st, sm, ss = pd.draw_points(self.grids[k], x0.shape[0], generator)
         eps = torch.randn(x0.shape, generator=generator, dtype=DTYPE).to(x0.device)
-        return pd.pd_loss(self.student, self.teacher, x0, eps, st.to(x0.device), sm.to(x0.device), ss.to(x0.device),
-                          self.hparams.weighting)
+        return pd.pd_loss(bind(self.student, cond), bind(self.teacher, cond), x0, eps, st.to(x0.device),
+                          sm.to(x0.device), ss.to(x0.device), self.hparams.weighting)
 
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
         k = self.stage_of(step)
         g = self._generator(step, self.global_rank)
-        x0 = _first(batch)
-        x0 = self.draw_batch(x0.shape[0], g).to(x0.device) if getattr(self, "dataset", None) is not None else x0
-        loss = self.loss(x0, g, k)
+        x0, labels = split_batch(batch)
+        if getattr(self, "dataset", None) is not None:
+            x0, labels = self.draw_batch(x0.shape[0], g)
+        x0 = x0.to(self.device)
+        loss = self.loss(x0, g, k, None if labels is None else labels.to(self.device))
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"non-finite distillation loss at step {step} (stage {k + 1}, {self.steps[k]} "
                                      f"steps); lower method.lr (now {self.hparams.lr:g}) and resume from last.ckpt.")
@@ -168,8 +172,7 @@ class ProgressiveDistillationModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
 
     def configure_callbacks(self):
-        t = self._trainer
-        if t is not None and isinstance(t.progress_bar_callback, TQDMProgressBar):
+        if isinstance(self.trainer.progress_bar_callback, TQDMProgressBar):
             return [StageProgressBar()]
         return []
 
@@ -194,13 +197,20 @@ class StageProgressBar(TQDMProgressBar):
             bar.initial = 0
             n = pl_module.steps[k]
             bar.set_description(f"stage {k + 1}/{len(pl_module.steps)}: {2 * n} -> {n} steps")
-            _update_n(bar, done)
+            _move_to(bar, done)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         k, done = self._stage(trainer, pl_module)
         bar = self.train_progress_bar
         if k != getattr(self, "_bar_stage", None):  # the last update of a stage
             done = pl_module.updates[k - 1] if k > 0 else done
-        if self._should_update(done, bar.total) or done == bar.total:
-            _update_n(bar, done)
+        if self.is_enabled and (done % self.refresh_rate == 0 or done == bar.total):
+            _move_to(bar, done)
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+def _move_to(bar, n: int) -> None:
+    """Set a tqdm bar's count (tqdm's public n + refresh)."""
+    if not bar.disable:
+        bar.n = n
+        bar.refresh()
