@@ -28,7 +28,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = diffode.load_model({"kind": "checkpoint"})
     sig = check_sampling_config("analytic_ddpm", a.nfe, a.grid, schedule=model.schedule, sigma_min=model.sigma_min,
-                                sigma_max=model.sigma_max)["sigmas"]
+                                sigma_max=model.sigma_max).sigmas
     m = eps_moments(model, sig, {"mc_samples": a.mc_samples, "mc_seed": 0})
     print("| sigma | sigma' | m | sqrt(v) | DDPM std | Analytic-DDPM std | Analytic-DDIM std |")
     print("|---|---|---|---|---|---|---|")
