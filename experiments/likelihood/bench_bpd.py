@@ -29,9 +29,10 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--checkpoint", default=None, help="a denoiser_ema.ckpt (default: the shipped digits UNet)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = diffode.load_model({"kind": "checkpoint"})
+    model = diffode.load_model({"kind": "checkpoint", "path": a.checkpoint})
     x = load_digits_tensors(a.split)[0][: a.n]
     diffode.likelihood(model, x[:8], solver="ddim", nfe=2)  # warm-up (allocator, first-call costs)
     load0 = os.getloadavg()[0]
