@@ -7,6 +7,12 @@ def __getattr__(name):
     if name == "sample":
         from .core.sample import sample
         return sample
+    if name == "encode":
+        from .core.sample import encode
+        return encode
+    if name == "likelihood":
+        from .density import likelihood
+        return likelihood
     if name == "load_sampler":
         from .artifacts import load_sampler
         return load_sampler

@@ -56,7 +56,7 @@ class Model:
     sigma_max: float
     identity: dict  # what artifacts record; compare with same_model()
     dataset: str  # the data it models (FID reference): digits, cifar10, gmm2d, ...
-    gmm: object | None = None  # the GaussianMixture, for exact metrics
+    gmm: object | None = None  # the GaussianMixture it models (its exact denoiser, or a net trained on it): exact metrics
     info: dict = field(default_factory=dict)  # checkpoint hyper-parameters, path, ...
     guidance: Guidance = field(default_factory=Guidance)  # classifier-free guidance (core/guidance.py): none
     decoder: nn.Module | None = None  # latent diffusion: latents -> images (decode / encode), e.g. a VAE
@@ -185,28 +185,36 @@ class Model:
                                      **options)
 
     def sample(self, x_T: Tensor, batch_size: int, progress: str | None = None, cond=None, return_info: bool = False,
-               plan=None, **options):
+               plan=None, seed: int | None = None, **options):
         """`diffode.sample` of x_T on this model's schedule and sigma range, batch by batch, without
-        gradients (memory only: a sample does not depend on its batch). `cond`: one condition per row of
-        x_T (bound per batch). `progress` names a bar over the batches (None: no bar); options are
-        sample()'s (solver, nfe, grid, ...), planned once for every batch, or `plan` is the one made
-        beforehand (self.plan). return_info: also dict(nfe, forwards) per sample."""
+        gradients (memory only: a deterministic sample does not depend on its batch). `cond`: one condition
+        per row of x_T (bound per batch). `progress` names a bar over the batches (None: no bar); options are
+        sample()'s (solver, nfe, grid, direction, ...), planned once for every batch, or `plan` is the one
+        made beforehand (self.plan). return_info: also dict(nfe, forwards) per sample. A stochastic solver
+        draws its noise from one generator per batch seeded by (seed, batch index) when `seed` is given.
+        Inputs the solver declares as coming from the model (SolverSpec.model_inputs, e.g. Analytic-DPM's
+        moments) are computed, and cached, for this model and grid when the plan lacks them
+        (diffode/solver_inputs.py)."""
         from tqdm import tqdm
 
         from .core.sample import run_plan
+        from .solver_inputs import with_model_inputs
 
         if plan is not None and options:
             raise ValueError(f"Model.sample takes a plan or the sampling options that make one, not both (got "
                              f"{sorted(options)} with the plan); make the plan with them: model.plan(...).")
-        plan = self.plan(**options) if plan is None else plan
+        plan = with_model_inputs(self, self.plan(**options) if plan is None else plan)
+        seeded = seed is not None and plan.spec.stochastic
         if cond is not None and cond_batch(cond) != x_T.shape[0]:
             raise ValueError(f"{cond_batch(cond)} conditions for {x_T.shape[0]} samples; give one per sample")
         n, bs = x_T.shape[0], int(batch_size)
         out, counts = [], {}
         with torch.no_grad():
-            for lo in tqdm(range(0, n, bs), desc=progress, unit="batch", disable=progress is None):
+            for k, lo in enumerate(tqdm(range(0, n, bs), desc=progress, unit="batch", disable=progress is None)):
                 part = slice(lo, min(lo + bs, n))
-                x, info = run_plan(self.denoiser_for(take(cond, part)), x_T[part], plan, return_info=True)
+                # the artifacts' rule (evaluation/sweep.py): one generator per batch, by position
+                g = torch.Generator(device=x_T.device).manual_seed(int(seed) * 1_000_003 + k) if seeded else None
+                x, info = run_plan(self.denoiser_for(take(cond, part)), x_T[part], plan, return_info=True, generator=g)
                 out.append(x)
                 counts = {k: max(counts.get(k, 0), info[k]) for k in ("nfe", "forwards")}
         x = torch.cat(out)
@@ -364,7 +372,9 @@ def load_model(src) -> Model:
         lo, hi = _range(src, info["sigma_min"], info["sigma_max"])
         identity = {"kind": "checkpoint", "name": path.stem, "sha256": file_sha256(path), "ema": ema,
                     "dataset": info["dataset"]}
-        return Model(den, tuple(info["shape"]), info["schedule"], lo, hi, identity, str(info["dataset"]),
+        # a network trained on a mixture preset: the mixture is its data, known exactly (exact metrics, likelihoods)
+        gmm = make_gmm(**GMM_PRESETS[info["dataset"]]) if info["dataset"] in GMM_PRESETS else None
+        return Model(den, tuple(info["shape"]), info["schedule"], lo, hi, identity, str(info["dataset"]), gmm=gmm,
                      info={**info, "path": str(path.resolve())})
     if kind == "diffusers":
         from .nets.diffusers_adapter import load_diffusers_unet, load_vae

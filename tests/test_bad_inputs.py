@@ -98,7 +98,7 @@ CASES = [
     ("eval", ["batch_size=0"], ["batch_size >= 1"]),
     ("eval", ["source=gmm2d", "n_samples=abc"], ["n_samples='abc' must be an integer"]),
     ("eval", ["solver=heun", "grid=edm", "nfe=4", "metric=gmm"], ["metric=gmm needs an exact mixture", "metric=fid"]),
-    ("eval", ["solver=heun", "grid=edm", "nfe=4", "metric=nosuch"], ["metric=auto, fid or gmm"]),
+    ("eval", ["solver=heun", "grid=edm", "nfe=4", "metric=nosuch"], ["metric=auto, fid, gmm, nll"]),
     ("eval", ["solver=heun", "grid=edm", "nfe=4", "fid.features=nosuch"], ["fid.features", "inception, digits or flatten"]),
     ("eval", ["solver=heun", "grid=edm", "nfe=4", "fid.reference=cifar10", "fid.features=digits",
              "fid.data_root=/nonexistent"],

@@ -19,9 +19,20 @@ def _x_T(n=4):
     return prior_sample((n, 2), 80.0, generator=torch.Generator().manual_seed(0))
 
 
+def _model_inputs(name, grid) -> dict:
+    """Options a Model would compute for the solver (SolverSpec.model_inputs): Analytic-DPM's moments."""
+    if "eps_moments" not in SOLVERS[name].model_inputs:
+        return {}
+    from diffode.core.solvers.analytic_dpm import estimate_eps_moments
+
+    x0 = GMM.sample(2000, torch.Generator().manual_seed(2))
+    return {"eps_moments": estimate_eps_moments(GMM, x0, grid[:-1], torch.Generator().manual_seed(3))}
+
+
 def _run(name, x, **kw):
     g = torch.Generator().manual_seed(1)  # the stochastic solvers draw the same noise in every run
-    return sample(GMM, x, solver=name, nfe=None, grid=kw.pop("grid"), generator=g, **kw)
+    grid = kw.pop("grid")
+    return sample(GMM, x, solver=name, nfe=None, grid=grid, generator=g, **_model_inputs(name, grid), **kw)
 
 
 @pytest.mark.parametrize("name", FIXED)

@@ -8,7 +8,9 @@ from diffode.config import group_config, group_options
 from diffode.core.solvers import SOLVERS
 
 # conf/solver/<file>.yaml that is a variant of another solver: the options it sets on purpose.
-VARIANTS = {"dpmpp_3m_official": ("dpmpp_3m", {"coefficients": "official"})}
+VARIANTS = {"dpmpp_3m_official": ("dpmpp_3m", {"coefficients": "official"}),
+            "pc_ddim": ("pc", {"predictor": "ddim", "snr": 0.17}),
+            "pc_euler_maruyama": ("pc", {"predictor": "euler_maruyama"})}
 # Registered defaults that are not command-line settings, so no YAML states them (with the reason).
 NOT_IN_YAML = {("rk45", "max_nfe"): "a safety cap on the adaptive solver's calls, not a setting to tune"}
 

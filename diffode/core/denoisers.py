@@ -269,8 +269,9 @@ class FiniteSetDenoiser(nn.Module):
 
 def make_gmm(dim: int = 2, components: int = 8, seed: int = 0, spread: float = 1.0, std: float = 0.1,
              layout: str = "random") -> GaussianMixture:
-    """Preset mixtures: 'ring' (2-D, components on a circle of radius `spread`) or 'random'
-    (means ~ N(0, spread^2 / dim I), random weights, anisotropic diagonal covariances around `std`)."""
+    """Preset mixtures: 'ring' (2-D, components on a circle of radius `spread`), 'random'
+    (means ~ N(0, spread^2 / dim I), random weights, anisotropic diagonal covariances around `std`) or
+    'lu1d' (Lu et al. 2022's 1-D toy: means (-2, -6, 4)/7, variances (0.1, 0.1, 1)/49, weights 0.3, 0.3, 0.4)."""
     g = torch.Generator().manual_seed(seed)
     if layout == "ring":
         if dim != 2:
@@ -278,8 +279,13 @@ def make_gmm(dim: int = 2, components: int = 8, seed: int = 0, spread: float = 1
         ang = torch.arange(components, dtype=DTYPE) * 2 * math.pi / components
         means = spread * torch.stack([ang.cos(), ang.sin()], -1)
         return GaussianMixture(torch.ones(components), means, stds=std)
+    if layout == "lu1d":  # Lu et al. 2022's 1-D toy mixture (mle_score_ode toy.py)
+        if dim != 1 or components != 3:
+            raise ValueError("layout='lu1d' is Lu et al.'s 1-D mixture of 3 components; use dim=1, components=3")
+        return GaussianMixture([0.3, 0.3, 0.4], [[-2 / 7], [-6 / 7], [4 / 7]],
+                               stds=[math.sqrt(0.1) / 7, math.sqrt(0.1) / 7, 1 / 7])
     if layout != "random":
-        raise ValueError(f"unknown gmm layout {layout!r}; choose 'ring' or 'random'")
+        raise ValueError(f"unknown gmm layout {layout!r}; choose 'ring', 'random' or 'lu1d'")
     means = torch.randn(components, dim, dtype=DTYPE, generator=g) * spread / math.sqrt(dim) * 1.5
     weights = 0.5 + torch.rand(components, dtype=DTYPE, generator=g)
     stds = std * (0.5 + torch.rand(components, dim, dtype=DTYPE, generator=g))
@@ -288,6 +294,7 @@ def make_gmm(dim: int = 2, components: int = 8, seed: int = 0, spread: float = 1
 
 # The mixtures the project names (conf/source/gmm*.yaml, conf/dataset/gmm*.yaml): defined here only.
 GMM_PRESETS = {
+    "gmm1d": dict(dim=1, components=3, layout="lu1d", spread=1.0, std=0.1, seed=0),  # Lu et al. 2022's 1-D toy
     "gmm2d": dict(dim=2, components=8, layout="ring", spread=1.0, std=0.1, seed=0),
     "gmm16d": dict(dim=16, components=8, layout="random", spread=1.0, std=0.1, seed=0),
 }

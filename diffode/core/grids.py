@@ -108,8 +108,9 @@ def edm(steps, lo, hi, schedule=None, rho: float = 7.0):
     return _with_endpoints(sig, lo, hi)
 
 
-def validate_sigmas(sigmas, steps=None, schedule=None, what="explicit grid") -> Tensor:
-    """A 1-D float64 tensor, strictly decreasing, positive, inside the schedule's range, steps + 1 long.
+def validate_sigmas(sigmas, steps=None, schedule=None, what="explicit grid", increasing: bool = False) -> Tensor:
+    """A 1-D float64 tensor, strictly decreasing (strictly increasing for an encoding grid, `increasing=True`),
+    positive, inside the schedule's range, steps + 1 long.
 
     Tensors keep their graph (only a detached copy is inspected)."""
     if isinstance(sigmas, Tensor):
@@ -125,15 +126,19 @@ def validate_sigmas(sigmas, steps=None, schedule=None, what="explicit grid") -> 
     if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
         raise ValueError(f"{what}: sigmas must be finite and > 0 (grids end at sigma_min > 0; use "
                          "denoise_to_zero=True for a final step to 0), got {v.tolist()}.")
-    bad = (v[1:] >= v[:-1]).nonzero()
+    bad = ((v[1:] <= v[:-1]) if increasing else (v[1:] >= v[:-1])).nonzero()
     if bad.numel():
         j = int(bad[0, 0])
+        if increasing:
+            raise ValueError(f"{what}: an encoding grid must be strictly increasing, but sigma[{j}]={v[j]:.6g} >= "
+                             f"sigma[{j + 1}]={v[j + 1]:.6g}; sort it from sigma_min up to sigma_max.")
         raise ValueError(f"{what}: sigmas must be strictly decreasing, but sigma[{j}]={v[j]:.6g} <= "
                          f"sigma[{j + 1}]={v[j + 1]:.6g}; sort them from sigma_max down to sigma_min.")
     if schedule is not None:
         lo_s, hi_s = schedule.sigma_min, schedule.sigma_max
-        if v[0] > hi_s * (1 + _RTOL) or v[-1] < lo_s * (1 - _RTOL):
-            raise ValueError(f"{what}: sigmas span [{v[-1]:.6g}, {v[0]:.6g}], outside the schedule's range "
+        lo, hi = v.min(), v.max()
+        if hi > hi_s * (1 + _RTOL) or lo < lo_s * (1 - _RTOL):
+            raise ValueError(f"{what}: sigmas span [{lo:.6g}, {hi:.6g}], outside the schedule's range "
                              f"[{lo_s:.6g}, {hi_s:.6g}] ({schedule!r}); clip the grid to that range.")
     return s
 

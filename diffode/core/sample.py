@@ -47,7 +47,16 @@ also receives the bottleneck features of the step's first evaluation (`features=
 for denoisers without `forward_with_features`); sample() taps them, so the solvers never see them.
 
 Callback protocol: after step i the solver calls callback(dict(i, x, sigma, sigma_cur, denoised))
-with x the state at sigma = sigmas[i + 1] (solvers/_common.py: report).
+with x the state at sigma = sigmas[i + 1] (solvers/_common.py: report); a callback that returns a
+tensor replaces the state the solver continues from (the predictor-corrector sampler's corrector).
+
+Encoding (`encode`, or sample(..., direction="encode")): the same solver on the grid reversed, from
+sigma_min up to sigma_max (x0 -> x_T). Grid names build the usual decreasing grid and flip it; a grid
+tensor must be given increasing. Every deterministic solver's update is written for a step of either
+sign, so none of them has an encoding branch; stochastic solvers, afs and denoise_to_zero are refused.
+
+A solver may declare a `check(sigmas, options)` (registry.SolverSpec) that check_sampling_config runs on
+the final grid, so a bad option (a Langevin step the grid makes unstable) is refused before any call.
 """
 from __future__ import annotations
 
@@ -156,13 +165,32 @@ class Plan:
         return self.spec.name
 
 
+DIRECTIONS = ("decode", "encode")
+
+
+def _check_direction(spec, direction, afs, denoise_to_zero):
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'decode' (sigma_max -> sigma_min, sampling) or 'encode' (sigma_min -> "
+                         f"sigma_max, diffode.encode), got {direction!r}.")
+    if direction == "encode":
+        if spec.stochastic:
+            raise ValueError(f"solver {spec.name!r} is stochastic: an encoding (x0 -> x_T) is the deterministic PF-ODE "
+                             "flow, so it needs a deterministic solver (ddim, heun, dpmpp_2m, dpmpp_3m, unipc_bh2, "
+                             "rk45, ...).")
+        if afs or denoise_to_zero:
+            raise ValueError("afs and denoise_to_zero belong to sampling (the first call at sigma_max, a last call to "
+                             "sigma 0); an encoding starts at sigma_min and ends at sigma_max: drop them.")
+
+
 def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_options=None, schedule=None,
                           afs: bool = False, denoise_to_zero: bool = False, *, sigma_min=None, sigma_max=None,
-                          net_sigmas=None, **solver_options) -> Plan:
-    """Validate a sampling setup before any compute (ValueError with the fix otherwise) and return the Plan
-    sample() follows: its steps, sigmas, net_sigmas and nfe."""
+                          net_sigmas=None, direction: str = "decode", **solver_options) -> Plan:
+    """Validate a sampling (or, direction="encode", encoding) setup before any compute (ValueError with the
+    fix otherwise) and return the Plan sample() follows: its steps, sigmas, net_sigmas and nfe."""
     spec = get_solver(solver)
     opts = _solver_options(spec, solver_options)
+    _check_direction(spec, direction, afs, denoise_to_zero)
+    encode = direction == "encode"
     grid_options = dict(grid_options or {})
     is_tensor_grid = isinstance(grid, (Tensor, list, tuple))
     if not is_tensor_grid and grid not in GRIDS:
@@ -182,8 +210,9 @@ def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_opti
     else:
         steps = steps_for_nfe(solver, nfe, afs, denoise_to_zero, **solver_options)
     file_net = None
-    if is_tensor_grid:
-        sigmas = validate_sigmas(grid, steps, schedule, what="grid tensor")
+    if is_tensor_grid:  # taken as given: decreasing for sampling, increasing for an encoding
+        sigmas = validate_sigmas(grid, steps, schedule, what="grid tensor", increasing=encode)
+        encode = False  # already in the encoding's order
     elif grid == "from_file":
         if "path" not in grid_options:
             raise ValueError("grid 'from_file' needs grid_options={'path': ...} (a file written by LD3).")
@@ -193,6 +222,9 @@ def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_opti
         sigmas, file_net = load_grid_file(grid_options["path"], steps, schedule, solver=solver, nfe=nfe)
     else:
         sigmas = make_grid(grid, steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max, **grid_options)
+    if encode:  # a named grid runs backwards: sigma_min -> sigma_max, conditioning flipped with it
+        sigmas = sigmas.flip(0)
+        file_net = None if file_net is None else file_net.flip(0)
     if net_sigmas is None:
         net_sigmas = file_net
     if net_sigmas is not None:
@@ -200,6 +232,8 @@ def check_sampling_config(solver: str, nfe: int | None, grid="logsnr", grid_opti
         if net_sigmas.shape != sigmas.shape:
             raise ValueError(f"net_sigmas has shape {tuple(net_sigmas.shape)} but the grid has {sigmas.numel()} "
                              "points; give one conditioning sigma per grid point.")
+    if spec.check is not None:
+        spec.check(sigmas, opts)
     expected = None if spec.adaptive else _calls(spec, sigmas.numel() - 1, opts, afs, denoise_to_zero)
     return Plan(spec, opts, dict(solver_options), sigmas, net_sigmas, bool(afs), bool(denoise_to_zero), expected)
 
@@ -312,14 +346,15 @@ def sample(denoiser, x_T: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10
            grid_options=None, sigma_min=None, sigma_max=None, afs: bool = False, denoise_to_zero: bool = False,
            net_sigmas=None, start: int = 0, stop: int | None = None, callback=None,
            return_trajectory: bool = False, return_info: bool = False, generator: torch.Generator | None = None,
-           **solver_options):
+           direction: str = "decode", **solver_options):
     """Integrate the PF-ODE from x_T at sigmas[0] (x_T = sigma_max * z) with exactly `nfe` denoiser calls.
 
     grid: a name in GRIDS (options in grid_options) or a tensor/list of sigmas. start / stop: a partial
-    solve (steps start..stop-1 of the plan). See the module docstring. The same as
+    solve (steps start..stop-1 of the plan). direction="encode" runs the same solver the other way, from
+    sigma_min to sigma_max (see `encode`). See the module docstring. The same as
     run_plan(denoiser, x_T, check_sampling_config(solver, nfe, grid, ...), ...)."""
     plan = check_sampling_config(solver, nfe, grid, grid_options, schedule, afs, denoise_to_zero, sigma_min=sigma_min,
-                                 sigma_max=sigma_max, net_sigmas=net_sigmas, **solver_options)
+                                 sigma_max=sigma_max, net_sigmas=net_sigmas, direction=direction, **solver_options)
     return run_plan(denoiser, x_T, plan, start=start, stop=stop, callback=callback,
                     return_trajectory=return_trajectory, return_info=return_info, generator=generator)
 
@@ -387,3 +422,16 @@ def run_plan(denoiser, x_T: Tensor, plan: Plan, *, start: int = 0, stop: int | N
         out += (dict(nfe=counted.calls, forwards=counted.forwards, steps=steps, sigmas=sigmas, net_sigmas=net_sigmas,
                      start=start, stop=stop),)
     return out[0] if len(out) == 1 else out
+
+
+def encode(denoiser, x0: Tensor, solver: str = "dpmpp_2m", nfe: int | None = 10, grid="logsnr", schedule=None,
+           **options):
+    """The PF-ODE flow from data to noise: x(sigma_min) = x0 -> x(sigma_max), with exactly `nfe` calls.
+
+    The same solvers, grids and NFE accounting as sample(), run on the grid reversed (sigma increasing; a
+    grid tensor must be given increasing). DDIM inversion is encode(..., solver="ddim"); its higher-order
+    successors are the multistep solvers. sample(denoiser, encode(denoiser, x0, ...), ...) with the same
+    solver, grid and NFE is the encode-decode round trip; explicit solvers are not exactly invertible,
+    so it returns x0 up to their discretisation error (both ways). Stochastic solvers, afs and
+    denoise_to_zero are refused. x0 is taken as the state at sigma_min (VE coordinates, x = x_t / alpha)."""
+    return sample(denoiser, x0, solver, nfe, grid, schedule, direction="encode", **options)

@@ -68,7 +68,20 @@ def real_source(name: str) -> dict | None:
     return {"files": len(files), "listing": key_digest(listing)}
 
 
-class FIDMetrics:
+class SampleMetrics:
+    """Metrics of a cell's samples: `measure` samples the cell from x_T (the same noise in every cell) and
+    scores the samples with __call__. Metrics of data instead (likelihood, reconstruction:
+    diffode/evaluation/data_metrics.py) measure a cell their own way through the same `measure`."""
+
+    names: tuple = ()
+
+    def measure(self, cell, model: Model, x_T: Tensor, cfg, cond=None) -> tuple[dict, Tensor]:
+        from diffode.evaluation.sweep import measure_samples
+
+        return measure_samples(self, cell, model, x_T, cfg, cond)
+
+
+class FIDMetrics(SampleMetrics):
     """FID against cached real-data statistics (+ the digits classifier's confident share, and for samples drawn
     with class labels the share it labels as asked, with a Wilson interval).
 
@@ -76,6 +89,7 @@ class FIDMetrics:
     guidance scales (each scale's cells against the same model's solve at that scale)."""
 
     primary = "fid"
+    names = ("fid", "accuracy", "rmse", "confident")
 
     def __init__(self, model: Model, fcfg, device=torch.device("cpu"), reference=None):
         from diffode.metrics.fid import get_feature_net, reference_stats
@@ -130,11 +144,12 @@ class FIDMetrics:
                 "fid_reference_n": int(self.ref["real_features_num_samples"]), "fid_stats": self.ref["path"]}
 
 
-class GMMMetrics:
+class GMMMetrics(SampleMetrics):
     """Endpoint RMSE against the reference ODE solve from the same x_T, and sliced W2 to fresh
     exact samples (with its noise floor: exact samples against exact samples)."""
 
     primary = "rmse"
+    names = ("rmse", "sw")
 
     def __init__(self, model: Model, gcfg, x_T: Tensor):
         from diffode.metrics.gmm import reference_solve, sw_noise_floor
@@ -174,17 +189,23 @@ def metric_kind(model: Model, cfg) -> str:
     return ("gmm" if model.gmm is not None else "fid") if kind in (None, "auto") else str(kind)
 
 
-def check_metrics(model: Model, cfg) -> None:
+def check_metrics(model: Model, cfg, cells=()) -> None:
     """Everything make_metrics will need, checked before any sampling: ValueError / FileNotFoundError
-    (missing weights or data) naming the fix."""
+    (missing weights or data) naming the fix. `cells`: the sweep's, for metrics that cannot measure every
+    kind of cell (the data metrics need deterministic solvers)."""
     from diffode.config import solver_config
     from diffode.core.sample import check_sampling_config
+    from diffode.evaluation.data_metrics import DATA_METRICS, check_data_metric
     from diffode.metrics.fid import InceptionFeatures, has_stats
     from diffode.metrics.weights import require_weights
 
     kind = metric_kind(model, cfg)
-    if kind not in ("fid", "gmm"):
-        raise ValueError(f"unknown metric={kind!r}; choose metric=auto, fid or gmm.")
+    if kind not in ("fid", "gmm", *DATA_METRICS):
+        raise ValueError(f"unknown metric={kind!r}; choose metric=auto, fid, gmm, nll (PF-ODE likelihood) or "
+                         "reconstruction (encode-decode error).")
+    if kind in DATA_METRICS:
+        check_data_metric(kind, model, cfg, cells)
+        return
     if kind == "gmm":
         if model.gmm is None:
             raise ValueError("metric=gmm needs an exact mixture (source=gmm2d or source=gmm16d); use metric=fid for images.")
@@ -233,7 +254,11 @@ def check_metrics(model: Model, cfg) -> None:
 def make_metrics(model: Model, cfg, x_T: Tensor, labels: Tensor | None = None, guided: dict | None = None):
     """The sweep's metrics. labels: the samples' class labels (conditional models); guided: {guidance scale: the
     model guided at it} of a sweep over scales (default: {None: model})."""
+    from diffode.evaluation.data_metrics import DATA_METRICS, make_data_metrics
+
     kind = metric_kind(model, cfg)
+    if kind in DATA_METRICS:
+        return make_data_metrics(kind, model, cfg)
     if kind == "gmm":
         if model.gmm is None:
             raise ValueError("metric=gmm needs model.source=gmm (an exact mixture); use metric=fid for images")

@@ -139,7 +139,7 @@ def write_report(rows: list[dict], metrics: list[str], out_dir: Path, title: str
         parts += ["Command:", "", f"    {command}", ""]
     if rendered_by:
         parts += [f"Figures and this report re-rendered from results.csv (no metric recomputed): `{rendered_by}`", ""]
-    parts += [samples_note(rows), "", counts_note(rows), ""]
+    parts += [summary.get("cells_note") or samples_note(rows), "", counts_note(rows), ""]
     decode = [r["decode_time"] for r in rows if isinstance(r.get("decode_time"), (int, float))]
     if decode:
         parts += [f"Latent model: every cell's samples are latents, decoded to images for the metrics and pictures; the "

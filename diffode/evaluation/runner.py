@@ -73,6 +73,8 @@ def settings_hash(cfg, condition: str = "none") -> str:
     g = cfg.get("guidance") or {}
     if g.get("interval") is not None or g.get("threshold") is not None:  # the scale is each row's own column
         keys["guidance"] = {"interval": g.get("interval"), "threshold": g.get("threshold")}
+    if cfg.metric in ("nll", "reconstruction"):  # the data metrics' settings (not in older tables' hash)
+        keys.update(data_points=cfg.get("data_points"), nll=cfg.get("nll") if cfg.metric == "nll" else None)
     from diffode.cache import key_digest
 
     return key_digest(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), length=12)
@@ -119,7 +121,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
         model = load_model(cfg.source)
         guided = guided_models(cells, model, cfg)  # {scale: the model guided at it}; refuses bad guidance
         cells, unreachable = validate_cells(cells, model, cfg)
-        check_metrics(model, cfg)
+        check_metrics(model, cfg, cells)
         device = _device(cfg.get("device"))  # refused here when it does not exist
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
@@ -136,7 +138,7 @@ def evaluate(cfg: DictConfig, on_cell_done=None, choices: dict | None = None, co
     labels = to_device(model.labels(seeds), device)
     condition = model.describe_condition()
     metrics = make_metrics(model, cfg, x_T, labels, guided)
-    names = [metrics.primary] + [m for m in ("fid", "accuracy", "rmse", "confident", "sw") if m != metrics.primary]
+    names = [metrics.primary] + [m for m in metrics.names if m != metrics.primary]
 
     table = ResultsTable(out_dir / "results.csv", settings_hash(cfg, condition))
     log.info("sweep: %d cells (%d unreachable), %d samples each, output %s", len(cells), len(unreachable), n, out_dir)

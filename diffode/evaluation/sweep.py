@@ -258,10 +258,11 @@ def cell_flags(cell: Cell, cfg) -> dict:
 def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[torch.Tensor, dict]:
     """The cell's samples from x_T (one condition per row in `cond`, or None) along its plan (validate_cells),
     and its per-sample counts dict(nfe=denoiser calls, forwards=network passes). The model is guided at the cell's
-    scale (cell_model)."""
+    scale (cell_model). Stochastic samplers draw their noise from one generator per batch, seeded by (cfg.seed,
+    batch index)."""
     model = cell_model(cell, model, cfg)
     if cell.sampler is None:
-        return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, plan=cell.plan)
+        return model.sample(x_T, int(cfg.batch_size), cond=cond, return_info=True, plan=cell.plan, seed=int(cfg.seed))
     from diffode.core.conditioning import take
 
     out, counts = [], {}
@@ -276,6 +277,23 @@ def sample_cell(cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[t
         out.append(x)
         counts = {key: max(counts.get(key, 0), info[key]) for key in ("nfe", "forwards")}
     return torch.cat(out), counts
+
+
+def measure_samples(metrics, cell: Cell, model, x_T: torch.Tensor, cfg, cond=None) -> tuple[dict, torch.Tensor]:
+    """What a sample metric measures of a cell: sample it from x_T (guided at the cell's scale), refuse non-finite
+    samples, decode latents to images (not an NFE; timed on its own), score them. Returns (values with the
+    sampling's wall_time, forwards and a latent model's decode_time, the images)."""
+    t0 = time.perf_counter()
+    samples, counts = sample_cell(cell, model, x_T, cfg, cond)
+    wall = time.perf_counter() - t0
+    bad = int((~torch.isfinite(samples)).sum())
+    if bad:
+        raise FloatingPointError(f"{bad} NaN/Inf values in the samples")
+    t1 = time.perf_counter()
+    images = model.decode(samples)
+    decode = {} if model.decoder is None else {"decode_time": time.perf_counter() - t1}
+    values = metrics(images, x_T, labels=cond, guidance=cell.guidance, state=samples)
+    return {**values, "wall_time": wall, "forwards": counts["forwards"], **decode}, images
 
 
 def save_samples_png(samples: torch.Tensor, path: Path, n: int = 64, title: str = "") -> Path:
@@ -318,26 +336,21 @@ def run_sweep(cells, model, metrics, x_T, table, cfg, out_dir: Path, unreachable
             table.add({**row, "status": "unreachable", "n_samples": 0, "message": unreachable[c.key]})
         else:
             t0 = time.perf_counter()
-            try:
-                samples, counts = sample_cell(c, model, x_T, cfg, cond)
-                row["forwards"] = counts["forwards"]
-                bad = int((~torch.isfinite(samples)).sum())
-                err = f"{bad} NaN/Inf values in the samples" if bad else ""
-            except FloatingPointError as e:  # sample() found NaN/Inf mid-trajectory
-                samples, err = None, str(e)
-            wall = time.perf_counter() - t0
-            row.update(wall_time=wall, samples_per_s=n / wall)
+            try:  # the metric measures the cell: by default it samples it from x_T and scores the samples
+                values, samples = metrics.measure(c, model, x_T, cfg, cond)
+                err = ""
+            except FloatingPointError as e:  # NaN/Inf mid-trajectory or in the output
+                values, samples, err = {}, None, str(e)
+            wall = values.pop("wall_time", time.perf_counter() - t0)  # the sampling (or solving) time alone
+            row.update(wall_time=wall, samples_per_s=int(values.get("n_samples", n)) / wall)
+            if "forwards" in values:
+                row["forwards"] = values.pop("forwards")
             if err:
                 # A diverged cell is reported as failed; its numbers are never averaged into a metric.
                 table.add({**row, "status": "failed", "message": err[:300]})
                 log.warning("cell %s nfe=%d failed: %s", c.label, c.nfe, err)
             else:
-                state, t1 = samples, time.perf_counter()
-                samples = model.decode(samples)  # latents -> images (not an NFE; timed on its own)
-                if model.decoder is not None:
-                    row["decode_time"] = time.perf_counter() - t1
-                values = metrics(samples, x_T, labels=cond, guidance=c.guidance, state=state)
-                if int(cfg.save_images) > 0:
+                if samples is not None and int(cfg.save_images) > 0:
                     w = "" if c.guidance is None else f", w={c.guidance:g}"
                     save_samples_png(samples, samples_png(out_dir, row), int(cfg.save_images), f"{c.label}, NFE {c.nfe}{w}")
                 table.add({**row, **values, "status": "ok", "message": ""})

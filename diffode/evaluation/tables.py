@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-LOWER_IS_BETTER = {"fid": True, "rmse": True, "sw": True, "confident": False, "accuracy": False}
+LOWER_IS_BETTER = {"fid": True, "rmse": True, "sw": True, "confident": False, "accuracy": False, "bpd": True,
+                   "nll": True, "bpd_err": True, "recon_rmse": True, "recon_max": True}
 
 
 def _label(r):

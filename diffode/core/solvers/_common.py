@@ -7,7 +7,8 @@ the last moment (`coef`), so a float32 network state is fine and gradients w.r.t
 
 Callback protocol: after step i (from sigmas[i] to sigmas[i+1]) a solver calls
     callback(dict(i=i, x=x_next, sigma=sigmas[i+1], sigma_cur=sigmas[i], denoised=D))
-with x_next the state at sigmas[i+1] and D the last denoiser output of that step. `report` does it.
+with x_next the state at sigmas[i+1] and D the last denoiser output of that step. `report` does it, and
+returns the state the solver continues from (the callback may return a replacement).
 """
 from __future__ import annotations
 
@@ -50,9 +51,14 @@ def lambda_midpoint(i: int, sigma_cur: Tensor, sigma_next: Tensor, x: Tensor) ->
     return torch.sqrt(sigma_cur * sigma_next)
 
 
-def report(callback, i: int, x: Tensor, sigmas: Tensor, denoised: Tensor) -> None:
+def report(callback, i: int, x: Tensor, sigmas: Tensor, denoised: Tensor) -> Tensor:
+    """Shows the state after step i to the callback and returns the state to continue from: x, or what
+    the callback returned in its place (a corrector, solvers/langevin.py). Solvers write x = report(...)."""
     if callback is not None:
-        callback(dict(i=i, x=x, sigma=sigmas[i + 1], sigma_cur=sigmas[i], denoised=denoised))
+        out = callback(dict(i=i, x=x, sigma=sigmas[i + 1], sigma_cur=sigmas[i], denoised=denoised))
+        if out is not None:
+            return out
+    return x
 
 
 def weighted_sum(weights, tensors) -> Tensor:

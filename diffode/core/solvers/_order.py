@@ -44,7 +44,7 @@ def final_caps(sigmas: Tensor, rule) -> list[bool]:
         return [True] * steps
     if rule == "auto":
         lams = -torch.log(sigmas.detach().to(torch.float64))
-        h = (lams[1:] - lams[:-1]).tolist()
+        h = (lams[1:] - lams[:-1]).abs().tolist()  # |h|: an encoding grid (sigma increasing) has h < 0
         return [h[i] > H_AUTO for i in range(steps)]
     return [False] * steps
 

@@ -31,7 +31,7 @@ def amed(denoiser, x, sigmas, *, net_sigmas=None, callback=None, midpoints=None)
         D = denoiser(x_s, condition(st, net_sigma_between(sigmas, net_sigmas, i, st.sigma)))
         d_s = (x_s - D) / coef(st.sigma, x)
         x = directed(st, x, x + coef(s_next - s_cur, x) * d_s)
-        report(callback, i, x, sigmas, D)
+        x = report(callback, i, x, sigmas, D)
     return x
 
 

@@ -37,5 +37,5 @@ def consistency(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callbac
         if i < n - 1:
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             x = x0 + coef(torch.sqrt(sigmas[i + 1] ** 2 - sigma_min**2), x0) * z
-        report(callback, i, x, sigmas, x0)
+        x = report(callback, i, x, sigmas, x0)
     return x

@@ -97,10 +97,10 @@ def multistep_ab(denoiser, x: Tensor, sigmas: Tensor, order: int, tau: str, net_
         eps_history.insert(0, (x - denoised) / sigmas[i])
         del eps_history[order:]
         k = orders[i]
-        C = ab_coefficients(sigmas[i - k + 1 : i + 1].flip(0), sigmas[i + 1], tau, (sigmas[0], sigmas[-1]))
+        C = ab_coefficients(sigmas[i - k + 1 : i + 1].flip(0), sigmas[i + 1], tau, (sigmas.max(), sigmas.min()))
         C = C.to(x.dtype)
         x = x + sum(C[j] * eps_history[j] for j in range(k))
-        report(callback, i, x, sigmas, denoised)
+        x = report(callback, i, x, sigmas, denoised)
     return x
 
 

@@ -123,7 +123,7 @@ def dpm_solver(denoiser, x, sigmas, *, order=2, inner="lambda", net_sigmas=None,
             conds = [condition(st, net_sigma_between(sigmas, net_sigmas, j, st.sigma)) for st in stages]
         x, D = _step(denoiser, x, s, t, stages, rs, conds, eps_s, D)
         j += n
-        report(callback, j - 1, x, sigmas, D)
+        x = report(callback, j - 1, x, sigmas, D)
     return x
 
 

@@ -86,7 +86,7 @@ def dpmpp_multistep(denoiser, x, sigmas, *, order=2, lower_order_final="auto", c
             x_s = advance(x, m0, s, st.sigma, orders[2 * i])
             m0 = denoiser(x_s, condition(st, net_sigma_between(sigmas, net_sigmas, i, st.sigma)))
             x = advance(x_s, m0, st.sigma, t, orders[2 * i + 1], st)
-        report(callback, i, x, sigmas, m0)
+        x = report(callback, i, x, sigmas, m0)
     return x
 
 

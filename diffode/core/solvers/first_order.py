@@ -33,7 +33,7 @@ def ddim(denoiser, x, sigmas, *, net_sigmas=None, callback=None, midpoints=None)
             x_s = euler_step(x, D, sigmas[i], st.sigma)
             D = denoiser(x_s, condition(st, net_sigma_between(sigmas, net_sigmas, i, st.sigma)))
             x = directed(st, x_s, euler_step(x_s, D, st.sigma, sigmas[i + 1]))
-        report(callback, i, x, sigmas, D)
+        x = report(callback, i, x, sigmas, D)
     return x
 
 

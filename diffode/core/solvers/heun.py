@@ -30,7 +30,7 @@ def heun(denoiser, x, sigmas, *, net_sigmas=None, callback=None, euler_last=Fals
         d1 = (x - D1) / coef(s_cur, x)
         if euler_last and i == steps - 1:
             x = x + coef(s_next - s_cur, x) * d1
-            report(callback, i, x, sigmas, D1)
+            x = report(callback, i, x, sigmas, D1)
             continue
         st = get_stage(midpoints, _next_point, i, s_cur, s_next, x)
         s_mid = st.sigma
@@ -39,7 +39,7 @@ def heun(denoiser, x, sigmas, *, net_sigmas=None, callback=None, euler_last=Fals
         d2 = (x_mid - D2) / coef(s_mid, x)
         w2 = (s_next - s_cur) ** 2 / (2 * (s_mid - s_cur))  # h/(2c) with h = s_next - s_cur
         x = directed(st, x, x + coef(s_next - s_cur - w2, x) * d1 + coef(w2, x) * d2)
-        report(callback, i, x, sigmas, D2)
+        x = report(callback, i, x, sigmas, D2)
     return x
 
 

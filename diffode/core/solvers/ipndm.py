@@ -69,7 +69,7 @@ def ipndm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None
                 d_history.pop(0)
             d_history.insert(0, (x_s - denoised) / coef(st.sigma, x_s))
             x = directed(st, x_s, _ab_step(x_s, d_history, max_order, st.sigma, sigmas[i + 1]))
-        report(callback, i, x, sigmas, denoised)
+        x = report(callback, i, x, sigmas, denoised)
     return x
 
 

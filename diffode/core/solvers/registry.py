@@ -12,6 +12,14 @@ at each grid point (LD3's decoupled variant); the update coefficients always use
 `n_calls(steps, **options)` is the exact number of denoiser calls the solver makes on a grid
 with `steps` steps; `sample()` inverts it to turn an NFE budget into a step count. `multistep`
 says whether a step reads earlier steps' evaluations (methods that restart a solve mid-grid ask it).
+
+Deterministic solvers also run on an increasing grid (encoding, x0 -> x_T; `diffode.encode`): their
+updates are written in lambda = -log sigma or in sigma and hold for a step of either sign, so no solver
+has a special case for it (tests/test_encode.py runs every one of them both ways).
+
+A callback may return a replacement for the state it was shown (`_common.report`); the solver then
+continues from it. The predictor-corrector sampler (solvers/langevin.py) corrects the state that way
+after each step of any predictor, multistep ones included.
 """
 from __future__ import annotations
 
@@ -33,6 +41,14 @@ class SolverSpec:
     multistep: bool = False
     defaults: dict = field(default_factory=dict)  # option defaults: the function's own (see register)
     description: str = ""
+    # (sigmas, options) -> None, raising ValueError that names the fix: checks of the options against the
+    # grid, run by sample()'s planning before any denoiser call (e.g. a Langevin step size that the grid's
+    # smallest sigma makes unstable).
+    check: Callable | None = None
+    # Options that depend on the model, not on the user: names of inputs a model-level provider computes
+    # when they are not given (diffode/solver_inputs.py; e.g. Analytic-DPM's eps_moments, estimated from
+    # the model and its training data on the grid). The solver itself takes them as plain options.
+    model_inputs: tuple = ()
 
 
 SOLVERS: dict[str, SolverSpec] = {}

@@ -57,7 +57,7 @@ def ddpm(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, callback=None,
         x = x + (sigma_down - sigmas[i]).to(x.dtype) * d
         if not last and eta != 0:
             x = x + sigma_up.to(x.dtype) * _noise(x, generator)
-        report(callback, i, x, sigmas, denoised)
+        x = report(callback, i, x, sigmas, denoised)
     return x
 
 
@@ -73,5 +73,5 @@ def euler_maruyama(denoiser, x: Tensor, sigmas: Tensor, *, net_sigmas=None, call
         x = x + (2.0 * h).to(x.dtype) * (x - denoised) / sigmas[i]
         if i < n - 1:
             x = x + torch.sqrt(-2.0 * sigmas[i] * h).to(x.dtype) * _noise(x, generator)
-        report(callback, i, x, sigmas, denoised)
+        x = report(callback, i, x, sigmas, denoised)
     return x

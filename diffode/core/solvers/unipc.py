@@ -83,7 +83,7 @@ def unipc(denoiser, x, sigmas, *, variant="bh2", order=2, lower_order_final="aut
                 res = res + weighted_sum(rho_c[:-1], D1s)
             x_t = x_base - coef(B_h, x) * res
         x = x_t
-        report(callback, i, x, sigmas, m0 if m_t is None else m_t)
+        x = report(callback, i, x, sigmas, m0 if m_t is None else m_t)
         if m_t is not None:
             ms, lams = (ms + [m_t])[-3:], (lams + [lam(t)])[-3:]
     return x

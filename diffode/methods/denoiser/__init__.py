@@ -76,6 +76,7 @@ def check(options: DenoiserOptions, ctx: Context) -> list[str]:
         else:
             errors.append(f"net input shape {net_shape} does not match dataset={name} samples of shape {data_shape}; "
                           "set net.in_channels / net.resolution (or net.dim) to match.")
+    errors += _high_order_errors(options, ctx)
     if options.n_samples > 0:
         from ...core.sample import check_sampling_config
 
@@ -84,6 +85,56 @@ def check(options: DenoiserOptions, ctx: Context) -> list[str]:
         except ValueError as e:
             errors.append(f"method.sample_nfe={options.sample_nfe} (the sample grid's Heun solve): {e}")
     return errors
+
+
+def _init_path(options: DenoiserOptions):
+    from ...models import checkpoint_path
+
+    ic = options.init_checkpoint
+    return None if ic in (None, "") else checkpoint_path({"path": None if ic == "shipped" else ic})
+
+
+def _high_order_errors(options: DenoiserOptions, ctx: Context) -> list[str]:
+    """score_order, hdsm_*, dequantize and init_checkpoint (fine-tuning, as Lu et al. do)."""
+    errors = []
+    if options.score_order not in (1, 2, 3):
+        errors.append(f"method.score_order={options.score_order!r} must be 1 (DSM), 2 or 3 (Lu et al. 2022's "
+                      "high-order DSM).")
+    if not options.hdsm_weight >= 0:
+        errors.append(f"method.hdsm_weight={options.hdsm_weight} must be >= 0 (the paper: 1).")
+    if options.dequantize:
+        from ...data.dequantize import bin_width
+
+        name = getattr(ctx.datamodule, "name", "?")
+        if bin_width(name) is None:
+            errors.append(f"method.dequantize=true needs discrete data (digits, mnist, cifar10) but dataset={name} is "
+                          "continuous; drop method.dequantize.")
+    path = _init_path(options)
+    if path is not None:
+        if not path.is_file():
+            errors.append(f"method.init_checkpoint={options.init_checkpoint!r}: no file at {str(path)!r}; give the "
+                          "path of a denoiser_ema.ckpt (or 'shipped' for the digits UNet).")
+        else:
+            import torch
+
+            hp = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+            mine = {"net": _net_spec(ctx), "schedule": dict(ctx.schedule or {}), "prediction": str(options.prediction)}
+            theirs = {"net": hp["net"], "schedule": hp["schedule"], "prediction": hp["prediction"]}
+            differ = [k for k in mine if _plain(mine[k]) != _plain(theirs[k])]
+            if differ:
+                errors.append(f"method.init_checkpoint={options.init_checkpoint!r} was trained with other "
+                              f"{', '.join(differ)} ({', '.join(f'{k}={theirs[k]}' for k in differ)}); fine-tune with "
+                              "the same settings (experiment=digits for the shipped UNet) or start from scratch.")
+    return errors
+
+
+def _plain(v):
+    """Plain data to compare; a dict's null entries dropped (a key an older checkpoint lacks, such as
+    net.num_classes, stands for its null default)."""
+    from omegaconf import OmegaConf
+
+    v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    return {k: x for k, x in v.items() if x is not None} if isinstance(v, dict) else v
 
 
 def export(module, ctx: Context) -> dict:
@@ -111,4 +162,7 @@ def build(options: DenoiserOptions, ctx: Context):
                             seed=ctx.seed, out_dir=str(ctx.out_dir), **hparams)
     if hasattr(ctx.datamodule, "analytic_denoiser"):
         module.analytic = ctx.datamodule.analytic_denoiser()  # scatter plots over the true density
+    path = _init_path(options)
+    if path is not None:  # fine-tuning: start from the checkpoint's (EMA) weights
+        module.denoiser.load_state_dict(load_denoiser(path)[0].state_dict())
     return module

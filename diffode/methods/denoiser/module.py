@@ -9,6 +9,13 @@
                               ModelDenoiser(prediction='edm'); the schedule then only sets the
                               sampling range.
 
+score_order 2 or 3 adds Lu et al. (2022)'s high-order DSM terms (diffode/core/hdsm.py) at the same noise
+level and noise, weighted by hdsm_weight (the paper: 1): the first-order loss above fits the score, they
+fit its Jacobian (and the gradient of its trace), which the ODE's likelihood needs. hdsm_trace_only keeps
+the trace term of the second order alone. Validation reports the first-order loss only, so runs of every
+order share one val/loss. dequantize adds uniform noise of the data's bin width (diffode/data/dequantize.py)
+to every training batch, as likelihood-trained models are (the 8x8 digits: bins of 1/8).
+
 Every step's randomness (noise levels, noise, dropout) is a pure function of (seed, step,
 rank), so a run resumed from a checkpoint continues exactly as an uninterrupted one.
 The checkpoint's hyper_parameters are plain data (net and schedule `_target_` specs),
@@ -48,7 +55,8 @@ class DenoiserModule(L.LightningModule):
     def __init__(self, net: dict, schedule: dict, data: dict, *, prediction: str, lr: float, weight_decay: float,
                  betas, warmup_steps: int, t_sampling: str, p_mean: float, p_std: float, sigma_data: float,
                  n_samples: int, sample_nfe: int, sample_seed: int, p_uncond: float, ema: dict | None = None,
-                 seed: int = 0, out_dir: str | None = None):
+                 seed: int = 0, out_dir: str | None = None, score_order: int = 1, hdsm_trace_only: bool = False,
+                 hdsm_weight: float = 1.0, dequantize: bool = False, init_checkpoint: str | None = None):
         # Option defaults: conf/method/denoiser.yaml only (diffode.config.method_defaults("denoiser")).
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -69,19 +77,37 @@ class DenoiserModule(L.LightningModule):
         return self.denoiser.net
 
     # -- the loss -------------------------------------------------------------------------
-    def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, cond=None) -> torch.Tensor:
-        """The denoising loss of a batch; cond: the labels of a class-conditional net (None: unconditional)."""
+    def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, cond=None,
+             first_only: bool = False) -> torch.Tensor:
+        """The denoising loss of a batch; cond: the labels of a class-conditional net (None: unconditional);
+        first_only: the first-order DSM term alone (validation), whatever score_order is."""
         hp, n = self.hparams, x0.shape[0]
+        if hp.dequantize and not first_only:
+            from ...data.dequantize import bin_width, dequantize
+
+            x0 = dequantize(x0, bin_width(hp.data["name"]), generator)
         if hp.prediction == "edm":
             sigma = losses.sample_sigma_lognormal(n, generator, hp.p_mean, hp.p_std)
             eps = _randn_like(x0, generator)
-            return losses.edm_loss(self.denoiser, x0, sigma, eps, hp.sigma_data, cond=cond)
-        if self.t_sampling == "lognormal":
-            t = losses.t_lognormal(self.schedule, n, generator, p_mean=hp.p_mean, p_std=hp.p_std)
+            first = losses.edm_loss(self.denoiser, x0, sigma, eps, hp.sigma_data, cond=cond)
         else:
-            t = losses.sample_t_uniform(self.schedule, n, generator)
-        eps = _randn_like(x0, generator)
-        return losses.LOSSES[hp.prediction](self.net, self.schedule, x0, t, eps, cond)
+            if self.t_sampling == "lognormal":
+                t = losses.t_lognormal(self.schedule, n, generator, p_mean=hp.p_mean, p_std=hp.p_std)
+            else:
+                t = losses.sample_t_uniform(self.schedule, n, generator)
+            eps = _randn_like(x0, generator)
+            first = losses.LOSSES[hp.prediction](self.net, self.schedule, x0, t, eps, cond)
+            sigma = self.schedule.ve_sigma(t)  # the same point in VE coordinates: x_t / alpha = x0 + sigma eps
+        if hp.score_order == 1 or first_only:
+            return first
+        from ...core.conditioning import bind
+        from ...core.hdsm import hdsm_losses
+        from ...core.likelihood import rademacher
+
+        v = rademacher(x0.shape, generator, x0.dtype).to(x0.device)
+        terms = hdsm_losses(bind(self.denoiser, cond), x0, sigma.to(x0.device), eps, v, int(hp.score_order), hp.hdsm_trace_only)
+        self.terms = {"dsm1": first.detach(), **{k: t.detach() for k, t in terms.items()}}
+        return first + hp.hdsm_weight * sum(terms.values())
 
     def _step_generator(self, step: int, rank: int, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(((self.hparams.seed * 1_000_003 + step) * 4099 + rank) * 7 + salt)
@@ -102,6 +128,8 @@ class DenoiserModule(L.LightningModule):
         loss = self.loss(x0, g, cond)
         self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        for k, t in getattr(self, "terms", {}).items():  # high-order DSM: each term on its own
+            self.log(f"train/{k}", t, on_step=True, on_epoch=False)
         return loss
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -119,7 +147,8 @@ class DenoiserModule(L.LightningModule):
         x0, labels = split_batch(batch)
         g = self._step_generator(batch_idx, self.global_rank, salt=1)  # same noise at every validation
         cond = condition_for(self.denoiser, labels)  # the conditional loss (no label dropout)
-        self.log("val/loss", self.loss(x0, g, cond), sync_dist=True, on_epoch=True, batch_size=x0.shape[0])
+        self.log("val/loss", self.loss(x0, g, cond, first_only=True), sync_dist=True, on_epoch=True,
+                 batch_size=x0.shape[0])
         # Here, between WeightAveraging's swaps at validation epoch start and end, the module
         # holds the EMA weights (its epoch-end hook runs before the module's): EMA samples.
         if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.n_samples > 0:

@@ -37,3 +37,8 @@ class DenoiserOptions(MethodOptions):
     sample_seed: int = MISSING
     ema: Optional[EMAOptions] = MISSING
     p_uncond: float = MISSING
+    score_order: int = MISSING  # 1: DSM; 2 / 3: + Lu et al. 2022's high-order DSM (checked in check())
+    hdsm_trace_only: bool = MISSING
+    hdsm_weight: float = MISSING
+    dequantize: bool = MISSING
+    init_checkpoint: Optional[str] = MISSING
