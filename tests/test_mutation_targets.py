@@ -102,6 +102,16 @@ def test_dpmpp_plugin_orders_come_from_the_grid_with_lambda_midpoints():
                                torch.tensor([8.0, 4.0, 2.0, 2.0 ** 0.5, 1.0], dtype=F64), rtol=1e-15, atol=0)
 
 
+def _model_inputs(spec, gmm, sig) -> dict:
+    """What a solver takes from the model (Analytic-DPM's moments), estimated on exact samples of the mixture."""
+    if "eps_moments" not in spec.model_inputs:
+        return {}
+    from diffode.core.solvers.analytic_dpm import estimate_eps_moments
+
+    g = torch.Generator().manual_seed(1)
+    return {"eps_moments": estimate_eps_moments(gmm, gmm.sample(256, g), sig[:-1], g)}
+
+
 def test_every_solver_conditions_the_network_on_net_sigmas():
     """LD3's decoupled grid: with net_sigmas the network never sees a grid sigma itself (the coefficients use
     the grid, the conditioning the net_sigmas), and the first call is at net_sigmas[0]."""
@@ -123,8 +133,9 @@ def test_every_solver_conditions_the_network_on_net_sigmas():
             return gmm(x, s)
 
         opts = {"generator": torch.Generator().manual_seed(0)} if spec.stochastic else {}
-        spec.fn(D, x, sig, net_sigmas=net, **opts)
-        assert seen[0] == float(net[0]), name
+        spec.fn(D, x, sig, net_sigmas=net, **opts, **_model_inputs(spec, gmm, sig))
+        # annealed Langevin makes no call at sigma_0 (x_T is the prior sample there): its first level is sigma_1
+        assert seen[0] == float(net[1] if name == "annealed_langevin" else net[0]), name
         assert not set(seen) & set(sig.tolist()), (name, seen)
 
 
@@ -141,7 +152,7 @@ def test_every_solver_reports_each_step_to_its_callback():
             continue
         got = []
         opts = {"generator": torch.Generator().manual_seed(0)} if spec.stochastic else {}
-        out = spec.fn(gmm, x, sig, callback=got.append, **opts)
+        out = spec.fn(gmm, x, sig, callback=got.append, **opts, **_model_inputs(spec, gmm, sig))
         assert [c["i"] for c in got] == list(range(5)), name
         assert [float(c["sigma"]) for c in got] == sig[1:].tolist(), name
         assert got[-1]["x"] is out or torch.equal(got[-1]["x"], out), name

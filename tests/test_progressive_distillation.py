@@ -395,7 +395,7 @@ def test_bad_configs_fail_before_any_compute(tmp_path, overrides, match):
 
 @pytest.mark.parametrize("override,match", [
     ("method.weighting=snr", r"Invalid value 'snr', expected one of \[snr_trunc, v_mse\]"),
-    ("method.student_output=pixels", r"Invalid value 'pixels', expected one of \[auto, eps, x0, v, edm\]"),
+    ("method.student_output=pixels", r"Invalid value 'pixels', expected one of \[auto, eps, x0, v, velocity, edm\]"),
 ])
 def test_an_unknown_choice_is_refused_when_the_config_is_composed(tmp_path, override, match):
     from hydra.errors import ConfigCompositionException

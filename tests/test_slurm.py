@@ -344,6 +344,6 @@ def test_a_failing_job_fails_the_launching_command_with_its_error(slurm, tmp_pat
     assert rc != 0 and "Killed" in out and "state: FAILED" in out, out[-3000:]
     rc, out = finish(raising, tmp_path / "raises.log", timeout=120)
     # the job refuses the file in its one paragraph and exits 2; the launching process fails with the job's stderr
-    assert rc != 0 and "is not a readable diffode checkpoint" in out and "state: FAILED" in out, out[-3000:]
+    assert rc != 0 and "is not a readable diffode checkpoint" in " ".join(out.split()) and "state: FAILED" in out, out[-3000:]
     assert array_tasks(tmp_path / "raises")  # it did run as a SLURM job
     print(f"killed job: the launching command failed {waited:.0f} s after the kill")

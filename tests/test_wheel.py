@@ -126,7 +126,8 @@ def test_installed_wheel_runs_outside_the_repository_without_the_extras(built, t
     # then the README's example as written (its load_sampler("asset:...") works in any directory)
     r = run([str(py), "-c", check + readme_python_example() + "\nprint(sampler)\n"])
     assert r.returncode == 0, r.stderr[-3000:]
-    where, sampler = r.stdout.strip().splitlines()  # the sampler prints as one line
+    where, summary, sampler = r.stdout.strip().splitlines()  # the likelihood's summary and the sampler: one line each
+    assert "'bpd'" in summary, summary
     assert str(REPO) not in where, f"diffode was imported from the source tree: {where}"
     assert sampler.startswith("LearnedSampler(") and "ipndm/ld3" in sampler, sampler
     for script in ("diffode", "diffode-train", "diffode-eval"):
