@@ -239,3 +239,14 @@ def test_export_writes_one_cd_artifact_per_step_count(tmp_path):
     other = load_model({"kind": "gmm", "preset": "gmm16d"})
     with pytest.raises(ValueError, match="another model"):
         load_sampler(tmp_path / "artifacts" / "cd_1").check(other)
+
+
+def test_a_student_net_given_on_the_command_line_composes():
+    """method.student_net={...} (a teacher without a network needs it) merges into the typed options: typed as an
+    Optional[Dict], OmegaConf 2.3 refused the dict with a traceback."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("diffode.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["method=consistency_distillation", "source=gmm2d",
+                                          "method.student_net={_target_: diffode.nets.mlp.MLP, dim: 2}"])
+    assert dict(cfg.method.student_net) == {"_target_": "diffode.nets.mlp.MLP", "dim": 2}

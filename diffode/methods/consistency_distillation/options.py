@@ -27,7 +27,9 @@ class CDConfig(MethodOptions):
     lr: float = MISSING
     betas: List[float] = MISSING
     warmup_steps: int = MISSING
-    student_net: Optional[Dict[str, Any]] = MISSING  # a net spec (`_target_` ...), for teachers without a network
+    # null or a net spec (`_target_` ...), for teachers without a network. Any, not Optional[Dict]: OmegaConf 2.3
+    # cannot merge the command line's `method.student_net={...}` into a None typed as a dict
+    student_net: Any = MISSING
     sample_steps: List[int] = MISSING
     sample_sigmas: Dict[Any, Any] = MISSING  # k: [sigma_max, ..., sigma_min]
     clip: Optional[float] = MISSING
