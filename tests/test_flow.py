@@ -150,7 +150,6 @@ class _Float64(types.ModuleType):
 
 @pytest.fixture
 def diffusers64(monkeypatch):
-    pytest.importorskip("diffusers")
     import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm
     import diffusers.schedulers.scheduling_flow_match_euler_discrete as fme
     import diffusers.schedulers.scheduling_unipc_multistep as unipc

@@ -13,7 +13,7 @@ from diffode.core.solvers import SOLVERS, get_solver
 from diffode.models import load_model
 
 F64 = torch.float64
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402  (a required dev dependency: a missing peer fails here instead of skipping)
 
 
 @pytest.fixture(scope="module")
